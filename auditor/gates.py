@@ -1,0 +1,189 @@
+"""Gates: pass/fail rules over results, as pure functions; the CLI maps them to exit codes.
+
+A rule is `PROBE.METRIC OP NUMBER` (OP in >=, >, <=, <), e.g. `attacks.score >= 0.5` or
+`attacks.robust_accuracy@linf=2/255 >= 0.3`; `score OP NUMBER` reads the run's score.
+`warn:` in front makes a rule advisory. `PROBE.METRIC drop <= NUMBER` compares with a
+baseline results.json (baseline minus current).
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+from auditor.errors import AuditError
+from auditor.results import GateResult, Results
+
+EXIT_OK, EXIT_GATE_FAILED, EXIT_USAGE, EXIT_PROBE_FAILED = 0, 1, 2, 3
+OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_RULE = re.compile(rf"^(?P<warn>warn:)?\s*(?P<target>\S+?)\s*(?P<drop>\s+drop\s+)?(?P<op>>=|<=|>|<)\s*(?P<num>{_NUMBER})\s*$")
+
+
+@dataclass(frozen=True)
+class Rule:
+    text: str
+    probe: str | None  # None: the run's overall score
+    metric: str
+    op: str
+    threshold: float
+    warn: bool = False
+    drop: bool = False  # compares baseline - current
+
+    def describe(self) -> str:
+        return f"{self.probe}.{self.metric}" if self.probe else self.metric
+
+
+def parse_rule(text: str) -> Rule:
+    m = _RULE.match(text.strip())
+    if not m:
+        raise AuditError(f"gate {text!r}: expected PROBE.METRIC OP NUMBER (OP one of >= > <= <), "
+                         "e.g. 'attacks.score >= 0.5'")
+    target = m["target"]
+    if target == "score":
+        probe, metric = None, "score"
+    else:
+        probe, dot, metric = target.partition(".")
+        if not dot or not probe or not metric:
+            raise AuditError(f"gate {text!r}: {target!r} is not PROBE.METRIC (or 'score' for the run's score)")
+    return Rule(text=text.strip(), probe=probe, metric=metric, op=m["op"], threshold=float(m["num"]),
+                warn=bool(m["warn"]), drop=bool(m["drop"]))
+
+
+def load_rules_file(path: str | Path) -> list[Rule]:
+    """A TOML file with `rules = ["attacks.score >= 0.5", ...]`."""
+    path = Path(path)
+    if not path.is_file():
+        raise AuditError(f"{path}: no such gates file")
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise AuditError(f"{path}: not valid TOML: {exc}") from exc
+    rules = doc.get("rules")
+    if not isinstance(rules, list) or not all(isinstance(r, str) for r in rules):
+        raise AuditError(f"{path}: expected a top-level `rules` list of strings, e.g. rules = [\"attacks.score >= 0.5\"]")
+    return [parse_rule(r) for r in rules]
+
+
+def parse_gate_args(values: list[str]) -> list[Rule]:
+    """--gate takes a rule or the path of a TOML rules file."""
+    rules: list[Rule] = []
+    for value in values:
+        if value.endswith(".toml"):
+            rules += load_rules_file(value)
+        else:
+            rules.append(parse_rule(value))
+    return rules
+
+
+def check_rules_apply(rules: list[Rule], probes: list[str], baseline: Results | None) -> None:
+    """Usage errors found before any work: a rule on a probe that will not run, a drop with no baseline."""
+    for rule in rules:
+        if rule.probe is not None and rule.probe not in probes:
+            raise AuditError(f"gate {rule.text!r}: probe {rule.probe!r} is not part of this run "
+                             f"(running: {', '.join(probes) or 'none'})")
+        if rule.drop and baseline is None:
+            raise AuditError(f"gate {rule.text!r}: a drop rule needs --baseline RESULTS.json")
+
+
+def _value(results: Results, rule: Rule) -> tuple[float | None, str]:
+    """(value, why it is missing)."""
+    if rule.probe is None:
+        return results.score, "" if results.score is not None else "the run has no score"
+    probe = results.probes.get(rule.probe)
+    if probe is None:
+        return None, f"probe {rule.probe} did not run"
+    if probe.status != "ok":
+        why = probe.error or probe.reason or ""
+        return None, f"probe {rule.probe} {probe.status}: {why}"
+    if rule.metric == "score":
+        return probe.score, "" if probe.score is not None else f"probe {rule.probe} has no score"
+    if rule.metric not in probe.metrics:
+        known = ", ".join(["score"] + sorted(probe.metrics))
+        raise AuditError(f"gate {rule.text!r}: {rule.probe} has no metric {rule.metric!r} (it has: {known})")
+    value = probe.metrics[rule.metric]
+    return value, "" if value is not None else "the metric is null"
+
+
+def evaluate(rules: list[Rule], results: Results, baseline: Results | None = None) -> list[GateResult]:
+    out = []
+    for rule in rules:
+        value, why = _value(results, rule)
+        if rule.drop and value is not None:
+            base, base_why = _value(baseline, rule)
+            if base is None:
+                value, why = None, f"baseline: {base_why}"
+            else:
+                value = base - value
+        passed = value is not None and OPS[rule.op](value, rule.threshold)
+        message = why if value is None else f"{rule.describe()}{' drop' if rule.drop else ''} = {value:.4g}"
+        out.append(GateResult(rule=rule.text, value=value, passed=passed, warn=rule.warn, message=message))
+    return out
+
+
+def exit_code(results: Results) -> int:
+    """1 when a (non-warn) gate failed; else 3 when a probe failed; else 0."""
+    if any(not g.passed and not g.warn for g in results.gates):
+        return EXIT_GATE_FAILED
+    if any(p.status == "failed" for p in results.probes.values()):
+        return EXIT_PROBE_FAILED
+    return EXIT_OK
+
+
+def verdict(results: Results) -> str:
+    return {EXIT_OK: "PASSED", EXIT_GATE_FAILED: "FAILED: a gate failed",
+            EXIT_PROBE_FAILED: "INCOMPLETE: a probe failed"}[exit_code(results)]
+
+
+def junit_xml(results: Results) -> str:
+    """One test case per rule (plus one per failed probe when no rule covers it), for CI test views."""
+    suite = ET.Element("testsuite", name="auditor.gates", tests="0", failures="0", skipped="0")
+    failures = skipped = 0
+    for g in results.gates:
+        case = ET.SubElement(suite, "testcase", classname="auditor.gates", name=g.rule)
+        if not g.passed:
+            tag = "skipped" if g.warn else "failure"
+            ET.SubElement(case, tag, message=g.message or "gate failed").text = g.message
+            skipped += g.warn
+            failures += not g.warn
+    for name, p in results.probes.items():
+        if p.status == "failed":
+            case = ET.SubElement(suite, "testcase", classname="auditor.probes", name=name)
+            ET.SubElement(case, "error", message=p.error or "probe failed").text = p.error
+            failures += 1
+    suite.set("tests", str(len(suite)))
+    suite.set("failures", str(failures))
+    suite.set("skipped", str(skipped))
+    return ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def summary_md(results: Results, report_name: str = "report.html") -> str:
+    """A short Markdown summary for a CI job page: verdict, scores, gates (well under 1 MiB)."""
+    def fmt(v):
+        return "—" if v is None else f"{v:.3f}"
+
+    lines = [f"## auditor: {verdict(results)}", "",
+             f"Model **{_md(results.model['name'])}** ({results.model['task']}, {results.model['source']}) on "
+             f"**{_md(results.data['name'])}** ({results.data['n']} images"
+             f"{'' if results.data['labelled'] else ', label-free'}); overall score **{fmt(results.score)}**.", "",
+             "| probe | status | score |", "|---|---|---|"]
+    for name, p in results.probes.items():
+        lines.append(f"| {name} | {p.status} | {fmt(p.score)} |")
+    if results.gates:
+        lines += ["", "| gate | value | result |", "|---|---|---|"]
+        for g in results.gates:
+            result = "pass" if g.passed else ("warn" if g.warn else "**FAIL**")
+            lines.append(f"| `{g.rule}` | {fmt(g.value)} | {result} |")
+    failed = [(n, p.error) for n, p in results.probes.items() if p.status == "failed"]
+    if failed:
+        lines += [""] + [f"- probe **{n}** failed: {_md(e or '')}" for n, e in failed]
+    lines += ["", f"Full report: `{report_name}`", ""]
+    return "\n".join(lines)
+
+
+def _md(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")[:300]

@@ -1,0 +1,152 @@
+"""The ModelAdapter contract: every probe talks to a model through it.
+
+Pixel space: inputs are float tensors in [0, 1], N x C x H x W. Normalisation lives
+inside ``forward`` so that an epsilon of 4/255 means four grey levels for every model.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+TASKS = ("classify", "detect", "segment")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a file on disk becomes a uint8 C x H x W tensor at the model's input size.
+
+    ``resize`` follows torchvision: an int resizes the shorter side, a pair sets (H, W).
+    Scaling to [0, 1] happens per batch; normalisation happens inside the adapter.
+    """
+
+    resize: int | tuple[int, int]
+    crop: tuple[int, int] | None = None
+
+    def transform(self):
+        from torchvision.transforms import v2
+
+        steps = [v2.ToImage(), v2.Resize(self.resize, antialias=True)]
+        if self.crop is not None:
+            steps.append(v2.CenterCrop(self.crop))
+        return v2.Compose(steps)
+
+
+@dataclass
+class ModelFacts:
+    """What the report and results.json say about a model."""
+
+    name: str
+    source: str  # zoo | torchvision | torchscript | export | import
+    sha256: str | None = None
+    weights: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class ModelAdapter(nn.Module, abc.ABC):
+    """Wraps a network so that it takes pixel-space input and says what it is."""
+
+    task: str = ""
+
+    def __init__(self, net: nn.Module, *, facts: ModelFacts, class_names: list[str],
+                 input_size: tuple[int, int], channels: int, mean: tuple[float, ...],
+                 std: tuple[float, ...], preprocess: Preprocess, epsilons: tuple[str, ...],
+                 eval_set: Any = None):
+        super().__init__()
+        if len(mean) not in (1, channels) or len(std) not in (1, channels):
+            raise ValueError(f"mean/std need 1 or {channels} values, got {len(mean)} and {len(std)}")
+        self.net = net
+        self.facts = facts
+        self.class_names = list(class_names)
+        self.input_size = tuple(input_size)
+        self.channels = channels
+        self.mean_values, self.std_values = tuple(mean), tuple(std)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.preprocess = preprocess
+        self.epsilons = tuple(epsilons)
+        self.eval_set = eval_set  # zoo models: seed -> (images, labels); else None
+        self._target_layer: tuple[str, nn.Module] | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalize(x))
+
+    @abc.abstractmethod
+    def predict(self, x: torch.Tensor) -> Any:
+        """The task's decoded output for pixel-space input."""
+
+    @abc.abstractmethod
+    def loss(self, outputs: Any, targets: Any) -> torch.Tensor:
+        """A per-image loss (shape N) that attacks ascend."""
+
+    @property
+    def target_layer(self) -> tuple[str, nn.Module]:
+        """(name, module) of the last block with a spatial output: where CAM looks."""
+        if self._target_layer is None:
+            self._target_layer = find_last_spatial_module(self.net, self.example_input())
+        return self._target_layer
+
+    def set_target_layer(self, name: str) -> None:
+        modules = dict(self.net.named_modules())
+        if name not in modules:
+            raise KeyError(name)
+        self._target_layer = (name, modules[name])
+
+    def example_input(self, n: int = 1) -> torch.Tensor:
+        device = self.mean.device
+        return torch.rand(n, self.channels, *self.input_size, device=device)
+
+    def describe(self) -> dict[str, Any]:
+        n_params = sum(p.numel() for p in self.net.parameters())
+        return {"task": self.task, "classes": self.num_classes, "input": f"{self.channels}x{self.input_size[0]}x{self.input_size[1]}",
+                "mean": list(self.mean_values), "std": list(self.std_values), "parameters": n_params}
+
+
+class ClassifierAdapter(ModelAdapter):
+    task = "classify"
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x).argmax(dim=1)
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(outputs, targets, reduction="none")
+
+
+def find_last_spatial_module(net: nn.Module, example: torch.Tensor) -> tuple[str, nn.Module]:
+    """The last module, in execution order, whose output is N x C x H x W with H, W > 1.
+
+    Forward hooks fire when a module returns, so a container (ResNet's ``layer4``, VGG's
+    ``features``) is seen after its children: the result is the last spatial *block*.
+    """
+    seen: list[tuple[str, nn.Module]] = []
+    handles = []
+    for name, module in net.named_modules():
+        if module is net:
+            continue
+
+        def hook(mod, _inp, out, name=name):
+            if isinstance(out, torch.Tensor) and out.dim() == 4 and min(out.shape[-2:]) > 1:
+                seen.append((name, mod))
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            net(example)
+    finally:
+        for h in handles:
+            h.remove()
+    if not seen:
+        raise ValueError("the model has no module with a spatial (N x C x H x W) output")
+    return seen[-1]

@@ -1,0 +1,139 @@
+"""The Probe contract and the registry of probes.
+
+A probe is a class with a `name`, the `tasks` it supports, a `Params` dataclass of
+defaults and one `run(ctx)` that returns a ProbeResult. Built-in and third-party probes
+register alike, through the `auditor.probes` entry-point group.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import sys
+import types
+import typing
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import torch
+
+from auditor.data import EvalData
+from auditor.errors import AuditError
+from auditor.models.base import ModelAdapter
+from auditor.results import ProbeResult
+
+ENTRY_POINT_GROUP = "auditor.probes"
+BUILTIN = {"filters": "auditor.probes.filters:FiltersProbe", "attacks": "auditor.probes.attacks:AttacksProbe"}
+
+
+@dataclass
+class Context:
+    """Everything a probe needs: the model, the data, where to run and where to write."""
+
+    adapter: ModelAdapter
+    data: EvalData
+    device: torch.device
+    seed: int
+    batch_size: int
+    out_dir: Path  # the run's output folder; a probe writes under out_dir / probe name
+    probe_name: str
+    progress: Callable[[int, str], Any]  # (total, description) -> a tqdm-like bar
+
+    def artifact(self, filename: str) -> tuple[Path, str]:
+        """(absolute path to write, path relative to the output folder to record)."""
+        folder = self.out_dir / self.probe_name
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / filename, f"{self.probe_name}/{filename}"
+
+    def generator(self) -> torch.Generator:
+        """A generator seeded from the run seed, on the device, for the probe's own draws."""
+        return torch.Generator(device=self.device).manual_seed(self.seed)
+
+
+class Probe(abc.ABC):
+    name: ClassVar[str]
+    description: ClassVar[str]  # one line for `audit probes list`
+    tasks: ClassVar[tuple[str, ...]]
+
+    @dataclass
+    class Params:
+        pass
+
+    def __init__(self, params: Any = None):
+        self.params = params if params is not None else self.Params()
+
+    def skip_reason(self, adapter: ModelAdapter) -> str | None:
+        """Why this probe cannot run on this model, or None."""
+        if adapter.task not in self.tasks:
+            return f"{self.name} supports {', '.join(self.tasks)} models, not {adapter.task}"
+        return None
+
+    @abc.abstractmethod
+    def run(self, ctx: Context) -> ProbeResult:
+        """Run on ctx and return a ProbeResult with status "ok"; raise on failure."""
+
+
+def available_probes() -> dict[str, type[Probe]]:
+    """name -> probe class, from the entry-point group (the built-ins when not installed)."""
+    targets = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)} or dict(BUILTIN)
+    found: dict[str, type[Probe]] = {}
+    for name, target in sorted(targets.items()):
+        module_name, _, attr = target.partition(":")
+        try:
+            cls = getattr(__import__(module_name, fromlist=[attr]), attr)
+        except Exception as exc:  # a broken plugin must not stop the audit of everything else
+            print(f"warning: probe {name} ({target}) cannot be loaded: {exc}", file=sys.stderr)
+            continue
+        if not (isinstance(cls, type) and issubclass(cls, Probe)):
+            print(f"warning: probe {name} ({target}) is not a Probe subclass; ignored", file=sys.stderr)
+            continue
+        found[name] = cls
+    return found
+
+
+def parse_params(probe: type[Probe], values: dict[str, Any]) -> Any:
+    """A Params instance from config values; strings from --set are converted to the field's type."""
+    fields = {f.name: f for f in dataclasses.fields(probe.Params)}
+    hints = typing.get_type_hints(probe.Params)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            valid = ", ".join(sorted(fields)) or "none"
+            raise AuditError(f"{probe.name}.{key}: unknown parameter (valid: {valid})")
+        try:
+            kwargs[key] = _convert(value, hints[key])
+        except (TypeError, ValueError) as exc:
+            raise AuditError(f"{probe.name}.{key}={value!r}: {exc}") from exc
+    return probe.Params(**kwargs)
+
+
+def _convert(value: Any, hint: Any) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0])
+    if origin in (tuple, list):
+        items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
+        return tuple(_convert(v, args[0]) for v in items)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(value).lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError("expected true or false")
+    if hint is int:
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError("expected an integer")
+        return int(value)
+    if hint is float:
+        return float(value)
+    if hint is str:
+        return str(value)
+    return value

@@ -1,0 +1,211 @@
+"""Builds the context and runs the probes: each one timed, isolated and saved as it finishes.
+
+A probe that raises is recorded as failed and the others still run. Each finished probe
+is written to <out>/.partial/ at once, so `--resume` after a crash repeats only what was
+unfinished (a saved probe is reused only when model, data, seed and its params match).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import random
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import auditor
+from auditor.data import EvalData, load_data
+from auditor.errors import AuditError
+from auditor.gates import Rule, check_rules_apply, evaluate, junit_xml, summary_md
+from auditor.models import ModelAdapter, ModelSpec, load_model
+from auditor.probes.base import Context, Probe, available_probes, parse_params
+from auditor.results import ProbeResult, Results, load, save, write_json
+
+
+@dataclass
+class RunConfig:
+    model: ModelSpec
+    data: str | None = None
+    limit: int | None = None
+    batch_size: int = 64
+    device: str = "auto"
+    seed: int = 0
+    out: Path = Path("out")
+    probes: list[str] | None = None  # None: all
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    gates: list[Rule] = field(default_factory=list)
+    baseline: str | None = None
+    progress: bool = False
+    resume: bool = False
+
+
+def make_progress(enabled: bool):
+    from tqdm import tqdm
+
+    def progress(total: int, desc: str):
+        return tqdm(total=total, desc=f"{desc:>14}", disable=not enabled, file=sys.stderr, leave=True,
+                    dynamic_ncols=True)
+
+    return progress
+
+
+def resolve_device(text: str) -> torch.device:
+    text = (text or "auto").strip()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError as exc:
+        raise AuditError(f"--device {text}: expected auto, cpu, cuda or cuda:N") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise AuditError(f"--device {text}: no CUDA device is available here (use --device cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise AuditError(f"--device {text}: only {torch.cuda.device_count()} CUDA device(s) present")
+    elif device.type != "cpu":
+        raise AuditError(f"--device {text}: expected auto, cpu, cuda or cuda:N")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def select_probes(requested: list[str] | None, registry: dict[str, type[Probe]]) -> list[str]:
+    if not requested or requested == ["all"]:
+        return list(registry)
+    unknown = [n for n in requested if n not in registry]
+    if unknown:
+        raise AuditError(f"--probes: unknown probe(s) {', '.join(unknown)} (available: {', '.join(registry)})")
+    return list(dict.fromkeys(requested))
+
+
+def run_audit(config: RunConfig) -> Results:
+    started = time.perf_counter()
+    registry = available_probes()
+    names = select_probes(config.probes, registry)
+    stray = set(config.params) - set(registry)
+    if stray:
+        raise AuditError(f"parameters for unknown probe(s) {', '.join(sorted(stray))} (available: {', '.join(registry)})")
+    params = {n: parse_params(registry[n], config.params.get(n, {})) for n in names}
+    baseline = load(config.baseline) if config.baseline else None
+    check_rules_apply(config.gates, names, baseline)
+    if config.batch_size < 1:
+        raise AuditError("--batch-size must be at least 1")
+    if config.limit is not None and config.limit < 1:
+        raise AuditError("--limit must be at least 1")
+    device = resolve_device(config.device)
+    progress = make_progress(config.progress)
+
+    seed_everything(config.seed)
+    adapter = load_model(config.model).to(device).eval()
+    data = load_data(adapter, config.data, limit=config.limit, seed=config.seed, progress=progress)
+    check_model_output(adapter, data, device)
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, ProbeResult] = {}
+    for name in names:
+        probe = registry[name](params[name])
+        fingerprint = _fingerprint(config, name, params[name])
+        saved = _load_partial(out, name, fingerprint) if config.resume else None
+        if saved is not None:
+            results[name] = saved
+            continue
+        results[name] = run_probe(probe, Context(adapter=adapter, data=data, device=device, seed=config.seed,
+                                                 batch_size=config.batch_size, out_dir=out, probe_name=name,
+                                                 progress=progress))
+        write_json(out / ".partial" / f"{name}.json", {"fingerprint": fingerprint, "result": results[name].to_dict()})
+
+    facts = {**asdict(adapter.facts), **adapter.describe(), "name": adapter.facts.name}
+    model_facts = {"name": facts.pop("name"), "task": adapter.task, "source": facts.pop("source"),
+                   "sha256": facts.pop("sha256"), **facts}
+    run_facts = {"device": _device_name(device), "seed": config.seed,
+                 "seconds": round(time.perf_counter() - started, 2), "version": auditor.__version__,
+                 "torch": torch.__version__, "python": platform.python_version(),
+                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                 "batch_size": config.batch_size}
+    data_facts = {**data.facts(), **({"path": str(config.data)} if config.data else {})}
+    res = Results(model=model_facts, data=data_facts, run=run_facts, probes=results)
+    return res.with_gates(evaluate(config.gates, res, baseline))
+
+
+def run_probe(probe: Probe, ctx: Context) -> ProbeResult:
+    reason = probe.skip_reason(ctx.adapter)
+    if reason is not None:
+        return ProbeResult(status="skipped", reason=reason)
+    seed_everything(ctx.seed)  # each probe sees the same random state, whatever ran before it
+    start = time.perf_counter()
+    try:
+        result = probe.run(ctx)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # a crash is a result; the other probes still run
+        log, rel = ctx.artifact("error.log")
+        log.write_text(traceback.format_exc(), encoding="utf-8")
+        message = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+        return ProbeResult(status="failed", seconds=round(time.perf_counter() - start, 2), error=message,
+                           artifacts=(rel,))
+    return replace(result, seconds=round(time.perf_counter() - start, 2))
+
+
+def check_model_output(adapter: ModelAdapter, data: EvalData, device: torch.device) -> None:
+    """Fail fast, with the fix, when the model cannot even score the first batch sensibly."""
+    x, _ = data.batch(slice(0, 8), device)
+    try:
+        with torch.no_grad():
+            out = adapter(x)
+    except Exception as exc:
+        raise AuditError(f"{adapter.facts.name}: forward pass on {data.name} failed: {exc}".splitlines()[0]) from exc
+    if isinstance(out, torch.Tensor) and not torch.isfinite(out).all():
+        raise AuditError(f"{adapter.facts.name}: the model returns NaN or infinite outputs on {data.name}; "
+                         "check the weights and --mean/--std")
+
+
+def write_outputs(results: Results, out: Path) -> dict[str, Path]:
+    """results.json, report.html, junit.xml and summary.md, each written atomically."""
+    from auditor.report import render_report
+
+    out = Path(out)
+    save(results, out / "results.json")
+    paths = {"results": out / "results.json", "report": render_report(results, out)}
+    for name, text in (("junit.xml", junit_xml(results)), ("summary.md", summary_md(results))):
+        tmp = out / (name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(out / name)
+        paths[name] = out / name
+    return paths
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def _fingerprint(config: RunConfig, name: str, params: Any) -> str:
+    key = {"model": asdict(config.model), "data": config.data, "limit": config.limit, "seed": config.seed,
+           "probe": name, "params": asdict(params), "version": auditor.__version__}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _load_partial(out: Path, name: str, fingerprint: str) -> ProbeResult | None:
+    path = out / ".partial" / f"{name}.json"
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if saved.get("fingerprint") == fingerprint and saved["result"]["status"] != "failed":
+            return ProbeResult.from_dict(saved["result"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None

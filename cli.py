@@ -1,0 +1,266 @@
+"""`audit`: the command line. Thin: parses, calls auditor, maps outcomes to exit codes.
+
+Exit codes: 0 all good; 1 a gate failed; 2 usage or input error (one line, no
+traceback); 3 a probe failed and no gate decided.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from auditor.errors import AuditError
+
+EXIT_USAGE = 2
+DEFAULT_MODEL = "digits-cnn"
+
+
+def _floats(text: str | None, option: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in str(text).replace(" ", "").split(",") if v)
+    except ValueError as exc:
+        raise AuditError(f"{option} {text}: expected comma-separated numbers, e.g. 0.485,0.456,0.406") from exc
+    if not values:
+        raise AuditError(f"{option}: expected at least one number")
+    return values
+
+
+def _size(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    parts = str(text).lower().replace("x", ",").split(",")
+    try:
+        dims = [int(p) for p in parts if p.strip()]
+    except ValueError as exc:
+        raise AuditError(f"--input-size {text}: expected N or HxW, e.g. 224 or 224x224") from exc
+    if len(dims) not in (1, 2) or min(dims) < 1:
+        raise AuditError(f"--input-size {text}: expected N or HxW, e.g. 224 or 224x224")
+    return (dims[0], dims[-1])
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="auditor", prog_name="audit")
+def cli():
+    """Audit PyTorch vision models: how they break and what they look at."""
+
+
+@cli.command()
+@click.option("--model", help=f"zoo name, torchvision name, .ts/.pt2 file or package.module:callable [default: {DEFAULT_MODEL}]")
+@click.option("--data", type=click.Path(), help="ImageFolder (class sub-folders) or flat folder of images [default: the zoo model's own set]")
+@click.option("--task", type=click.Choice(["classify", "detect", "segment"]), help="what the model does, where it cannot say")
+@click.option("--weights", type=click.Path(), help="state dict for the architecture (loaded with weights_only)")
+@click.option("--trust-model", is_flag=True, default=None, help="allow pickled code in --weights (only for files you trust)")
+@click.option("--input-size", help="model input, N or HxW, where the model cannot say")
+@click.option("--mean", help="normalisation mean, comma-separated, where the model cannot say")
+@click.option("--std", help="normalisation std, comma-separated, where the model cannot say")
+@click.option("--classes", type=click.Path(), help="file with one class name per line, in output order")
+@click.option("--limit", type=int, help="audit a seeded random subset of N images")
+@click.option("--batch-size", type=int, help="images per forward/backward [default: 64]")
+@click.option("--device", help="auto, cpu, cuda or cuda:N [default: auto]")
+@click.option("--seed", type=int, help="seed for every random draw [default: 0]")
+@click.option("--out", type=click.Path(), help="output folder [default: out]")
+@click.option("--probes", "probe_names", help="comma-separated probe names, or all [default: all]")
+@click.option("--config", "config_file", type=click.Path(), help="audit.toml with run options and [probes.NAME] tables")
+@click.option("--set", "sets", multiple=True, help="probe parameter, PROBE.KEY=VALUE (repeatable)")
+@click.option("--gate", "gates", multiple=True, help="rule like 'attacks.score >= 0.5', or a rules .toml (repeatable)")
+@click.option("--baseline", type=click.Path(), help="results.json that `drop` gates compare with")
+@click.option("--offline", is_flag=True, default=None, help="never download: fail at once if weights are not cached")
+@click.option("--resume", is_flag=True, help="reuse probes already finished in --out by an interrupted run")
+def run(**opts):
+    """Run the probes on a model and write report.html, results.json, junit.xml and summary.md."""
+    from auditor.config import apply_sets, load_config
+    from auditor.gates import exit_code, parse_gate_args
+    from auditor.models import ModelSpec
+    from auditor.runner import RunConfig, run_audit, write_outputs
+
+    file_opts, params = load_config(opts["config_file"]) if opts["config_file"] else ({}, {})
+
+    def opt(name, default=None):
+        value = opts.get(name)
+        return value if value is not None else file_opts.get(name, default)
+
+    probes = opt("probe_names") or file_opts.get("select")
+    if isinstance(probes, str):
+        probes = [p.strip() for p in probes.split(",") if p.strip()]
+    size = opt("input_size")
+    spec = ModelSpec(
+        model=opt("model", DEFAULT_MODEL), weights=opt("weights"), task=opt("task"),
+        input_size=_size(str(size) if isinstance(size, int) else size),
+        mean=_floats(opt("mean"), "--mean"), std=_floats(opt("std"), "--std"), classes_file=opt("classes"),
+        trust_model=bool(opt("trust_model", False)), offline=bool(opt("offline", False)))
+    gates = list(file_opts.get("gates", [])) + list(opts["gates"])
+    out = Path(opt("out", "out"))
+    config = RunConfig(
+        model=spec, data=opt("data"), limit=opt("limit"), batch_size=opt("batch_size", 64),
+        device=opt("device", "auto"), seed=opt("seed", 0), out=out, probes=probes,
+        params=apply_sets(params, list(opts["sets"])), gates=parse_gate_args(gates), baseline=opts["baseline"],
+        progress=sys.stderr.isatty(), resume=opts["resume"])
+    try:
+        results = run_audit(config)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: finished probes are kept in {out}/.partial; rerun with --resume", err=True)
+        sys.exit(130)
+    paths = write_outputs(results, out)
+    _print_summary(results, paths)
+    return exit_code(results)
+
+
+def _print_summary(results, paths) -> None:
+    from auditor.gates import verdict
+    from auditor.report import fmt
+
+    d = results.data
+    click.echo(f"{results.model['name']} on {d['name']} ({d['n']} images{'' if d['labelled'] else ', label-free'}), "
+               f"{results.run['device']}, {results.run['seconds']:.1f} s")
+    for name, p in results.probes.items():
+        extra = p.error or p.reason or ""
+        click.echo(f"  {name:<10} {p.status:<8} score {fmt(p.score):>6}  {p.seconds:6.1f} s  {extra}".rstrip())
+    for g in results.gates:
+        mark = "pass" if g.passed else ("warn" if g.warn else "FAIL")
+        click.echo(f"  gate {mark}: {g.rule}  ({g.message})")
+    click.echo(f"score {fmt(results.score)} · {verdict(results)}")
+    click.echo(f"report: {paths['report']}")
+    click.echo(f"results: {paths['results']}")
+
+
+@cli.command()
+@click.argument("results_path", type=click.Path())
+@click.option("--rules", type=click.Path(), help="TOML file with a `rules` list")
+@click.option("--gate", "gates", multiple=True, help="rule like 'attacks.score >= 0.5' (repeatable)")
+@click.option("--baseline", type=click.Path(), help="results.json that `drop` rules compare with")
+@click.option("--out", type=click.Path(), help="where junit.xml and summary.md go [default: beside the results]")
+def gate(results_path, rules, gates, baseline, out):
+    """Check saved results against rules; exit 1 when a rule fails."""
+    from auditor.gates import check_rules_apply, evaluate, exit_code, junit_xml, load_rules_file, parse_gate_args, summary_md
+    from auditor.results import load
+
+    parsed = (load_rules_file(rules) if rules else []) + parse_gate_args(list(gates))
+    if not parsed:
+        raise AuditError("audit gate: no rules; pass --rules gates.toml or --gate 'attacks.score >= 0.5'")
+    results = load(results_path)
+    base = load(baseline) if baseline else None
+    check_rules_apply(parsed, list(results.probes), base)
+    results = results.with_gates(evaluate(parsed, results, base))
+    folder = Path(out) if out else (Path(results_path) if Path(results_path).is_dir() else Path(results_path).parent)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "junit.xml").write_text(junit_xml(results), encoding="utf-8")
+    (folder / "summary.md").write_text(summary_md(results), encoding="utf-8")
+    for g in results.gates:
+        mark = "pass" if g.passed else ("warn" if g.warn else "FAIL")
+        click.echo(f"{mark}: {g.rule}  ({g.message})")
+    return exit_code(results)
+
+
+@cli.command()
+@click.argument("out", type=click.Path())
+def report(out):
+    """Re-render report.html from a saved results.json and its artifacts."""
+    from auditor.report import render_report
+    from auditor.results import load
+
+    folder = Path(out)
+    results = load(folder)
+    click.echo(f"report: {render_report(results, folder if folder.is_dir() else folder.parent)}")
+    return 0
+
+
+@cli.group()
+def zoo():
+    """The model zoo: trained models that ship with auditor."""
+
+
+@zoo.command("list")
+def zoo_list():
+    """One line per zoo model."""
+    from zoo import list_entries
+
+    for e in list_entries():
+        metric = ", ".join(f"{k} {v:.4f}" for k, v in e.metrics.items())
+        click.echo(f"{e.name:<16} {e.task:<9} {metric:<18} {e.description}")
+    return 0
+
+
+@zoo.command("info")
+@click.argument("name")
+def zoo_info(name):
+    """Everything the registry knows about one model."""
+    from zoo import get_entry, list_entries
+
+    e = get_entry(name)
+    if e is None:
+        raise AuditError(f"zoo info {name}: no such zoo model (available: {', '.join(x.name for x in list_entries())})")
+    rows = [("name", e.name), ("task", e.task), ("description", e.description),
+            ("input", f"{e.channels}x{e.input_size[0]}x{e.input_size[1]}"), ("mean / std", f"{e.mean} / {e.std}"),
+            ("classes", ", ".join(e.categories)), ("checkpoint", str(e.checkpoint_path)), ("sha256", e.sha256),
+            ("evaluation set", e.eval_set), ("held-out metrics", ", ".join(f"{k} {v}" for k, v in e.metrics.items())),
+            ("attack grid (L-inf)", ", ".join(e.epsilons)),
+            ("recipe", "; ".join(f"{k}={v}" for k, v in e.recipe.items())), ("retrain", f"audit zoo train {e.name}")]
+    for k, v in rows:
+        click.echo(f"{k:>20}: {v}")
+    return 0
+
+
+@zoo.command("train")
+@click.argument("name")
+@click.option("--out", type=click.Path(), help="checkpoint path [default: ./NAME.pt]")
+@click.option("--seed", type=int, default=0, show_default=True)
+def zoo_train(name, out, seed):
+    """Train a zoo model with its own recipe and print its hash and held-out metric."""
+    from tqdm import tqdm
+
+    from zoo import get_entry, list_entries
+
+    e = get_entry(name)
+    if e is None:
+        raise AuditError(f"zoo train {name}: no such zoo model (available: {', '.join(x.name for x in list_entries())})")
+    path = Path(out or f"{name}.pt")
+    report = e.train(path, seed=seed, progress=lambda n: tqdm(total=n, desc="epochs", disable=not sys.stderr.isatty()))
+    for k, v in report.items():
+        click.echo(f"{k}: {v}")
+    registered = e.metrics.get("accuracy")
+    if registered is not None and "accuracy" in report:
+        click.echo(f"registry accuracy: {registered} (difference {report['accuracy'] - registered:+.4f})")
+    return 0
+
+
+@cli.group()
+def probes():
+    """The probes that can run."""
+
+
+@probes.command("list")
+def probes_list():
+    """One line per probe: name, tasks, description."""
+    from auditor.probes import available_probes
+
+    for name, cls in available_probes().items():
+        click.echo(f"{name:<10} {','.join(cls.tasks):<25} {cls.description}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        code = cli.main(args=argv, prog_name="audit", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        code = 130
+    except AuditError as exc:
+        click.echo(f"error: {exc}", err=True)
+        code = EXIT_USAGE
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

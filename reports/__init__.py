@@ -1,0 +1,1 @@
+"""Report templates (jinja2), loaded as package data by auditor.report."""

@@ -1,0 +1,87 @@
+"""Shared fixtures: small data folders made from the zoo's digits, and a CLI runner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import cli
+
+FAST = ["--set", "attacks.steps=3", "--set", "attacks.gallery=2"]
+
+
+class Outcome:
+    def __init__(self, code: int, out: str, err: str):
+        self.code, self.out, self.err = code, out, err
+
+    def __repr__(self):
+        return f"Outcome(code={self.code}, out={self.out[-2000:]!r}, err={self.err[-2000:]!r})"
+
+
+@pytest.fixture
+def audit(capsys):
+    """Run the CLI in-process, as `audit ARGS...`, and return its exit code and output."""
+
+    def call(*args: str) -> Outcome:
+        capsys.readouterr()
+        try:
+            cli.main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        captured = capsys.readouterr()
+        return Outcome(code, captured.out, captured.err)
+
+    return call
+
+
+def read_results(out: Path) -> dict:
+    return json.loads((out / "results.json").read_text())
+
+
+def _save(image: torch.Tensor, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((image[0] * 255).round().byte().numpy(), mode="L").save(path)
+
+
+@pytest.fixture(scope="session")
+def digits_test():
+    from zoo.digits_cnn import load_test_set
+
+    return load_test_set()
+
+
+@pytest.fixture(scope="session")
+def digits_imagefolder(tmp_path_factory, digits_test):
+    """30 held-out digits as PNGs in class sub-folders 0..9."""
+    root = tmp_path_factory.mktemp("imagefolder")
+    images, labels = digits_test
+    for i in range(30):
+        _save(images[i], root / str(int(labels[i])) / f"img{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def digits_flat(tmp_path_factory, digits_test):
+    """12 held-out digits as PNGs in one folder, no labels."""
+    root = tmp_path_factory.mktemp("flat")
+    images, _ = digits_test
+    for i in range(12):
+        _save(images[i], root / f"img{i:03d}.png")
+    return root
+
+
+class TinyNet(torch.nn.Module):
+    """A small grey-image classifier for the non-zoo model sources."""
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.head = torch.nn.Linear(4, classes)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv(x)).mean(dim=(2, 3)))

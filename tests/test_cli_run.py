@@ -1,0 +1,137 @@
+"""`audit run` end to end on the embedded default, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from auditor.results import validate
+from tests.conftest import FAST, read_results
+
+
+def test_default_run_writes_every_output(audit, tmp_path):
+    out = tmp_path / "out"
+    r = audit("run", "--limit", "40", "--out", out, *FAST)
+    assert r.code == 0, r
+    for name in ("results.json", "report.html", "junit.xml", "summary.md"):
+        assert (out / name).is_file(), name
+    res = read_results(out)
+    validate(res)
+    assert res["model"]["name"] == "digits-cnn" and res["model"]["source"] == "zoo"
+    assert res["data"] == {**res["data"], "n": 40, "labelled": True}
+    attacks = res["probes"]["attacks"]
+    assert attacks["status"] == "ok"
+    assert attacks["metrics"]["clean_accuracy"] >= 0.9
+    for eps in ("0.05", "0.1", "0.2", "0.3"):
+        assert 0 <= attacks["metrics"][f"robust_accuracy@linf={eps}"] <= attacks["metrics"]["clean_accuracy"]
+    assert 0 <= attacks["score"] <= 1
+    assert res["probes"]["filters"]["status"] == "ok" and res["probes"]["filters"]["score"] is None
+    for rel in attacks["artifacts"] + res["probes"]["filters"]["artifacts"]:
+        assert (out / rel).is_file()
+    html = (out / "report.html").read_text()
+    assert 'id="scorecard"' in html and 'id="probe-attacks"' in html and 'id="probe-filters"' in html
+    assert html.count("data:image/png;base64,") >= 3  # filters grid, accuracy curve, examples inlined
+    assert "http://" not in html and "https://" not in html and "<script" not in html  # self-contained
+    assert "digits-cnn" in r.out and "report:" in r.out
+
+
+def test_same_seed_same_metrics(audit, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert audit("run", "--limit", "24", "--out", a, "--probes", "attacks", *FAST).code == 0
+    assert audit("run", "--limit", "24", "--out", b, "--probes", "attacks", *FAST).code == 0
+    ra, rb = read_results(a), read_results(b)
+    assert ra["probes"]["attacks"]["metrics"] == rb["probes"]["attacks"]["metrics"]
+
+
+def test_installed_command_is_quiet_when_not_a_terminal(tmp_path):
+    """The `audit` script on PATH: no progress bars in a pipe, a short summary on stdout."""
+    exe = Path(sys.executable).with_name("audit")
+    proc = subprocess.run([str(exe), "run", "--limit", "16", "--probes", "filters", "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "it/s" not in proc.stderr and "\r" not in proc.stderr
+    assert "report:" in proc.stdout
+
+
+def test_failing_probe_does_not_stop_the_run(audit, tmp_path):
+    out = tmp_path / "out"
+    r = audit("run", "--limit", "16", "--out", out, "--set", "attacks.eps=2")  # epsilon outside (0, 1]
+    assert r.code == 3, r
+    res = read_results(out)
+    validate(res)
+    assert res["probes"]["attacks"]["status"] == "failed"
+    assert "epsilon 2" in res["probes"]["attacks"]["error"]
+    assert (out / "attacks" / "error.log").read_text().startswith("Traceback")
+    assert res["probes"]["filters"]["status"] == "ok"
+    html = (out / "report.html").read_text()
+    assert "This probe failed" in html
+    assert "attacks" in (out / "junit.xml").read_text()
+
+
+def test_probe_selection_config_and_set(audit, tmp_path):
+    cfg = tmp_path / "audit.toml"
+    cfg.write_text('limit = 12\nselect = ["attacks"]\n[probes.attacks]\neps = ["0.1"]\nsteps = 2\n')
+    out = tmp_path / "out"
+    r = audit("run", "--config", cfg, "--set", "attacks.steps=4", "--out", out)
+    assert r.code == 0, r
+    res = read_results(out)
+    assert list(res["probes"]) == ["attacks"] and res["data"]["n"] == 12
+    assert res["probes"]["attacks"]["details"]["steps"] == 4  # --set overrides the file
+    assert set(res["probes"]["attacks"]["metrics"]) == {"clean_accuracy", "robust_accuracy@linf=0.1", "fgsm_accuracy@linf=0.1"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--probes", "nope"], "unknown probe"),
+    (["--set", "attacks.nope=1"], "unknown parameter"),
+    (["--set", "attacks.steps=many"], "attacks.steps"),
+    (["--set", "broken"], "PROBE.KEY=VALUE"),
+    (["--model", "no_such_model"], "unknown model"),
+    (["--device", "tpu"], "--device"),
+    (["--limit", "0"], "--limit"),
+    (["--data", "/nonexistent/folder"], "no such folder"),
+])
+def test_usage_errors_exit_2_with_one_line(audit, tmp_path, args, message):
+    r = audit("run", "--out", tmp_path / "out", *args)
+    assert r.code == 2, r
+    assert message in r.err
+    assert len(r.err.strip().splitlines()) == 1 and "Traceback" not in r.err
+    assert not (tmp_path / "out" / "report.html").exists()
+
+
+def test_resume_reuses_finished_probes(audit, tmp_path):
+    out = tmp_path / "out"
+    assert audit("run", "--limit", "12", "--out", out, *FAST).code == 0
+    first = read_results(out)["probes"]["attacks"]
+    partial = json.loads((out / ".partial" / "attacks.json").read_text())
+    partial["result"]["findings"].append({"severity": "info", "text": "marker from the first run"})
+    (out / ".partial" / "attacks.json").write_text(json.dumps(partial))
+    assert audit("run", "--limit", "12", "--out", out, "--resume", *FAST).code == 0
+    resumed = read_results(out)["probes"]["attacks"]
+    assert resumed["findings"][-1]["text"] == "marker from the first run"
+    assert resumed["metrics"] == first["metrics"]
+    # different parameters: the saved result does not apply and the probe runs again
+    assert audit("run", "--limit", "12", "--out", out, "--resume", "--set", "attacks.steps=2").code == 0
+    assert read_results(out)["probes"]["attacks"]["findings"][-1]["text"] != "marker from the first run"
+
+
+def test_report_rerenders_from_saved_results(audit, tmp_path):
+    out = tmp_path / "out"
+    assert audit("run", "--limit", "12", "--out", out, "--probes", "filters").code == 0
+    (out / "report.html").unlink()
+    r = audit("report", out)
+    assert r.code == 0 and (out / "report.html").is_file()
+
+
+def test_list_commands(audit):
+    r = audit("probes", "list")
+    assert r.code == 0 and "attacks" in r.out and "filters" in r.out
+    r = audit("zoo", "list")
+    assert r.code == 0 and "digits-cnn" in r.out
+    r = audit("zoo", "info", "digits-cnn")
+    assert r.code == 0 and "sha256" in r.out and "0.05, 0.1, 0.2, 0.3" in r.out
+    assert audit("zoo", "info", "nope").code == 2

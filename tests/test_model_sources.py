@@ -1,0 +1,150 @@
+"""Model sources: torchvision (offline error, --weights), TorchScript, torch.export, module:callable."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import FAST, TinyNet, read_results
+
+
+@pytest.fixture
+def empty_torch_home(tmp_path, monkeypatch):
+    home = tmp_path / "torch_home"
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    return home
+
+
+def test_uncached_torchvision_model_offline(audit, tmp_path, empty_torch_home):
+    r = audit("run", "--model", "resnet50", "--offline", "--out", tmp_path / "out")
+    assert r.code == 2, r
+    line = r.err.strip()
+    assert len(line.splitlines()) == 1
+    expected = empty_torch_home / "hub" / "checkpoints" / "resnet50-11ad3fa6.pth"
+    assert str(expected) in line and "--weights PATH" in line
+
+
+def test_uncached_torchvision_model_without_network(tmp_path):
+    """No --offline, but the download cannot connect: the same one-line error, exit 2."""
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "th"), "HTTPS_PROXY": "http://127.0.0.1:9",
+           "HTTP_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"}
+    exe = Path(sys.executable).with_name("audit")
+    proc = subprocess.run([str(exe), "run", "--model", "vgg16", "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "vgg16-397923af.pth" in proc.stderr and "--weights PATH" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_torchvision_name_with_weights_file(audit, tmp_path, digits_flat):
+    """Architecture by name, ImageNet categories and transforms from the Weights enum, state dict from a file."""
+    import torchvision
+
+    weights = tmp_path / "mnv3.pth"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.get_model("mobilenet_v3_small").state_dict(), weights)
+    out = tmp_path / "out"
+    r = audit("run", "--model", "mobilenet_v3_small", "--weights", weights, "--data", digits_flat, "--limit", "2",
+              "--out", out, "--set", "attacks.eps=4/255", "--set", "attacks.steps=1", "--set", "attacks.gallery=0")
+    assert r.code == 0, r
+    res = read_results(out)
+    assert res["model"]["source"] == "torchvision" and res["model"]["classes"] == 1000
+    assert res["model"]["input"] == "3x224x224" and res["model"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert "robust_accuracy@linf=4/255" in res["probes"]["attacks"]["metrics"]
+
+
+def test_torchvision_default_grid_is_imagenet(empty_torch_home):
+    from auditor.models.torchvision import IMAGENET_EPSILONS
+
+    assert IMAGENET_EPSILONS == ("0.5/255", "1/255", "2/255", "4/255")
+
+
+def test_weights_refuse_pickled_code(audit, tmp_path):
+    bad = tmp_path / "evil.pt"
+    torch.save({"net": TinyNet()}, bad)  # a pickled module, not a state dict
+    r = audit("run", "--weights", bad, "--out", tmp_path / "out")
+    assert r.code == 2 and "--trust-model" in r.err
+
+
+def test_zoo_checkpoint_hash_is_checked(audit, tmp_path, monkeypatch):
+    import zoo.registry
+
+    fake = tmp_path / "checkpoints"
+    fake.mkdir()
+    (fake / "digits-cnn.pt").write_bytes(b"tampered")
+    monkeypatch.setattr(zoo.registry, "CHECKPOINT_DIR", fake)
+    r = audit("run", "--out", tmp_path / "out")
+    assert r.code == 2 and "sha256" in r.err
+
+
+@pytest.fixture
+def classes_file(tmp_path):
+    path = tmp_path / "classes.txt"
+    path.write_text("\n".join(f"digit-{i}" for i in range(10)) + "\n")
+    return path
+
+
+def test_torchscript_model(audit, tmp_path, digits_imagefolder, classes_file):
+    torch.manual_seed(0)
+    path = tmp_path / "tiny.ts"
+    torch.jit.script(TinyNet()).save(str(path))
+    out = tmp_path / "out"
+    r = audit("run", "--model", path, "--input-size", "28", "--classes", classes_file, "--data", digits_imagefolder,
+              "--out", out, *FAST)
+    assert r.code == 0, r
+    res = read_results(out)
+    assert res["model"]["source"] == "torchscript" and res["model"]["sha256"]
+    assert res["data"]["labelled"] is True  # folders 0..9 map to output indices
+    assert res["probes"]["filters"]["status"] == "ok" and res["probes"]["attacks"]["status"] == "ok"
+
+def test_torchscript_needs_input_size(audit, tmp_path):
+    path = tmp_path / "tiny.ts"
+    torch.jit.script(TinyNet()).save(str(path))
+    r = audit("run", "--model", path, "--out", tmp_path / "out")
+    assert r.code == 2 and "--input-size" in r.err
+
+
+def test_export_program(audit, tmp_path, digits_flat):
+    torch.manual_seed(0)
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.export.export(TinyNet().eval(), (torch.rand(2, 1, 28, 28),), dynamic_shapes={"x": {0: batch}})
+    path = tmp_path / "tiny.pt2"
+    torch.export.save(program, str(path))
+    out = tmp_path / "out"
+    r = audit("run", "--model", path, "--input-size", "28x28", "--data", digits_flat, "--out", out, *FAST)
+    assert r.code == 0, r
+    res = read_results(out)
+    assert res["model"]["source"] == "export" and res["probes"]["attacks"]["status"] == "ok"
+
+
+def test_import_path_model(audit, tmp_path, digits_imagefolder, monkeypatch):
+    pkg = tmp_path / "mypkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "nets.py").write_text(
+        "import torch\n"
+        "def build():\n"
+        "    torch.manual_seed(0)\n"
+        "    return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),\n"
+        "                               torch.nn.Flatten(), torch.nn.Linear(4, 10))\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "out"
+    r = audit("run", "--model", "mypkg.nets:build", "--input-size", "28", "--mean", "0.13", "--std", "0.31",
+              "--data", digits_imagefolder, "--out", out, *FAST)
+    assert r.code == 0, r
+    res = read_results(out)
+    assert res["model"]["source"] == "import" and res["model"]["input"] == "1x28x28"
+    assert res["data"]["labelled"] is True
+
+
+def test_import_path_errors(audit, tmp_path):
+    r = audit("run", "--model", "no_such_pkg.mod:build", "--out", tmp_path / "out")
+    assert r.code == 2 and "cannot import no_such_pkg.mod" in r.err
+    r = audit("run", "--model", "os.path:nope", "--out", tmp_path / "out")
+    assert r.code == 2 and "no attribute nope" in r.err
