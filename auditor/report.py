@@ -86,6 +86,15 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+def fact(value: Any) -> str:
+    """Facts keep their precision (a mean of 0.1307 stays 0.1307)."""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(fact(v) for v in value) or "—"
+    return fmt(value)
+
+
 def score_css(score: float | None, status: str = "ok") -> str:
     if status == "failed":
         return "bad"
@@ -134,8 +143,8 @@ def build_view(results: Results, out: Path) -> ReportView:
         title=f"Audit of {results.model['name']}", verdict=verdict(results),
         verdict_css={0: "good", 1: "bad", 3: "warn"}[code], score=fmt(results.score),
         score_css=score_css(results.score), tiles=tiles, gates=gates, sections=sections,
-        model=[(k, fmt(v)) for k, v in model.items()], data=[(k, fmt(v)) for k, v in results.data.items()],
-        run=[(k, fmt(v)) for k, v in results.run.items()], notes=notes)
+        model=[(k, fact(v)) for k, v in model.items()], data=[(k, fact(v)) for k, v in results.data.items()],
+        run=[(k, fact(v)) for k, v in results.run.items()], notes=notes)
 
 
 def environment():

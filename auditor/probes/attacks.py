@@ -172,21 +172,27 @@ class AttacksProbe(Probe):
 
         plt = pyplot()
         names = ctx.adapter.class_names
-        fig, axes = plt.subplots(len(pick), 3, figsize=(6.3, 2.1 * len(pick)), squeeze=False)
-        for row, i in enumerate(pick.tolist()):
+        # One column per image: clean, adversarial, perturbation; columns compare at a glance.
+        fig, axes = plt.subplots(3, len(pick), figsize=(1.45 * len(pick) + 0.3, 4.6), squeeze=False)
+        for col, i in enumerate(pick.tolist()):
             gi = int(first_broken[i])
             eps = values[gi]
             clean, _ = ctx.data.batch(slice(i, i + 1))
             adv = first_adv[i:i + 1]
-            delta = (adv - clean) / (2 * eps) + 0.5  # full budget maps to black/white
-            truth = f" (ref {names[reference[i]]})" if ctx.data.labelled else ""
-            titles = [f"clean: {names[clean_pred[i]]}{truth}", f"ε={grid[gi]}: {names[adv_pred[gi, i]]}",
-                      f"perturbation ×{0.5 / eps:.0f}"]
-            for ax, img, title in zip(axes[row], (clean[0], adv[0], delta[0]), titles):
+            delta = (adv - clean) / (2 * eps) + 0.5  # the full budget maps to black / white
+            truth = f"\n(ref {_short(names[reference[i]], 12)})" if ctx.data.labelled else ""
+            titles = [f"{_short(names[clean_pred[i]], 14)}{truth}", f"ε={grid[gi]}:\n{_short(names[adv_pred[gi, i]], 14)}",
+                      f"δ ×{0.5 / eps:.0f}"]
+            for row, (img, title) in enumerate(zip((clean[0], adv[0], delta[0]), titles)):
                 arr, cmap = to_display(img)
+                ax = axes[row, col]
                 ax.imshow(arr, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-                ax.set_title(_short(title), fontsize=8)
-                ax.axis("off")
+                ax.set_title(title, fontsize=7)
+                ax.set_xticks([])
+                ax.set_yticks([])
+        for row, label in enumerate(("clean", "adversarial", "perturbation")):
+            axes[row, 0].set_ylabel(label, fontsize=8)
+        fig.tight_layout()
         path, rel = ctx.artifact("examples.png")
         save_figure(fig, path)
         return rel
