@@ -49,11 +49,17 @@ class RunConfig:
 
 
 def make_progress(enabled: bool):
+    import shutil
+
     from tqdm import tqdm
 
+    # A terminal that reports a 0 x 0 size (a bare pty, some CI runners) makes tqdm hide every bar.
+    size = shutil.get_terminal_size((100, 20))
+    width, height = min(size.columns, 120), max(size.lines, 2)
+
     def progress(total: int, desc: str):
-        return tqdm(total=total, desc=f"{desc:>14}", disable=not enabled, file=sys.stderr, leave=True,
-                    dynamic_ncols=True)
+        return tqdm(total=total, desc=f"{desc:>14}", disable=not enabled, file=sys.stderr, leave=True, ncols=width,
+                    nrows=height)
 
     return progress
 

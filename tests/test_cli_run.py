@@ -58,6 +58,38 @@ def test_installed_command_is_quiet_when_not_a_terminal(tmp_path):
     assert "report:" in proc.stdout
 
 
+def test_progress_bars_on_a_terminal(tmp_path):
+    """With stderr on a terminal, each probe shows a progress bar."""
+    import os
+    import pty
+    import threading
+
+    exe = Path(sys.executable).with_name("audit")
+    master, slave = pty.openpty()
+    chunks = []
+
+    def drain():
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    proc = subprocess.run([str(exe), "run", "--limit", "16", "--out", str(tmp_path / "o"), *FAST],
+                          stdout=subprocess.PIPE, stderr=slave, timeout=300)
+    os.close(slave)
+    reader.join(timeout=10)
+    os.close(master)
+    shown = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0
+    assert "attacks: 100%" in shown and "filters: 100%" in shown
+
+
 def test_failing_probe_does_not_stop_the_run(audit, tmp_path):
     out = tmp_path / "out"
     r = audit("run", "--limit", "16", "--out", out, "--set", "attacks.eps=2")  # epsilon outside (0, 1]

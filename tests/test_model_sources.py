@@ -37,8 +37,9 @@ def test_uncached_torchvision_model_without_network(tmp_path):
     proc = subprocess.run([str(exe), "run", "--model", "vgg16", "--out", str(tmp_path / "o")],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "vgg16-397923af.pth" in proc.stderr and "--weights PATH" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "th" / "hub" / "checkpoints" / "vgg16-397923af.pth").exists()
 
 
 def test_torchvision_name_with_weights_file(audit, tmp_path, digits_flat):

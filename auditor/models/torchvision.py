@@ -68,14 +68,19 @@ def _missing(name: str, weights, path: Path, why: str) -> str:
 
 
 def _download(name: str, weights, path: Path) -> None:
+    """Into torch.hub's cache, hash-checked, as torchvision would; silent unless on a terminal."""
+    import re
+
+    match = re.search(torch.hub.HASH_REGEX, path.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # fail instead of hanging on a dead network
     try:
-        weights.get_state_dict(progress=os.isatty(2), check_hash=True)
+        torch.hub.download_url_to_file(weights.url, str(path), hash_prefix=match.group(1) if match else None,
+                                       progress=os.isatty(2))
     except Exception as exc:  # URLError, HTTPError, timeouts, hash mismatch: all mean "no usable file"
-        partial = path.with_name(path.name + ".partial")
-        if partial.exists():
-            partial.unlink()
+        if path.exists():
+            path.unlink()
         raise AuditError(_missing(name, weights, path, first_line(exc))) from exc
     finally:
         socket.setdefaulttimeout(old)

@@ -40,6 +40,7 @@ class FiltersProbe(Probe):
         max_filters: int = 64  # the grid shows the first N filters
 
     def run(self, ctx: Context) -> ProbeResult:
+        bar = ctx.progress(1, self.name)
         layer, weight = first_conv(ctx.adapter.net)
         w = weight.detach().float().cpu()
         out_c, in_c, kh, kw = w.shape
@@ -55,6 +56,8 @@ class FiltersProbe(Probe):
         from auditor.figures import save_tile_grid
 
         save_tile_grid(tiles, path)
+        bar.update(1)
+        bar.close()
         findings = [Finding("info", f"{layer}: {out_c} filters of {in_c}x{kh}x{kw}; "
                                     f"{'RGB tiles' if in_c == 3 else 'grey tiles (mean over input channels)'}, "
                                     f"mid-grey = 0, each filter scaled to its own peak")]
