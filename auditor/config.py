@@ -17,15 +17,20 @@ RUN_KEYS = {"model", "data", "limit", "batch_size", "device", "seed", "out", "se
             "weights", "input_size", "mean", "std", "classes", "offline"}
 
 
-def load_config(path: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """(run options, {probe: {param: value}}) from a TOML file."""
+def read_toml(path: str | Path, label: str) -> dict[str, Any]:
+    """A TOML document, or an AuditError that names the file (`label` says what it was for)."""
     path = Path(path)
     if not path.is_file():
-        raise AuditError(f"--config {path}: no such file")
+        raise AuditError(f"{label} {path}: no such file")
     try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise AuditError(f"--config {path}: not valid TOML: {exc}") from exc
+        raise AuditError(f"{label} {path}: not valid TOML: {exc}") from exc
+
+
+def load_config(path: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """(run options, {probe: {param: value}}) from a TOML file."""
+    doc = read_toml(path, "--config")
     probes = doc.pop("probes", {})
     unknown = set(doc) - RUN_KEYS
     if unknown:

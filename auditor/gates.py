@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import operator
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from xml.etree import ElementTree as ET
@@ -56,13 +55,9 @@ def parse_rule(text: str) -> Rule:
 
 def load_rules_file(path: str | Path) -> list[Rule]:
     """A TOML file with `rules = ["attacks.score >= 0.5", ...]`."""
-    path = Path(path)
-    if not path.is_file():
-        raise AuditError(f"{path}: no such gates file")
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise AuditError(f"{path}: not valid TOML: {exc}") from exc
+    from auditor.config import read_toml
+
+    doc = read_toml(path, "gates file")
     rules = doc.get("rules")
     if not isinstance(rules, list) or not all(isinstance(r, str) for r in rules):
         raise AuditError(f"{path}: expected a top-level `rules` list of strings, e.g. rules = [\"attacks.score >= 0.5\"]")

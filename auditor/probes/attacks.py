@@ -57,7 +57,7 @@ class AttacksProbe(Probe):
             raise ValueError("attacks.steps and attacks.restarts must be at least 1")
         np.random.seed(ctx.seed)  # ART draws PGD's random start from numpy
         estimator = _art_classifier(ctx)
-        adapter, data = ctx.adapter, ctx.data
+        data = ctx.data
         n = len(data)
         clean_pred = _predict_all(ctx)
         reference = data.labels.clone() if data.labelled else clean_pred.clone()
