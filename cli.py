@@ -178,9 +178,11 @@ def zoo_list():
     """One line per zoo model."""
     from zoo import list_entries
 
+    click.echo(f"{'name':<14} {'task':<9} {'source':<6} {'offline':<8} {'held-out':<16} description")
     for e in list_entries():
         metric = ", ".join(f"{k} {v:.4f}" for k, v in e.metrics.items())
-        click.echo(f"{e.name:<16} {e.task:<9} {metric:<18} {e.description}")
+        offline = "yes" if e.available else "no"
+        click.echo(f"{e.name:<14} {e.task:<9} {'zoo':<6} {offline:<8} {metric:<16} {e.description}")
     return 0
 
 
@@ -221,9 +223,9 @@ def zoo_train(name, out, seed):
     report = e.train(path, seed=seed, progress=lambda n: tqdm(total=n, desc="epochs", disable=not sys.stderr.isatty()))
     for k, v in report.items():
         click.echo(f"{k}: {v}")
-    registered = e.metrics.get("accuracy")
-    if registered is not None and "accuracy" in report:
-        click.echo(f"registry accuracy: {registered} (difference {report['accuracy'] - registered:+.4f})")
+    for key, registered in e.metrics.items():
+        if key in report:
+            click.echo(f"registry {key}: {registered} (difference {report[key] - registered:+.4f})")
     return 0
 
 

@@ -1,4 +1,10 @@
-"""Evaluation data for the classifier path: the zoo's own sets, ImageFolder and flat folders.
+"""Evaluation data: the zoo's own sets and the layouts users bring.
+
+classify: ImageFolder (class sub-folders) or a flat folder (label-free).
+segment: images/ + masks/ (PNG, pixel value = class id, 255 = ignore), or images alone
+(label-free).
+detect: an ultralytics data set YAML (its `test` split, else `val`), or images/ + labels/
+(YOLO txt: class cx cy w h, normalised), or images alone (label-free).
 
 The set is decoded once, up front, into one tensor: a corrupt file stops the run with its
 name before any probe starts, and probes slice batches without decoding again. Decoded
@@ -9,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -23,7 +30,8 @@ UNLABELLED = -1
 class EvalData:
     name: str
     images: torch.Tensor  # N x C x H x W, uint8 or float in [0, 1]
-    labels: torch.Tensor  # N, long; UNLABELLED where label-free
+    labels: Any  # classify: N class ids; segment: N x H x W masks (uint8); detect: list of K x 5 (class, xyxy
+    # in input pixels); label-free: N x UNLABELLED
     labelled: bool
     source: str  # "zoo", "imagefolder" or "flat"
     total: int  # images available before --limit
@@ -39,31 +47,57 @@ class EvalData:
     def batch(self, index, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         x = self.images[index].to(device)
         x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
-        return x, self.labels[index].to(device)
+        if isinstance(self.labels, list):
+            return x, [t.to(device) for t in self.labels[index]]
+        return x, self.labels[index].to(device).long()
 
     def facts(self) -> dict:
         return {"name": self.name, "n": len(self), "labelled": self.labelled, "layout": self.source, "available": self.total}
 
 
-def _decode(path: Path, mode: str, transform) -> torch.Tensor:
+def _open(path: Path, mode: str | None):
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
-            image = im.convert(mode)
+            im.load()
+            return im.convert(mode) if mode else im.copy()
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise AuditError(f"{path}: cannot read this image ({exc.__class__.__name__}); remove or replace it") from exc
-    return transform(image)
+
+
+def _decode(path: Path, mode: str, transform) -> torch.Tensor:
+    return transform(_open(path, mode))
+
+
+def _decode_pair(path: Path, mask_path: Path, mode: str, transform) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image and mask through the same geometry; torchvision resizes a Mask with nearest-neighbour."""
+    import numpy as np
+    from torchvision import tv_tensors
+
+    mask = _open(mask_path, None)
+    if mask.mode not in ("L", "P", "I", "I;16"):
+        raise AuditError(f"{mask_path}: a mask must be single-channel (pixel value = class id), got mode {mask.mode}")
+    target = tv_tensors.Mask(torch.from_numpy(np.array(mask, dtype=np.int64))[None])
+    image, target = transform(_open(path, mode), target)
+    return image, target[0].to(torch.uint8)
 
 
 def load_data(adapter: ModelAdapter, path: str | None, *, limit: int | None, seed: int, progress=None) -> EvalData:
     """The evaluation set, subset to `limit` images by a seeded draw, decoded into memory."""
+    name = None
     if path is None:
-        return _limit(_zoo_data(adapter), limit, seed)
+        zoo = _zoo_data(adapter)
+        limit = limit or adapter.eval_set[2]  # the zoo's default audit size, unless --limit says otherwise
+        if isinstance(zoo, EvalData):
+            return _limit(zoo, limit, seed)
+        name, path = zoo  # a generated folder in the layout users bring
     root = Path(path)
-    if not root.is_dir():
-        raise AuditError(f"--data {root}: no such folder")
-    files, labels, labelled, layout = _scan_folder(root, adapter)
+    is_yaml = root.suffix in (".yaml", ".yml") and adapter.task == "detect"
+    if not (root.is_dir() or (is_yaml and root.is_file())):
+        raise AuditError(f"--data {root}: no such {'file' if is_yaml else 'folder'}")
+    scan = {"segment": _scan_segmentation, "detect": _scan_detection}.get(adapter.task, _scan_folder)
+    files, labels, labelled, layout = scan(root, adapter)
     if not files:
         raise AuditError(f"--data {root}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
     total = len(files)
@@ -72,15 +106,28 @@ def load_data(adapter: ModelAdapter, path: str | None, *, limit: int | None, see
     mode = "L" if adapter.channels == 1 else "RGB"
     transform = adapter.preprocess.transform()
     bar = progress(len(files), "decode images") if progress else None
-    images = []
-    for f in files:
-        images.append(_decode(f, mode, transform))
+    images, masks = [], []
+    for f, label in zip(files, labels):
+        if isinstance(label, Path) and label.suffix == ".txt":
+            image = _decode(f, mode, transform)
+            masks.append(_read_yolo_labels(label, image.shape[-2:]))
+        elif isinstance(label, Path):
+            image, mask = _decode_pair(f, label, mode, transform)
+            masks.append(mask)
+        else:
+            image = _decode(f, mode, transform)
+        images.append(image)
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
-    return EvalData(name=root.name, images=torch.stack(images), labels=torch.tensor(labels, dtype=torch.long),
-                    labelled=labelled, source=layout, total=total)
+    if adapter.task == "detect" and masks:
+        targets = masks
+    else:
+        targets = torch.stack(masks) if masks else torch.tensor(labels, dtype=torch.long)
+    default_name = f"{root.parent.name}/{root.name}" if root.is_file() else root.name
+    return EvalData(name=name or default_name, images=torch.stack(images), labels=targets, labelled=labelled,
+                    source=layout, total=total)
 
 
 def _subset(n: int, limit: int | None, seed: int) -> list[int]:
@@ -93,16 +140,21 @@ def _subset(n: int, limit: int | None, seed: int) -> list[int]:
 
 def _limit(data: EvalData, limit: int | None, seed: int) -> EvalData:
     keep = torch.tensor(_subset(len(data), limit, seed), dtype=torch.long)
-    data.images, data.labels = data.images[keep], data.labels[keep]
+    data.images = data.images[keep]
+    data.labels = [data.labels[i] for i in keep] if isinstance(data.labels, list) else data.labels[keep]
     return data
 
 
-def _zoo_data(adapter: ModelAdapter) -> EvalData:
+def _zoo_data(adapter: ModelAdapter) -> EvalData | tuple[str, Path]:
+    """The zoo model's own set: tensors, or the folder its generator wrote."""
     if adapter.eval_set is None:
-        raise AuditError(f"--model {adapter.facts.name}: this model names no evaluation set; pass --data DIR "
-                         "(class sub-folders, or a flat folder of images)")
-    name, load = adapter.eval_set
-    images, labels = load(0)
+        layout = "images/ + masks/" if adapter.task == "segment" else "class sub-folders, or a flat folder of images"
+        raise AuditError(f"--model {adapter.facts.name}: this model names no evaluation set; pass --data DIR ({layout})")
+    name, load, _ = adapter.eval_set
+    loaded = load(0)
+    if isinstance(loaded, (str, Path)):
+        return name, Path(loaded)
+    images, labels = loaded
     return EvalData(name=name, images=images, labels=labels, labelled=True, source="zoo", total=len(labels))
 
 
@@ -125,6 +177,86 @@ def _scan_folder(root: Path, adapter: ModelAdapter) -> tuple[list[Path], list[in
         files += found
         labels += [mapping[d.name]] * len(found)
     return files, labels, True, "imagefolder"
+
+
+def _scan_segmentation(root: Path, adapter: ModelAdapter) -> tuple[list[Path], list, bool, str]:
+    """images/ + masks/ (matched by file stem), or images alone / a flat folder: label-free."""
+    image_dir = root / "images" if (root / "images").is_dir() else root
+    files = _images_in(image_dir)
+    mask_dir = root / "masks"
+    if not mask_dir.is_dir():
+        return files, [UNLABELLED] * len(files), False, "flat"
+    masks = {p.stem: p for p in _images_in(mask_dir)}
+    missing = [f.name for f in files if f.stem not in masks]
+    if missing:
+        shown = ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else "")
+        raise AuditError(f"--data {root}: no mask in masks/ for {len(missing)} image(s) ({shown}); each image needs "
+                         "a PNG of the same name whose pixels are class ids")
+    return files, [masks[f.stem] for f in files], True, "images+masks"
+
+
+def _scan_detection(root: Path, adapter: ModelAdapter) -> tuple[list[Path], list, bool, str]:
+    """An ultralytics data set YAML, images/ + labels/ (YOLO txt), or images alone (label-free)."""
+    if root.is_file():
+        image_dir = _yaml_split_dir(root)
+        layout = "ultralytics-yaml"
+    else:
+        image_dir, layout = (root / "images" if (root / "images").is_dir() else root), "images+labels"
+    files = sorted(p for p in image_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    labels = [_label_path(f) for f in files]
+    if not any(p.is_file() for p in labels):
+        return files, [UNLABELLED] * len(files), False, "flat"
+    # ultralytics' convention: an image without a label file has no objects
+    return files, labels, True, layout
+
+
+def _label_path(image: Path) -> Path:
+    """ultralytics' rule: the last /images/ in the path becomes /labels/, the suffix .txt."""
+    parts = list(image.parts)
+    if "images" in parts:
+        i = len(parts) - 1 - parts[::-1].index("images")
+        parts[i] = "labels"
+    return Path(*parts).with_suffix(".txt")
+
+
+def _yaml_split_dir(path: Path) -> Path:
+    import yaml
+
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise AuditError(f"--data {path}: not valid YAML: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise AuditError(f"--data {path}: expected an ultralytics data set YAML (path, val or test, names)")
+    split = next((k for k in ("test", "val") if doc.get(k)), None)
+    if split is None or isinstance(doc[split], list):
+        raise AuditError(f"--data {path}: needs a `test` or `val` entry naming one image folder")
+    base = Path(doc.get("path") or path.parent)
+    if not base.is_absolute():
+        base = path.parent / base
+    folder = base / doc[split]
+    if not folder.is_dir():
+        raise AuditError(f"--data {path}: its {split} images folder {folder} does not exist (download the data set "
+                         "with ultralytics first, or point `path:` at it)")
+    return folder
+
+
+def _read_yolo_labels(path: Path, size) -> torch.Tensor:
+    """YOLO txt (class cx cy w h, normalised) -> K x 5 (class, x0, y0, x1, y1) in input pixels."""
+    h, w = (int(v) for v in size)
+    if not path.is_file():
+        return torch.zeros(0, 5)
+    try:
+        rows = [[float(v) for v in line.split()[:5]] for line in path.read_text().splitlines() if line.strip()]
+    except ValueError as exc:
+        raise AuditError(f"{path}: not a YOLO label file (class cx cy w h per line): {exc}") from exc
+    if not rows:
+        return torch.zeros(0, 5)
+    t = torch.tensor(rows)
+    if t.shape[1] != 5:
+        raise AuditError(f"{path}: not a YOLO label file (class cx cy w h per line)")
+    cx, cy, bw, bh = t[:, 1] * w, t[:, 2] * h, t[:, 3] * w, t[:, 4] * h
+    return torch.stack([t[:, 0], cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], dim=1)
 
 
 def map_folders_to_classes(folders: list[str], class_names: list[str], root: Path) -> dict[str, int]:

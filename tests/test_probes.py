@@ -44,19 +44,30 @@ def test_pgd_reaches_near_zero_at_03_and_is_stronger_than_fgsm(digits_model, dig
     assert result.score == pytest.approx(np.mean([m["robust_accuracy@linf=0.1"], m["robust_accuracy@linf=0.3"]]) / m["clean_accuracy"])
 
 
-def test_art_adversarials_stay_in_the_budget(digits_model, digits_test):
-    """What the probe feeds back to the model is inside the L-inf ball and the pixel range."""
-    from art.attacks.evasion import ProjectedGradientDescent
-
-    from auditor.probes.attacks import _art_classifier
+@pytest.mark.parametrize("engine_class", ["ArtClassifierAttack", "TorchAttack"])
+def test_adversarials_stay_in_the_budget(digits_model, digits_test, engine_class):
+    """What both engines feed back to the model is inside the L-inf ball and the pixel range."""
+    import auditor.probes.attacks as attacks
 
     ctx = context(digits_model, digits_test[0][:16], digits_test[1][:16], None)
-    eps = 0.1
-    pgd = ProjectedGradientDescent(_art_classifier(ctx), eps=eps, eps_step=0.025, max_iter=5, num_random_init=1,
-                                   verbose=False)
-    x = digits_test[0][:16].numpy()
-    adv = pgd.generate(x=x, y=digits_test[1][:16].numpy())
-    assert np.abs(adv - x).max() <= eps + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+    engine = getattr(attacks, engine_class)(ctx, steps=5, step_factor=2.5, restarts=2)
+    x, eps = digits_test[0][:16], 0.1
+    for adv in engine(x, digits_test[1][:16], eps):
+        assert (adv - x).abs().max() <= eps + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+
+
+def test_torch_engine_is_as_strong_as_art(digits_model, digits_test):
+    """The torch loop (the segmenters' engine) and ART's PGD agree on the same classifier and budget."""
+    from auditor.probes.attacks import ArtClassifierAttack, TorchAttack
+
+    images, labels = digits_test[0][:96], digits_test[1][:96]
+    ctx = context(digits_model, images, labels, None)
+    rates = []
+    for engine in (ArtClassifierAttack(ctx, 10, 2.5, 1), TorchAttack(ctx, 10, 2.5, 1)):
+        _, adv = engine(images, labels, 0.05)
+        with torch.no_grad():
+            rates.append((digits_model.predict(adv) == labels).double().mean().item())
+    assert abs(rates[0] - rates[1]) <= 0.05, rates
 
 
 def test_attack_matches_a_plain_torch_pgd(digits_model, digits_test, tmp_path):

@@ -34,10 +34,17 @@ class ZooEntry:
     epsilons: tuple[str, ...]  # L-inf grid for attacks, in pixel space
     train: Callable[..., Any]  # the recipe: train(out_path, seed, progress) -> report dict
     recipe: dict[str, Any] = field(default_factory=dict)
+    eval_limit: int | None = None  # images a default audit draws (seeded) from the set; None: all
 
     @property
     def checkpoint_path(self) -> Path:
         return CHECKPOINT_DIR / self.checkpoint
+
+    @property
+    def available(self) -> bool:
+        """True when the shipped checkpoint is present and matches its hash: usable offline."""
+        path = self.checkpoint_path
+        return path.is_file() and sha256_of(path) == self.sha256
 
 
 _REGISTRY: dict[str, ZooEntry] = {}
@@ -53,6 +60,8 @@ def register(entry: ZooEntry) -> ZooEntry:
 def _load_builtin() -> None:
     # Imported for their side effect of registering; kept lazy so `import zoo` is cheap.
     import zoo.digits_cnn  # noqa: F401
+    import zoo.shapes_unet  # noqa: F401
+    import zoo.shapes_yolo  # noqa: F401
 
 
 def list_entries() -> list[ZooEntry]:

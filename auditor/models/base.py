@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 TASKS = ("classify", "detect", "segment")
+MAP_CONF = 0.001  # detectors: keep low-confidence boxes for mAP, as COCO evaluation does
+SHOW_CONF = 0.25  # detectors: boxes shown, and the label-free reference
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ class ModelAdapter(nn.Module, abc.ABC):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         self.preprocess = preprocess
         self.epsilons = tuple(epsilons)
-        self.eval_set = eval_set  # zoo models: seed -> (images, labels); else None
+        self.eval_set = eval_set  # zoo models: (name, seed -> tensors or folder, default limit); else None
         self._target_layer: tuple[str, nn.Module] | None = None
 
     @property
@@ -90,6 +92,10 @@ class ModelAdapter(nn.Module, abc.ABC):
     @abc.abstractmethod
     def loss(self, outputs: Any, targets: Any) -> torch.Tensor:
         """A per-image loss (shape N) that attacks ascend."""
+
+    def objective(self, x: torch.Tensor, targets: Any) -> torch.Tensor:
+        """The per-image loss of pixel-space input x: what an attack differentiates."""
+        return self.loss(self(x), targets)
 
     @property
     def target_layer(self) -> tuple[str, nn.Module]:
@@ -122,6 +128,28 @@ class ClassifierAdapter(ModelAdapter):
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(outputs, targets, reduction="none")
+
+
+class SegmenterAdapter(ModelAdapter):
+    """Per-pixel logits N x K x H x W; `predict` gives N x H x W class ids."""
+
+    task = "segment"
+    ignore_index = 255
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(self.normalize(x))
+        if isinstance(out, dict):  # torchvision segmentation models return {"out": ..., "aux": ...}
+            out = out["out"]
+        return out
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x).argmax(dim=1)
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Pixel cross-entropy, averaged over each image's labelled pixels."""
+        per_pixel = F.cross_entropy(outputs, targets, ignore_index=self.ignore_index, reduction="none")
+        valid = (targets != self.ignore_index).flatten(1).sum(1).clamp_min(1)
+        return per_pixel.flatten(1).sum(1) / valid
 
 
 def find_last_spatial_module(net: nn.Module, example: torch.Tensor) -> tuple[str, nn.Module]:

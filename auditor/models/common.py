@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from auditor.errors import AuditError
-from auditor.models.base import ClassifierAdapter, ModelAdapter, ModelFacts, Preprocess
+from auditor.models.base import ClassifierAdapter, ModelAdapter, ModelFacts, Preprocess, SegmenterAdapter
 
 # Grid for models that declare none: the usual CIFAR/ImageNet-scale L-inf budgets.
 DEFAULT_EPSILONS = ("1/255", "2/255", "4/255", "8/255")
@@ -43,18 +43,23 @@ def first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def infer_num_outputs(net: nn.Module, channels: int, input_size: tuple[int, int]) -> int:
+def infer_num_outputs(net: nn.Module, channels: int, input_size: tuple[int, int], task: str) -> int:
     with torch.no_grad():
         out = net(torch.zeros(1, channels, *input_size))
-    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+    if isinstance(out, dict) and "out" in out:
+        out = out["out"]
+    want = 2 if task == "classify" else 4
+    if not isinstance(out, torch.Tensor) or out.dim() != want:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise AuditError(f"the model returned {shape} for one image; a classifier must return N x classes logits "
-                         "(pass --task for detectors and segmenters)")
+        expected = "N x classes logits" if task == "classify" else "N x classes x H x W logits"
+        hint = " (pass --task segment for a segmenter)" if task == "classify" else ""
+        raise AuditError(f"the model returned {shape} for one image; a {task} model must return {expected}{hint}")
     return out.shape[1]
 
 
-def generic_classifier(net: nn.Module, spec, *, facts: ModelFacts) -> ModelAdapter:
-    """A classifier that cannot describe itself: geometry and normalisation come from the user."""
+def generic_adapter(net: nn.Module, spec, *, facts: ModelFacts) -> ModelAdapter:
+    """A model that cannot describe itself: task, geometry and normalisation come from the user."""
+    task = spec.task or "classify"
     if spec.input_size is None:
         raise AuditError(f"--model {spec.model}: this model does not state its input size; pass --input-size 224 (or HxW)")
     mean = spec.mean or (0.0,)
@@ -63,7 +68,7 @@ def generic_classifier(net: nn.Module, spec, *, facts: ModelFacts) -> ModelAdapt
     if channels == 1:
         channels = _probe_channels(net, spec.input_size)
     try:
-        n_out = infer_num_outputs(net, channels, spec.input_size)
+        n_out = infer_num_outputs(net, channels, spec.input_size, task)
     except AuditError:
         raise
     except Exception as exc:
@@ -74,9 +79,9 @@ def generic_classifier(net: nn.Module, spec, *, facts: ModelFacts) -> ModelAdapt
         raise AuditError(f"--classes {spec.classes_file}: {len(names)} names but the model has {n_out} outputs")
     if spec.mean is None:
         facts.notes.append("no --mean/--std given: the model is fed [0, 1] pixels unnormalised")
-    return ClassifierAdapter(net, facts=facts, class_names=names, input_size=spec.input_size, channels=channels,
-                             mean=mean, std=std, preprocess=Preprocess(resize=spec.input_size),
-                             epsilons=DEFAULT_EPSILONS)
+    adapter_class = SegmenterAdapter if task == "segment" else ClassifierAdapter
+    return adapter_class(net, facts=facts, class_names=names, input_size=spec.input_size, channels=channels,
+                         mean=mean, std=std, preprocess=Preprocess(resize=spec.input_size), epsilons=DEFAULT_EPSILONS)
 
 
 def _probe_channels(net: nn.Module, input_size: tuple[int, int]) -> int:

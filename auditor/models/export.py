@@ -9,7 +9,7 @@ from torch import nn
 
 from auditor.errors import AuditError
 from auditor.models.base import ModelAdapter, ModelFacts
-from auditor.models.common import first_line, generic_classifier
+from auditor.models.common import first_line, generic_adapter
 from zoo.registry import sha256_of
 
 
@@ -34,7 +34,7 @@ def load_exported(path: Path, spec) -> ModelAdapter:
         raise AuditError(f"--model {path}: not a loadable torch.export program: {first_line(exc)}") from exc
     net = _Exported(program.module())
     facts = ModelFacts(name=path.name, source="export", sha256=sha256_of(path), weights=str(path))
-    adapter = generic_classifier(net, spec, facts=facts)
+    adapter = generic_adapter(net, spec, facts=facts)
     try:
         with torch.no_grad():
             adapter(adapter.example_input(2))

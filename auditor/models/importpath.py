@@ -10,7 +10,7 @@ from torch import nn
 
 from auditor.errors import AuditError
 from auditor.models.base import ModelAdapter, ModelFacts
-from auditor.models.common import apply_state_dict, first_line, generic_classifier, load_state_dict
+from auditor.models.common import apply_state_dict, first_line, generic_adapter, load_state_dict
 from zoo.registry import sha256_of
 
 
@@ -40,4 +40,4 @@ def load_import_path(target: str, spec) -> ModelAdapter:
     if spec.weights is not None:
         apply_state_dict(net, load_state_dict(spec.weights, spec.trust_model), spec.weights)
         facts.weights, facts.sha256 = spec.weights, sha256_of(spec.weights)
-    return generic_classifier(net, spec, facts=facts)
+    return generic_adapter(net, spec, facts=facts)

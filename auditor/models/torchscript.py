@@ -10,7 +10,7 @@ import torch
 
 from auditor.errors import AuditError
 from auditor.models.base import ModelAdapter, ModelFacts
-from auditor.models.common import first_line, generic_classifier
+from auditor.models.common import first_line, generic_adapter
 from zoo.registry import sha256_of
 
 
@@ -31,4 +31,4 @@ def load_torchscript(path: Path, spec) -> ModelAdapter:
     except Exception as exc:
         raise AuditError(f"--model {path}: not a loadable TorchScript file: {first_line(exc)}") from exc
     facts = ModelFacts(name=path.name, source="torchscript", sha256=sha256_of(path), weights=str(path))
-    return generic_classifier(net, spec, facts=facts)
+    return generic_adapter(net, spec, facts=facts)

@@ -1,27 +1,38 @@
-"""torchvision source: any classification model name, with its Weights enum's transforms and categories."""
+"""torchvision source: classification, detection and segmentation models by name.
+
+Each model comes with its Weights enum: the URL and hash of its weights (cached by
+torch.hub under TORCH_HOME), its preprocessing and its category names.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 from pathlib import Path
 
 import torch
 
 from auditor.errors import AuditError
-from auditor.models.base import ClassifierAdapter, ModelAdapter, ModelFacts, Preprocess
+from auditor.models.base import SHOW_CONF, ClassifierAdapter, ModelAdapter, ModelFacts, Preprocess, SegmenterAdapter
 from auditor.models.common import apply_state_dict, first_line, load_state_dict
 from zoo.registry import sha256_of
 
 # The grid of RobustBench's ImageNet L-inf track ends at 4/255, so its figures compare.
 IMAGENET_EPSILONS = ("0.5/255", "1/255", "2/255", "4/255")
 DOWNLOAD_TIMEOUT_S = 30
+DETECTION_SIZE = 512  # square input for detectors: images are batched, and the model resizes again inside
 
 
-def is_torchvision_classifier(name: str) -> bool:
+def torchvision_task(name: str) -> str | None:
+    """classify, detect or segment for a torchvision model name; None when it is not one."""
     import torchvision.models
 
-    return name in torchvision.models.list_models(module=torchvision.models)
+    for task, module in (("classify", torchvision.models), ("detect", torchvision.models.detection),
+                         ("segment", torchvision.models.segmentation)):
+        if name in torchvision.models.list_models(module=module):
+            return task
+    return None
 
 
 def cached_weights_path(weights) -> Path:
@@ -32,12 +43,19 @@ def cached_weights_path(weights) -> Path:
 def load_torchvision(name: str, spec) -> ModelAdapter:
     import torchvision.models
 
+    task = torchvision_task(name)
+    if spec.task is not None and spec.task != task:
+        raise AuditError(f"--model {name} is a torchvision {task} model, not {spec.task}")
     weights = torchvision.models.get_model_weights(name).DEFAULT
     categories = list(weights.meta["categories"])
     names = spec.class_names() or categories
+    # Detection and segmentation builders would fetch ImageNet backbone weights unless told not to.
+    extra = {} if task == "classify" else {"weights_backbone": None}
     if spec.weights is not None:
-        net = torchvision.models.get_model(name, weights=None, num_classes=len(names))
         state = load_state_dict(spec.weights, spec.trust_model)
+        if task == "segment":
+            extra["aux_loss"] = any(k.startswith("aux_classifier") for k in state)
+        net = torchvision.models.get_model(name, weights=None, num_classes=len(names), **extra)
         apply_state_dict(net, state, spec.weights)
         weights_file, digest = Path(spec.weights), sha256_of(spec.weights)
     else:
@@ -47,30 +65,70 @@ def load_torchvision(name: str, spec) -> ModelAdapter:
                 raise AuditError(_missing(name, weights, weights_file, "--offline was given"))
             _download(name, weights, weights_file)
         if spec.classes_file is not None and len(names) != len(categories):
-            raise AuditError(f"--classes {spec.classes_file}: {len(names)} names, but {name}'s ImageNet weights have "
+            raise AuditError(f"--classes {spec.classes_file}: {len(names)} names, but {name}'s weights have "
                              f"{len(categories)} classes (fine-tuned weights: add --weights PATH)")
-        net = torchvision.models.get_model(name, weights=weights)
+        net = torchvision.models.get_model(name, weights=weights, **extra)
         digest = None  # torchvision checks the hash prefix in the file name on download
-    preset = weights.transforms()
-    crop = tuple(preset.crop_size) * (2 if len(preset.crop_size) == 1 else 1)
     facts = ModelFacts(name=name, source="torchvision", sha256=digest, weights=str(weights_file))
-    facts.notes.append(f"torchvision weights {weights}: resize {preset.resize_size[0]}, centre crop {crop[0]}")
-    return ClassifierAdapter(
-        net, facts=facts, class_names=names, input_size=crop, channels=3,
-        mean=spec.mean or tuple(preset.mean), std=spec.std or tuple(preset.std),
-        preprocess=Preprocess(resize=preset.resize_size[0], crop=crop), epsilons=IMAGENET_EPSILONS,
-    )
+    preset = weights.transforms()
+    if task == "detect":
+        size = spec.input_size or (DETECTION_SIZE, DETECTION_SIZE)
+        facts.notes.append(f"torchvision weights {weights}: images resized to {size[0]}x{size[1]}; the model "
+                           "normalises and resizes inside")
+        return TorchvisionDetectorAdapter(net, facts=facts, class_names=names, input_size=size, channels=3,
+                                          mean=(0.0,), std=(1.0,), preprocess=Preprocess(resize=size),
+                                          epsilons=IMAGENET_EPSILONS)
+    resize = preset.resize_size[0]
+    crop = tuple(getattr(preset, "crop_size", None) or (resize,))
+    crop = crop * 2 if len(crop) == 1 else crop
+    facts.notes.append(f"torchvision weights {weights}: resize {resize}, centre crop {crop[0]}")
+    adapter_class = SegmenterAdapter if task == "segment" else ClassifierAdapter
+    return adapter_class(net, facts=facts, class_names=names, input_size=crop, channels=3,
+                         mean=spec.mean or tuple(preset.mean), std=spec.std or tuple(preset.std),
+                         preprocess=Preprocess(resize=resize, crop=crop), epsilons=IMAGENET_EPSILONS)
+
+
+class TorchvisionDetectorAdapter(ModelAdapter):
+    """torchvision's detectors: lists in, lists out; their own loss comes from train mode with targets.
+
+    Their batch norms are frozen, so train mode changes only the region-proposal budgets;
+    the attack objective is the sum of the model's training losses for the reference boxes.
+    """
+
+    task = "detect"
+
+    def forward(self, x: torch.Tensor):
+        return self.net(list(self.normalize(x)))
+
+    def predict(self, x: torch.Tensor, conf: float = SHOW_CONF) -> list[dict[str, torch.Tensor]]:
+        out = []
+        for d in self(x):
+            keep = d["scores"] >= conf
+            out.append({"boxes": d["boxes"][keep], "scores": d["scores"][keep], "labels": d["labels"][keep]})
+        return out
+
+    def loss(self, outputs, targets) -> torch.Tensor:
+        raise NotImplementedError("torchvision detectors compute their loss in objective()")
+
+    def objective(self, x: torch.Tensor, targets: list[torch.Tensor]) -> torch.Tensor:
+        was_training = self.net.training
+        self.net.train()
+        try:
+            losses = self.net(list(self.normalize(x)),
+                              [{"boxes": t[:, 1:5].float(), "labels": t[:, 0].long()} for t in targets])
+        finally:
+            self.net.train(was_training)
+        total = sum(losses.values())
+        return total.expand(len(x)) / len(x)
 
 
 def _missing(name: str, weights, path: Path, why: str) -> str:
-    return (f"{name}: ImageNet weights not cached at {path} and not downloadable ({why}); fetch {weights.url} "
+    return (f"{name}: weights not cached at {path} and not downloadable ({why}); fetch {weights.url} "
             f"to that path, or pass --weights PATH")
 
 
 def _download(name: str, weights, path: Path) -> None:
     """Into torch.hub's cache, hash-checked, as torchvision would; silent unless on a terminal."""
-    import re
-
     match = re.search(torch.hub.HASH_REGEX, path.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     old = socket.getdefaulttimeout()

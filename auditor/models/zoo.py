@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from auditor.errors import AuditError
-from auditor.models.base import ClassifierAdapter, ModelAdapter, ModelFacts, Preprocess
+from auditor.models.base import ClassifierAdapter, ModelAdapter, ModelFacts, Preprocess, SegmenterAdapter
 from auditor.models.common import apply_state_dict, load_state_dict
 from zoo.registry import ZooEntry, sha256_of
 
 
 def load_zoo_model(entry: ZooEntry, spec) -> ModelAdapter:
-    if entry.task != "classify":
-        raise AuditError(f"{entry.name}: {entry.task} models are not supported yet")
+    if entry.task == "detect":
+        from auditor.models.ultralytics import DetectorAdapter as adapter_class
+    else:
+        adapter_class = {"classify": ClassifierAdapter, "segment": SegmenterAdapter}[entry.task]
     path = spec.weights or entry.checkpoint_path
     digest = sha256_of(path) if _exists(path) else None
     if spec.weights is None:
@@ -24,10 +26,10 @@ def load_zoo_model(entry: ZooEntry, spec) -> ModelAdapter:
     apply_state_dict(net, load_state_dict(path, spec.trust_model), path)
     names = spec.class_names() or list(entry.categories)
     facts = ModelFacts(name=entry.name, source="zoo", sha256=digest, weights=str(path))
-    return ClassifierAdapter(
+    return adapter_class(
         net, facts=facts, class_names=names, input_size=entry.input_size, channels=entry.channels,
         mean=spec.mean or entry.mean, std=spec.std or entry.std, preprocess=Preprocess(resize=entry.input_size),
-        epsilons=entry.epsilons, eval_set=(entry.eval_set, entry.load_eval_set),
+        epsilons=entry.epsilons, eval_set=(entry.eval_set, entry.load_eval_set, entry.eval_limit),
     )
 
 

@@ -1,0 +1,110 @@
+"""Per-task handling of predictions and references, so that probes are written once for all tasks.
+
+A probe asks the task's ops to predict a batch, join batches, slice, score against the
+reference (accuracy, mIoU or mAP50) and say how much one image's prediction still agrees
+with its reference (for choosing examples to show).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from auditor.metrics import detection_map, mean_iou_score
+
+
+class ClassifyOps:
+    metric = "accuracy"
+
+    def predict(self, adapter, x: torch.Tensor) -> torch.Tensor:
+        return adapter.predict(x).cpu()
+
+    def concat(self, parts: list) -> Any:
+        return torch.cat(parts)
+
+    def take(self, items, index: slice):
+        return items[index]
+
+    def to(self, items, device):
+        return items.to(device)
+
+    def reference(self, data, clean_pred):
+        return data.labels.long() if data.labelled else clean_pred.clone()
+
+    def score(self, pred, reference, adapter) -> float:
+        return (pred == reference).double().mean().item()
+
+    def agreement(self, pred, reference) -> torch.Tensor:
+        return (pred == reference).double()
+
+
+class SegmentOps(ClassifyOps):
+    metric = "miou"
+
+    def score(self, pred, reference, adapter) -> float:
+        return mean_iou_score(pred, reference, adapter.num_classes)
+
+    def agreement(self, pred, reference) -> torch.Tensor:
+        valid = reference != 255
+        return ((pred == reference) & valid).flatten(1).sum(1) / valid.flatten(1).sum(1).clamp_min(1)
+
+
+class DetectOps:
+    """Predictions: per image {boxes, scores, labels} at mAP confidence; references: K x 5 (class, xyxy)."""
+
+    metric = "map50"
+
+    def predict(self, adapter, x: torch.Tensor) -> list[dict]:
+        from auditor.models.base import MAP_CONF
+
+        return [{k: v.cpu() for k, v in d.items()} for d in adapter.predict(x, conf=MAP_CONF)]
+
+    def concat(self, parts: list) -> list:
+        return [d for part in parts for d in part]
+
+    def take(self, items, index: slice):
+        return items[index]
+
+    def to(self, items, device):
+        return [t.to(device) for t in items]
+
+    def reference(self, data, clean_pred):
+        if data.labelled:
+            return data.labels
+        return [torch.cat([d["labels"][:, None].float(), d["boxes"]], 1)[d["scores"] >= _show_conf()]
+                for d in clean_pred]
+
+    def score(self, pred, reference, adapter) -> float:
+        return detection_map(pred, reference)["map50"]
+
+    def agreement(self, pred, reference) -> torch.Tensor:
+        """Share of reference boxes still found (IoU >= 0.5, same class, shown confidence)."""
+        from torchvision.ops import box_iou
+
+        out = []
+        for d, ref in zip(pred, reference):
+            if len(ref) == 0:
+                out.append(1.0)
+                continue
+            keep = d["scores"] >= _show_conf()
+            boxes, labels = d["boxes"][keep], d["labels"][keep]
+            if len(boxes) == 0:
+                out.append(0.0)
+                continue
+            iou = box_iou(ref[:, 1:5], boxes) * (ref[:, :1].long() == labels[None])
+            out.append((iou.max(1).values >= 0.5).double().mean().item())
+        return torch.tensor(out, dtype=torch.float64)
+
+
+def _show_conf() -> float:
+    from auditor.models.base import SHOW_CONF
+
+    return SHOW_CONF
+
+
+OPS = {"classify": ClassifyOps(), "segment": SegmentOps(), "detect": DetectOps()}
+
+
+def ops_for(task: str):
+    return OPS[task]
