@@ -48,13 +48,14 @@ def save_tile_grid(tiles: torch.Tensor, path: Path, *, tile_px: int = 40, nrow: 
     Image.fromarray(array).save(path)
 
 
-def overlay_mask(image: torch.Tensor, mask: torch.Tensor, num_classes: int, alpha: float = 0.55):
-    """C x H x W image in [0, 1] with class colours blended over every non-background pixel."""
+def overlay_mask(image: torch.Tensor, mask: torch.Tensor, num_classes: int, alpha: float = 0.7):
+    """Class colours over a dimmed grey copy of the image, so mask colours never mix with the scene's own."""
     import numpy as np
 
     plt = pyplot()
     arr, _ = to_display(image)
-    rgb = np.repeat(arr[..., None], 3, axis=2) if arr.ndim == 2 else arr.copy()
+    grey = arr if arr.ndim == 2 else arr.mean(axis=2)
+    rgb = np.repeat((0.25 + 0.5 * grey)[..., None], 3, axis=2)
     colours = plt.get_cmap("tab10")(np.arange(max(num_classes, 1)) % 10)[:, :3]
     m = mask.cpu().numpy().astype(int)
     fg = (m > 0) & (m < num_classes)

@@ -96,7 +96,7 @@ class TorchAttack:
 
 class AttacksProbe(Probe):
     name = "attacks"
-    description = "L-inf FGSM and PGD over an epsilon grid: robust accuracy (or mIoU) curve and adversarial examples"
+    description = "L-inf FGSM and PGD over an epsilon grid: accuracy, mIoU or mAP50 under attack, adversarial examples"
     tasks = ("classify", "segment", "detect")
 
     @dataclass

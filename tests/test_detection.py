@@ -1,0 +1,145 @@
+"""The detection path: ultralytics YAML / images+labels data, ultralytics and torchvision detectors, mAP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from auditor.metrics import detection_map
+from tests.conftest import read_results
+from zoo import shapes
+
+DET_FAST = ["--set", "attacks.steps=2", "--set", "attacks.eps=8/255", "--set", "attacks.gallery=2"]
+
+
+@pytest.fixture(scope="module")
+def det_set(tmp_path_factory):
+    return shapes.write_detection_set(tmp_path_factory.mktemp("det") / "set", {"val": 6}, size=64)
+
+
+@pytest.fixture(scope="module")
+def classes3(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cls") / "classes.txt"
+    path.write_text("circle\nsquare\ntriangle\n")
+    return path
+
+
+def test_map_of_perfect_and_empty_predictions():
+    target = [torch.tensor([[1.0, 10, 10, 30, 30]])]
+    perfect = [{"boxes": torch.tensor([[10.0, 10, 30, 30]]), "scores": torch.tensor([0.9]), "labels": torch.tensor([1])}]
+    empty = [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}]
+    assert detection_map(perfect, target)["map50"] == pytest.approx(1.0)
+    assert detection_map(empty, target)["map50"] == 0.0
+
+
+def test_yolo_labels_become_pixel_boxes(tmp_path):
+    from auditor.data import _read_yolo_labels
+
+    (tmp_path / "a.txt").write_text("2 0.5 0.5 0.25 0.5\n")
+    boxes = _read_yolo_labels(tmp_path / "a.txt", (64, 128))
+    assert boxes.tolist() == [[2.0, 48.0, 16.0, 80.0, 48.0]]
+    assert _read_yolo_labels(tmp_path / "missing.txt", (64, 64)).shape == (0, 5)  # no file: no objects
+
+
+def test_ultralytics_yaml_model_on_dataset_yaml(audit, tmp_path, det_set, classes3):
+    """The ultralytics path with a tiny untrained model built from ultralytics' own yolov8n.yaml."""
+    out = tmp_path / "out"
+    r = audit("run", "--model", "yolov8n.yaml", "--classes", classes3, "--input-size", "64",
+              "--data", det_set / "data.yaml", "--out", out, *DET_FAST)
+    assert r.code == 0, r
+    res = read_results(out)
+    assert res["model"]["task"] == "detect" and res["model"]["source"] == "ultralytics"
+    assert res["data"]["layout"] == "ultralytics-yaml" and res["data"]["n"] == 6
+    m = res["probes"]["attacks"]["metrics"]
+    assert set(m) == {"clean_map50", "robust_map50@linf=8/255", "fgsm_map50@linf=8/255"}
+    assert res["probes"]["filters"]["status"] == "ok"
+
+
+def test_images_and_labels_folder_and_label_free(audit, tmp_path, det_set, classes3):
+    out = tmp_path / "out"
+    r = audit("run", "--model", "yolov8n.yaml", "--classes", classes3, "--input-size", "64",
+              "--data", det_set, "--out", out, "--probes", "attacks", *DET_FAST)
+    assert r.code == 0, r
+    assert read_results(out)["data"]["layout"] == "images+labels"
+    import shutil
+
+    plain = shutil.copytree(det_set / "images" / "val", tmp_path / "plain")  # no labels/ beside it
+    r = audit("run", "--model", "yolov8n.yaml", "--classes", classes3, "--input-size", "64",
+              "--data", plain, "--out", out, "--probes", "attacks", *DET_FAST)
+    assert r.code == 0, r
+    assert read_results(out)["data"]["labelled"] is False
+
+
+def test_ultralytics_name_offline_is_one_clear_line(audit, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = audit("run", "--model", "yolov8n", "--offline", "--out", tmp_path / "out")
+    assert r.code == 2, r
+    assert "yolov8n.pt" in r.err and len(r.err.strip().splitlines()) == 1
+
+
+def test_ultralytics_checkpoint_with_foreign_code_is_refused(audit, tmp_path):
+    import os
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "best.pt"
+    torch.save({"model": Evil()}, path)
+    r = audit("run", "--model", path, "--out", tmp_path / "out")
+    assert r.code == 2 and "--trust-model" in r.err
+    assert not marker.exists()
+
+
+def test_torchvision_detector_offline(audit, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    r = audit("run", "--model", "fasterrcnn_resnet50_fpn", "--offline", "--out", tmp_path / "out")
+    assert r.code == 2 and "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth" in r.err
+
+
+def test_torchvision_detector_with_weights_file(audit, tmp_path, det_set, classes3):
+    """Architecture by name, COCO categories from the Weights enum, a state dict from a file, train-mode loss."""
+    import torchvision
+
+    torch.manual_seed(0)
+    net = torchvision.models.get_model("ssdlite320_mobilenet_v3_large", weights=None, weights_backbone=None)
+    weights = tmp_path / "ssd.pth"
+    torch.save(net.state_dict(), weights)
+    out = tmp_path / "out"
+    r = audit("run", "--model", "ssdlite320_mobilenet_v3_large", "--weights", weights, "--input-size", "64",
+              "--data", det_set, "--limit", "2", "--out", out, "--probes", "attacks", *DET_FAST)
+    assert r.code == 0, r
+    res = read_results(out)
+    assert res["model"]["source"] == "torchvision" and res["model"]["task"] == "detect"
+    assert res["probes"]["attacks"]["status"] == "ok"
+
+
+def test_torchvision_segmenter_with_weights_file(audit, tmp_path):
+    import torchvision
+
+    seg = shapes.write_segmentation_set(tmp_path / "seg", "test", 2, size=64)
+    torch.manual_seed(0)
+    net = torchvision.models.get_model("lraspp_mobilenet_v3_large", weights=None, weights_backbone=None)
+    weights = tmp_path / "lraspp.pth"
+    torch.save(net.state_dict(), weights)
+    out = tmp_path / "out"
+    r = audit("run", "--model", "lraspp_mobilenet_v3_large", "--weights", weights, "--data", seg, "--out", out,
+              "--probes", "attacks", "--set", "attacks.steps=1", "--set", "attacks.eps=8/255",
+              "--set", "attacks.gallery=0")
+    assert r.code == 0, r
+    res = read_results(out)
+    assert res["model"]["task"] == "segment" and res["model"]["classes"] == 21
+    assert "clean_miou" in res["probes"]["attacks"]["metrics"]
+
+
+def test_yolo_recipe_trains_on_a_small_budget(tmp_path):
+    """A re-run of the detector's recipe on a small budget still learns: the training loss goes down."""
+    from zoo.shapes_yolo import train
+
+    report = train(tmp_path / "y.pt", seed=0, budget=0.1)
+    assert len(report["losses"]) >= 2 and report["losses"][-1] < report["losses"][0], report["losses"]
+    assert Path(report["path"]).is_file()
