@@ -21,7 +21,7 @@ from zoo.registry import ZooEntry, register, sha256_of
 SIZE = 160
 ARCH = "yolov8n.yaml"
 TEST_IMAGES = 200
-RECIPE = {"arch": ARCH, "train_images": 400, "val_images": 100, "epochs": 40, "imgsz": SIZE, "batch": 16,
+RECIPE = {"arch": ARCH, "train_images": 400, "val_images": 100, "epochs": 75, "imgsz": SIZE, "batch": 16,
           "optimizer": "ultralytics default (auto)", "augment": "ultralytics defaults (mosaic, HSV, flips)",
           "seed": 0}
 
@@ -114,7 +114,7 @@ ENTRY = register(ZooEntry(
     description="YOLOv8n (ultralytics) on the synthetic shapes world, 160x160 RGB, 3 classes",
     build=build,
     checkpoint="shapes-yolov8n.pt",
-    sha256="TO_BE_FILLED",
+    sha256="757115832ce3bd86e638438cea94e3c147a8b1dc9cf1eb7801033e9852d52182",
     input_size=(SIZE, SIZE),
     channels=3,
     mean=(0.0, 0.0, 0.0),  # ultralytics models take [0, 1] pixels
@@ -122,9 +122,10 @@ ENTRY = register(ZooEntry(
     categories=shapes.CLASSES,
     eval_set="shapes-det-test",
     load_eval_set=load_test_set,
-    metrics={"map50": 0.0},
+    metrics={"map50": 0.9139, "map50_95": 0.7388},
     epsilons=("1/255", "2/255", "4/255", "8/255"),
     train=train,
     recipe=RECIPE,
-    eval_limit=48,
+    # 0.8 s of attack per image measured on 2 CPU cores: 96 images keep the default audit under 2 minutes.
+    eval_limit=96,
 ))

@@ -70,6 +70,24 @@ class DetectorAdapter(ModelAdapter):
                                    max_time_img=10.0)
         return [{"boxes": d[:, :4], "scores": d[:, 4], "labels": d[:, 5].long()} for d in kept]
 
+    def box_scores(self, outputs, conf: float = SHOW_CONF) -> list[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+        """Per image: the kept boxes, and each box's class score as a differentiable tensor.
+
+        The score is the head's class probability at the anchor NMS kept for that box, taken
+        from `outputs` itself, so a gradient of it reaches the input (Grad-CAM's target per box).
+        """
+        from ultralytics.utils.nms import non_max_suppression
+
+        decoded = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
+        kept, anchors = non_max_suppression(decoded.detach(), conf_thres=conf, iou_thres=NMS_IOU, max_det=300,
+                                            max_time_img=10.0, return_idxs=True)
+        result = []
+        for i, (d, a) in enumerate(zip(kept, anchors)):
+            labels = d[:, 5].long()
+            scores = decoded[i, 4 + labels, a.long()]
+            result.append(({"boxes": d[:, :4], "scores": d[:, 4], "labels": labels}, scores))
+        return result
+
     def loss(self, outputs, targets: list[torch.Tensor]) -> torch.Tensor:
         """ultralytics' own training loss (box + cls + DFL) against targets K x 5 (class, x0, y0, x1, y1).
 
