@@ -156,3 +156,25 @@ def test_box_scores_are_differentiable_per_box():
     assert len(dets["boxes"]) >= 1 and torch.allclose(scores.detach(), dets["scores"], atol=1e-5)
     grad, = torch.autograd.grad(scores[0], x)
     assert grad.abs().sum() > 0
+
+
+def test_checkpoint_written_by_ultralytics(audit, tmp_path, det_set, classes3):
+    """A *.pt saved by ultralytics' trainer (a pickled model) passes the globals check and audits."""
+    from auditor.models.ultralytics import quiet_ultralytics
+
+    quiet_ultralytics()
+    from ultralytics import YOLO
+
+    train_set = shapes.write_detection_set(tmp_path / "train", {"train": 4, "val": 4}, size=64)
+    model = YOLO("yolov8n.yaml", task="detect")
+    model.train(data=str(train_set / "data.yaml"), epochs=1, imgsz=64, batch=4, workers=0, device="cpu",
+                project=str(tmp_path / "runs"), name="t", exist_ok=True, plots=False, verbose=False, amp=False,
+                pretrained=False, val=False)
+    last = Path(model.trainer.last)
+    assert last.is_file()
+    out = tmp_path / "out"
+    r = audit("run", "--model", last, "--data", det_set, "--out", out, *DET_FAST)
+    assert r.code == 0, r
+    res = read_results(out)
+    assert res["model"]["source"] == "ultralytics" and res["model"]["input"] == "3x64x64"
+    assert res["model"]["classes"] == 3
