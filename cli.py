@@ -178,11 +178,11 @@ def zoo_list():
     """One line per zoo model."""
     from zoo import list_entries
 
-    click.echo(f"{'name':<14} {'task':<9} {'source':<6} {'offline':<8} {'held-out':<16} description")
+    click.echo(f"{'name':<14} {'task':<9} {'source':<6} {'offline':<8} {'held-out':<30} description")
     for e in list_entries():
         metric = ", ".join(f"{k} {v:.4f}" for k, v in e.metrics.items())
         offline = "yes" if e.available else "no"
-        click.echo(f"{e.name:<14} {e.task:<9} {'zoo':<6} {offline:<8} {metric:<16} {e.description}")
+        click.echo(f"{e.name:<14} {e.task:<9} {'zoo':<6} {offline:<8} {metric:<30} {e.description}")
     return 0
 
 
