@@ -178,3 +178,13 @@ def test_checkpoint_written_by_ultralytics(audit, tmp_path, det_set, classes3):
     res = read_results(out)
     assert res["model"]["source"] == "ultralytics" and res["model"]["input"] == "3x64x64"
     assert res["model"]["classes"] == 3
+
+
+def test_ultralytics_seg_model_is_audited_as_a_detector(audit, tmp_path, det_set, classes3):
+    out = tmp_path / "out"
+    r = audit("run", "--model", "yolov8n-seg.yaml", "--classes", classes3, "--input-size", "64",
+              "--data", det_set, "--out", out, *DET_FAST)
+    assert r.code == 0, r
+    res = read_results(out)
+    assert res["model"]["task"] == "detect" and any("-seg" in n for n in res["model"]["notes"])
+    assert res["probes"]["attacks"]["status"] == "ok"

@@ -41,12 +41,13 @@ def quiet_ultralytics() -> None:
 
 
 def detection_model(cfg: str, nc: int) -> nn.Module:
-    """An ultralytics DetectionModel from a YAML (ultralytics ships yolov8n.yaml and friends)."""
+    """An ultralytics DetectionModel (or SegmentationModel for -seg) from a YAML ultralytics ships or a file."""
     quiet_ultralytics()
     from ultralytics.cfg import get_cfg
-    from ultralytics.nn.tasks import DetectionModel
+    from ultralytics.nn.tasks import DetectionModel, SegmentationModel, guess_model_task
 
-    net = DetectionModel(cfg, nc=nc, verbose=False)
+    model_class = SegmentationModel if guess_model_task(cfg) == "segment" else DetectionModel
+    net = model_class(cfg, nc=nc, verbose=False)
     net.args = get_cfg()  # the loss gains (box, cls, dfl) the trainer would set
     return net
 
@@ -65,9 +66,8 @@ class DetectorAdapter(ModelAdapter):
     def decode(self, outputs, conf: float = SHOW_CONF) -> list[dict[str, torch.Tensor]]:
         from ultralytics.utils.nms import non_max_suppression
 
-        decoded = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
-        kept = non_max_suppression(decoded.detach(), conf_thres=conf, iou_thres=NMS_IOU, max_det=300,
-                                   max_time_img=10.0)
+        kept = non_max_suppression(_decoded(outputs).detach(), conf_thres=conf, iou_thres=NMS_IOU, max_det=300,
+                                   max_time_img=10.0, nc=self.num_classes)
         return [{"boxes": d[:, :4], "scores": d[:, 4], "labels": d[:, 5].long()} for d in kept]
 
     def box_scores(self, outputs, conf: float = SHOW_CONF) -> list[tuple[dict[str, torch.Tensor], torch.Tensor]]:
@@ -78,9 +78,9 @@ class DetectorAdapter(ModelAdapter):
         """
         from ultralytics.utils.nms import non_max_suppression
 
-        decoded = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
+        decoded = _decoded(outputs)
         kept, anchors = non_max_suppression(decoded.detach(), conf_thres=conf, iou_thres=NMS_IOU, max_det=300,
-                                            max_time_img=10.0, return_idxs=True)
+                                            max_time_img=10.0, return_idxs=True, nc=self.num_classes)
         result = []
         for i, (d, a) in enumerate(zip(kept, anchors)):
             labels = d[:, 5].long()
@@ -103,9 +103,12 @@ class DetectorAdapter(ModelAdapter):
             xyxy = t[:, 1:5] / scale
             boxes.append(torch.cat([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], dim=1))
         batch = {"batch_idx": torch.cat(idx), "cls": torch.cat(cls).view(-1, 1), "bboxes": torch.cat(boxes)}
-        if getattr(self.net, "criterion", None) is None:
-            self.net.criterion = self.net.init_criterion()
-        total, _ = self.net.criterion(outputs, batch)
+        if getattr(self, "_criterion", None) is None:
+            # The box loss, also for -seg models (their mask loss needs instance masks we do not have).
+            from ultralytics.utils.loss import v8DetectionLoss
+
+            self._criterion = v8DetectionLoss(self.net)
+        total, _ = self._criterion(outputs, batch)
         n = len(targets)
         return total.sum().expand(n) / n
 
@@ -130,11 +133,20 @@ def check_checkpoint_globals(path: Path) -> None:
                          f"({', '.join(bad[:3])}); pass --trust-model only if you trust its author")
 
 
+def _decoded(outputs) -> torch.Tensor:
+    """The decoded N x (4 + nc [+ mask coefficients]) x anchors tensor from a head's eval output."""
+    decoded = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
+    return decoded[0] if isinstance(decoded, (tuple, list)) else decoded  # -seg heads: (boxes, protos)
+
+
 def adapter_for(net: nn.Module, spec, *, facts: ModelFacts, names: list[str], size: int) -> ModelAdapter:
-    if getattr(net, "task", "detect") != "detect" or type(net).__name__ != "DetectionModel":
-        kind = getattr(net, "task", type(net).__name__)
-        raise AuditError(f"--model {spec.model}: an ultralytics {kind} model; only detectors (DetectionModel) are "
-                         "supported")
+    kind = type(net).__name__
+    if kind not in ("DetectionModel", "SegmentationModel"):
+        raise AuditError(f"--model {spec.model}: an ultralytics {kind}; detectors and -seg models are supported "
+                         "(pose, OBB and classification heads are not)")
+    if kind == "SegmentationModel":
+        facts.notes.append("ultralytics -seg model audited as a detector of its boxes; its instance masks are "
+                           "not scored")
     if not hasattr(net, "args") or isinstance(net.args, dict):
         from ultralytics.cfg import get_cfg
 
