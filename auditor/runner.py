@@ -174,9 +174,21 @@ def check_model_output(adapter: ModelAdapter, data: EvalData, device: torch.devi
             out = adapter(x)
     except Exception as exc:
         raise AuditError(f"{adapter.facts.name}: forward pass on {data.name} failed: {exc}".splitlines()[0]) from exc
-    if isinstance(out, torch.Tensor) and not torch.isfinite(out).all():
+    if not all(torch.isfinite(t).all() for t in _tensors(out)):
         raise AuditError(f"{adapter.facts.name}: the model returns NaN or infinite outputs on {data.name}; "
                          "check the weights and --mean/--std")
+
+
+def _tensors(out):
+    """Every tensor in a model output: a tensor, or tuples, lists and dicts of them (detectors)."""
+    if isinstance(out, torch.Tensor):
+        yield out
+    elif isinstance(out, dict):
+        for v in out.values():
+            yield from _tensors(v)
+    elif isinstance(out, (tuple, list)):
+        for v in out:
+            yield from _tensors(v)
 
 
 def write_outputs(results: Results, out: Path) -> dict[str, Path]:

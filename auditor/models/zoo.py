@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from auditor.errors import AuditError
 from auditor.models.base import ClassifierAdapter, ModelAdapter, ModelFacts, Preprocess, SegmenterAdapter
 from auditor.models.common import apply_state_dict, load_state_dict
@@ -14,7 +16,7 @@ def load_zoo_model(entry: ZooEntry, spec) -> ModelAdapter:
     else:
         adapter_class = {"classify": ClassifierAdapter, "segment": SegmenterAdapter}[entry.task]
     path = spec.weights or entry.checkpoint_path
-    digest = sha256_of(path) if _exists(path) else None
+    digest = sha256_of(path) if Path(path).is_file() else None
     if spec.weights is None:
         if digest is None:
             raise AuditError(f"{entry.name}: checkpoint {path} is missing; reinstall the project or rebuild it "
@@ -31,8 +33,3 @@ def load_zoo_model(entry: ZooEntry, spec) -> ModelAdapter:
         mean=spec.mean or entry.mean, std=spec.std or entry.std, preprocess=Preprocess(resize=entry.input_size),
         epsilons=entry.epsilons, eval_set=(entry.eval_set, entry.load_eval_set, entry.eval_limit),
     )
-
-
-def _exists(path) -> bool:
-    from pathlib import Path
-    return Path(path).is_file()

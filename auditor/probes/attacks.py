@@ -50,15 +50,22 @@ class ArtClassifierAttack:
             nb_classes=adapter.num_classes, clip_values=(0.0, 1.0),
             device_type="gpu" if ctx.device.type == "cuda" else "cpu")
         self.steps, self.step_factor, self.restarts, self.batch = steps, step_factor, restarts, ctx.batch_size
+        self._attacks: dict[float, tuple] = {}  # eps -> (FGSM, PGD), built once per budget
         np.random.seed(ctx.seed)  # ART draws PGD's random start from numpy
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def _for(self, eps: float) -> tuple:
         from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescent
 
-        fgsm = FastGradientMethod(self.estimator, norm=np.inf, eps=eps, batch_size=self.batch)
-        pgd = ProjectedGradientDescent(self.estimator, norm=np.inf, eps=eps, eps_step=self.step_factor * eps / self.steps,
-                                       max_iter=self.steps, num_random_init=self.restarts, batch_size=self.batch,
-                                       verbose=False)
+        if eps not in self._attacks:
+            self._attacks[eps] = (
+                FastGradientMethod(self.estimator, norm=np.inf, eps=eps, batch_size=self.batch),
+                ProjectedGradientDescent(self.estimator, norm=np.inf, eps=eps, eps_step=self.step_factor * eps / self.steps,
+                                         max_iter=self.steps, num_random_init=self.restarts, batch_size=self.batch,
+                                         verbose=False))
+        return self._attacks[eps]
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        fgsm, pgd = self._for(eps)
         x_np, y_np = x.detach().cpu().numpy(), y.cpu().numpy()
         return (torch.from_numpy(fgsm.generate(x=x_np, y=y_np)).to(x.device),
                 torch.from_numpy(pgd.generate(x=x_np, y=y_np)).to(x.device))
