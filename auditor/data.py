@@ -26,6 +26,14 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 UNLABELLED = -1
 
 
+@dataclass(frozen=True)
+class YoloLabel:
+    """A YOLO txt label file and, for a data set YAML with names, its class ids mapped to the model's."""
+
+    path: Path
+    class_map: dict[int, int] | None = None
+
+
 @dataclass
 class EvalData:
     name: str
@@ -108,9 +116,9 @@ def load_data(adapter: ModelAdapter, path: str | None, *, limit: int | None, see
     bar = progress(len(files), "decode images") if progress else None
     images, masks = [], []
     for f, label in zip(files, labels):
-        if isinstance(label, Path) and label.suffix == ".txt":
+        if isinstance(label, YoloLabel):
             image = _decode(f, mode, transform)
-            masks.append(_read_yolo_labels(label, image.shape[-2:]))
+            masks.append(_read_yolo_labels(label.path, image.shape[-2:], label.class_map))
         elif isinstance(label, Path):
             image, mask = _decode_pair(f, label, mode, transform)
             masks.append(mask)
@@ -197,9 +205,12 @@ def _scan_segmentation(root: Path, adapter: ModelAdapter) -> tuple[list[Path], l
 
 def _scan_detection(root: Path, adapter: ModelAdapter) -> tuple[list[Path], list, bool, str]:
     """An ultralytics data set YAML, images/ + labels/ (YOLO txt), or images alone (label-free)."""
+    class_map = None
     if root.is_file():
-        image_dir = _yaml_split_dir(root)
+        image_dir, names = _yaml_split_dir(root)
         layout = "ultralytics-yaml"
+        if names:
+            class_map = _map_names(names, adapter.class_names, root)
     else:
         image_dir, layout = (root / "images" if (root / "images").is_dir() else root), "images+labels"
     files = sorted(p for p in image_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
@@ -207,7 +218,19 @@ def _scan_detection(root: Path, adapter: ModelAdapter) -> tuple[list[Path], list
     if not any(p.is_file() for p in labels):
         return files, [UNLABELLED] * len(files), False, "flat"
     # ultralytics' convention: an image without a label file has no objects
-    return files, labels, True, layout
+    return files, [YoloLabel(p, class_map) for p in labels], True, layout
+
+
+def _map_names(names: list[str], class_names: list[str], source: Path) -> dict[int, int]:
+    """Data set class id -> model class id, by name: COCO in YOLO format counts 80 classes from 0,
+    torchvision's COCO detectors 91 from a background at 0, so ids alone would not line up."""
+    by_name = {n.lower(): i for i, n in enumerate(class_names)}
+    unknown = [n for n in names if n.lower() not in by_name]
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        raise AuditError(f"--data {source}: class names [{shown}] are not among the model's {len(class_names)} "
+                         "classes; pass --classes FILE naming the model's outputs, or fix `names:`")
+    return {i: by_name[n.lower()] for i, n in enumerate(names)}
 
 
 def _label_path(image: Path) -> Path:
@@ -219,7 +242,7 @@ def _label_path(image: Path) -> Path:
     return Path(*parts).with_suffix(".txt")
 
 
-def _yaml_split_dir(path: Path) -> Path:
+def _yaml_split_dir(path: Path) -> tuple[Path, list[str]]:
     import yaml
 
     try:
@@ -238,10 +261,13 @@ def _yaml_split_dir(path: Path) -> Path:
     if not folder.is_dir():
         raise AuditError(f"--data {path}: its {split} images folder {folder} does not exist (download the data set "
                          "with ultralytics first, or point `path:` at it)")
-    return folder
+    names = doc.get("names") or []
+    if isinstance(names, dict):
+        names = [names[k] for k in sorted(names)]
+    return folder, [str(n) for n in names]
 
 
-def _read_yolo_labels(path: Path, size) -> torch.Tensor:
+def _read_yolo_labels(path: Path, size, class_map: dict[int, int] | None = None) -> torch.Tensor:
     """YOLO txt (class cx cy w h, normalised) -> K x 5 (class, x0, y0, x1, y1) in input pixels."""
     h, w = (int(v) for v in size)
     if not path.is_file():
@@ -255,8 +281,14 @@ def _read_yolo_labels(path: Path, size) -> torch.Tensor:
     t = torch.tensor(rows)
     if t.shape[1] != 5:
         raise AuditError(f"{path}: not a YOLO label file (class cx cy w h per line)")
+    cls = t[:, 0]
+    if class_map is not None:
+        bad = [int(c) for c in cls.tolist() if int(c) not in class_map]
+        if bad:
+            raise AuditError(f"{path}: class id {bad[0]} is not in the data set's `names`")
+        cls = torch.tensor([float(class_map[int(c)]) for c in cls.tolist()])
     cx, cy, bw, bh = t[:, 1] * w, t[:, 2] * h, t[:, 3] * w, t[:, 4] * h
-    return torch.stack([t[:, 0], cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], dim=1)
+    return torch.stack([cls, cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], dim=1)
 
 
 def map_folders_to_classes(folders: list[str], class_names: list[str], root: Path) -> dict[str, int]:

@@ -188,3 +188,26 @@ def test_ultralytics_seg_model_is_audited_as_a_detector(audit, tmp_path, det_set
     res = read_results(out)
     assert res["model"]["task"] == "detect" and any("-seg" in n for n in res["model"]["notes"])
     assert res["probes"]["attacks"]["status"] == "ok"
+
+
+def test_dataset_names_map_to_model_classes_by_name(tmp_path, det_set):
+    """YOLO-format ids count from 0 without a background; a model's own index space may not: match by name."""
+    from auditor.data import load_data
+    from auditor.errors import AuditError
+    from auditor.models.base import ModelFacts, Preprocess
+    from auditor.models.torchvision import TorchvisionDetectorAdapter
+
+    def adapter(names):
+        return TorchvisionDetectorAdapter(torch.nn.Identity(), facts=ModelFacts(name="m", source="t"), class_names=names,
+                                          input_size=(64, 64), channels=3, mean=(0.0,), std=(1.0,),
+                                          preprocess=Preprocess(resize=(64, 64)), epsilons=())
+
+    plain = load_data(adapter(["circle", "square", "triangle"]), str(det_set / "data.yaml"), limit=None, seed=0)
+    shifted = load_data(adapter(["__background__", "N/A", "Triangle", "circle", "square"]),
+                        str(det_set / "data.yaml"), limit=None, seed=0)
+    remap = {0: 3, 1: 4, 2: 2}
+    for a, b in zip(plain.labels, shifted.labels):
+        assert [remap[int(c)] for c in a[:, 0]] == b[:, 0].long().tolist()
+        assert torch.equal(a[:, 1:], b[:, 1:])
+    with pytest.raises(AuditError, match="not among the model"):
+        load_data(adapter(["cat", "dog"]), str(det_set / "data.yaml"), limit=None, seed=0)
