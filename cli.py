@@ -49,11 +49,14 @@ def cli():
 
 
 @cli.command()
-@click.option("--model", help=f"zoo name, torchvision name, .ts/.pt2 file or package.module:callable [default: {DEFAULT_MODEL}]")
-@click.option("--data", type=click.Path(), help="ImageFolder (class sub-folders) or flat folder of images [default: the zoo model's own set]")
+@click.option("--model", help="zoo name, torchvision name, ultralytics name/.pt/.yaml, .ts/.pt2 file or "
+              f"package.module:callable [default: {DEFAULT_MODEL}]")
+@click.option("--data", type=click.Path(), help="classify: class sub-folders or a flat folder; segment: images/ + "
+              "masks/; detect: ultralytics data.yaml or images/ + labels/ [default: the zoo model's own set]")
 @click.option("--task", type=click.Choice(["classify", "detect", "segment"]), help="what the model does, where it cannot say")
 @click.option("--weights", type=click.Path(), help="state dict for the architecture (loaded with weights_only)")
-@click.option("--trust-model", is_flag=True, default=None, help="allow pickled code in --weights (only for files you trust)")
+@click.option("--trust-model", is_flag=True, default=None,
+              help="allow pickled code in --weights or an ultralytics .pt (only for files you trust)")
 @click.option("--input-size", help="model input, N or HxW, where the model cannot say")
 @click.option("--mean", help="normalisation mean, comma-separated, where the model cannot say")
 @click.option("--std", help="normalisation std, comma-separated, where the model cannot say")
