@@ -103,6 +103,14 @@ def score_css(score: float | None, status: str = "ok") -> str:
     return "good" if score >= 0.8 else "warn" if score >= 0.5 else "bad"
 
 
+def heat(ratio: float | None) -> str:
+    """Background for a heat-map cell: red (0) through amber to green (1) by the share of clean kept."""
+    if ratio is None:
+        return "transparent"
+    r = min(max(float(ratio), 0.0), 1.0)
+    return f"hsl({round(120 * r * r)}, 70%, {round(88 - 6 * r)}%)"
+
+
 def _data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
@@ -158,7 +166,7 @@ def environment():
 def render_report(results: Results, out: Path) -> Path:
     """Write <out>/report.html atomically and return its path."""
     out = Path(out)
-    html = environment().get_template("report.html.j2").render(view=build_view(results, out), fmt=fmt)
+    html = environment().get_template("report.html.j2").render(view=build_view(results, out), fmt=fmt, heat=heat)
     path = out / "report.html"
     tmp = out / "report.html.tmp"
     tmp.write_text(html, encoding="utf-8")

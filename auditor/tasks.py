@@ -30,7 +30,15 @@ class ClassifyOps:
         return items.to(device)
 
     def reference(self, data, clean_pred):
-        return data.labels.long() if data.labelled else clean_pred.clone()
+        return data.labels.long() if data.labelled else self.as_reference(clean_pred)
+
+    def as_reference(self, clean_pred):
+        """The clean prediction in the form of a reference (label-free audits, flip rates)."""
+        return clean_pred.clone()
+
+    def warp(self, items, affine, size):
+        """References moved with a geometric shift (affine: B x 3 x 3, output -> input pixel); labels stay."""
+        return items
 
     def score(self, pred, reference, adapter) -> float:
         return (pred == reference).double().mean().item()
@@ -41,6 +49,11 @@ class ClassifyOps:
 
 class SegmentOps(ClassifyOps):
     metric = "miou"
+
+    def warp(self, items, affine, size):
+        from auditor.shifts import warp_masks
+
+        return warp_masks(items, affine)
 
     def score(self, pred, reference, adapter) -> float:
         return mean_iou_score(pred, reference, adapter.num_classes)
@@ -70,10 +83,16 @@ class DetectOps:
         return [t.to(device) for t in items]
 
     def reference(self, data, clean_pred):
-        if data.labelled:
-            return data.labels
+        return data.labels if data.labelled else self.as_reference(clean_pred)
+
+    def as_reference(self, clean_pred):
         return [torch.cat([d["labels"][:, None].float(), d["boxes"]], 1)[d["scores"] >= _show_conf()]
                 for d in clean_pred]
+
+    def warp(self, items, affine, size):
+        from auditor.shifts import warp_boxes
+
+        return warp_boxes(items, affine, *size)
 
     def score(self, pred, reference, adapter) -> float:
         return detection_map(pred, reference)["map50"]
@@ -101,6 +120,12 @@ def _show_conf() -> float:
     from auditor.models.base import SHOW_CONF
 
     return SHOW_CONF
+
+
+@torch.no_grad()
+def predict_all(adapter, data, ops, batch_size: int, device) -> Any:
+    """The model's clean predictions on the whole set, batch by batch, joined."""
+    return ops.concat([ops.predict(adapter, x) for x, _ in data.batches(batch_size, device)])
 
 
 OPS = {"classify": ClassifyOps(), "segment": SegmentOps(), "detect": DetectOps()}

@@ -20,7 +20,7 @@ import torch
 
 from auditor.probes.base import Context, Probe
 from auditor.results import Finding, ProbeResult
-from auditor.tasks import ops_for
+from auditor.tasks import ops_for, predict_all
 
 METRIC_LABELS = {"accuracy": "accuracy", "miou": "mIoU", "map50": "mAP50"}
 FGSM_MARGIN = 0.01  # FGSM beating PGD by more than this is a sign of a weak or masked PGD
@@ -124,7 +124,7 @@ class AttacksProbe(Probe):
         ops = ops_for(task)
         engine = (ArtClassifierAttack if task == "classify" else TorchAttack)(ctx, p.steps, p.step_factor, p.restarts)
         data = ctx.data
-        clean_pred = _predict_all(ctx, ops)
+        clean_pred = predict_all(ctx.adapter, ctx.data, ops, ctx.batch_size, ctx.device)
         reference = ops.reference(data, clean_pred)
         fgsm_parts: list[list] = [[] for _ in grid]
         pgd_parts: list[list] = [[] for _ in grid]
@@ -252,11 +252,6 @@ class AttacksProbe(Probe):
         path, rel = ctx.artifact("examples.png")
         draw_attack_gallery(columns, ctx.adapter, ctx.data.labelled, path)
         return rel
-
-
-@torch.no_grad()
-def _predict_all(ctx: Context, ops):
-    return ops.concat([ops.predict(ctx.adapter, x) for x, _ in ctx.data.batches(ctx.batch_size, ctx.device)])
 
 
 def _art_version() -> str:

@@ -25,7 +25,8 @@ from auditor.models.base import ModelAdapter
 from auditor.results import ProbeResult
 
 ENTRY_POINT_GROUP = "auditor.probes"
-BUILTIN = {"filters": "auditor.probes.filters:FiltersProbe", "attacks": "auditor.probes.attacks:AttacksProbe"}
+BUILTIN = {"filters": "auditor.probes.filters:FiltersProbe", "attacks": "auditor.probes.attacks:AttacksProbe",
+           "augment": "auditor.probes.augment:AugmentProbe"}
 
 
 @dataclass
@@ -106,7 +107,10 @@ def parse_params(probe: type[Probe], values: dict[str, Any]) -> Any:
             kwargs[key] = _convert(value, hints[key])
         except (TypeError, ValueError) as exc:
             raise AuditError(f"{probe.name}.{key}={value!r}: {exc}") from exc
-    return probe.Params(**kwargs)
+    try:
+        return probe.Params(**kwargs)
+    except ValueError as exc:  # a Params.__post_init__ that checks its values
+        raise AuditError(f"{probe.name}: {exc}") from exc
 
 
 def _convert(value: Any, hint: Any) -> Any:
