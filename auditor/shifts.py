@@ -176,7 +176,7 @@ SHIFTS.update({
     "rotate": Shift("rotate", "geometric", _levels(ROTATE_DEGREES, "±{}°"), _rotate),
     "translate": Shift("translate", "geometric", _levels(TRANSLATE_SHARE, "{:.0%}"), _translate),
     "scale": Shift("scale", "geometric", _levels(SCALE_FACTOR, "×{}"), _scale),
-    "hflip": Shift("hflip", "geometric", ("flip",), _hflip),
+    "hflip": Shift("hflip", "geometric", ("mirrored",), _hflip),
     "hue": Shift("hue", "photometric", _levels(HUE_SHIFT, "{:+}"), _hue, colour_only=True),
     "saturation": Shift("saturation", "photometric", _levels(SATURATION, "×{}"), _saturation, colour_only=True),
     "gamma": Shift("gamma", "photometric", _levels(GAMMA, "γ {}"), _gamma),

@@ -100,7 +100,10 @@ class AugmentProbe(Probe):
                 cleans.append(clean_b)
                 if sl.start <= example < sl.start + len(x):
                     j = example - sl.start
-                    shown[shift.name].append((shift.levels[level - 1], shifted[j].cpu(), ops.take(pred, slice(j, j + 1))[0]))
+                    # copies: a view would keep the whole batch alive for every variant
+                    out_j = ops.take(pred, slice(j, j + 1))[0]
+                    out_j = {k: v.clone() for k, v in out_j.items()} if isinstance(out_j, dict) else out_j.clone()
+                    shown[shift.name].append((shift.levels[level - 1], shifted[j].detach().cpu().clone(), out_j))
                 bar.update(1)
             pred_all, ref_all, clean_all = ops.concat(preds), ops.concat(refs), ops.concat(cleans)
             values[shift.name][level] = ops.score(pred_all, ref_all, adapter)
