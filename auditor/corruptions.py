@@ -15,6 +15,8 @@ swapping pixels one at a time in scan order; motion blur is a sum of shifted cop
 half-Gaussian weights (the kernel ImageMagick uses), as in `imagecorruptions`; a defocus
 radius made fractional by scaling uses the disk's pixel coverage; frost uses
 a seeded procedural ice texture instead of the six photographs the reference ships.
+elastic_transform follows the script that made ImageNet-C (a random affine, then a smooth
+displacement field); `imagecorruptions` 1.1.2 redefined it, weaker and without the affine.
 """
 
 from __future__ import annotations

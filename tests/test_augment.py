@@ -16,11 +16,12 @@ from auditor.corruptions import CORRUPTIONS, corrupt
 from auditor.shifts import SHIFTS, warp_boxes, warp_images, warp_masks
 from tests.conftest import read_results
 
-# Published severities that do not grow monotonically away from the clean image: elastic
-# severities 1-2 are a large smooth warp, 3-5 small local ones; glass blur severity 2 has
-# one shuffling pass where severity 1 has two; frost and fog severities 3 -> 4 keep the
-# overlay's strength and change only the image's weight or the fog's roughness; snow
-# severities 2 and 3 share the image's blend and trade flake size for flake count.
+# Published severities that do not grow monotonically away from the clean image. The
+# reference behaves the same (bench env, four scikit-image photographs, mean |corrupted -
+# clean|): snow 2 -> 3 (0.267 -> 0.263), frost 3 -> 4 (0.269 -> 0.257) and glass blur
+# 3 -> 4 (0.083 -> 0.081) fall there too; fog 3 -> 4 rises by only 0.002. Elastic
+# severities 1-2 of the script that made ImageNet-C are a large smooth warp, 3-5 small
+# local ones (imagecorruptions 1.1.2 redefined them; this project keeps ImageNet-C's).
 NOT_MONOTONE = {"elastic_transform", "glass_blur", "frost", "fog", "snow"}
 
 
@@ -162,9 +163,9 @@ def test_spatial_parameters_scale_with_the_image():
     small[..., 14, 14] = 1
     # at 28 px the severity-5 defocus disk (radius 10 at 224 px) has radius 1.25: the blur stays local
     blurred = corrupt(small, "defocus_blur", 5)
-    assert blurred[0, 0, 14, 11] == 0 and blurred[0, 0, 14, 13] > 0
+    assert blurred[0, 0, 14, 11] < 1e-6 and blurred[0, 0, 14, 13] > 0.01
     unscaled = corrupt(small, "defocus_blur", 5, scale=1.0)
-    assert unscaled[0, 0, 14, 5] > 0
+    assert unscaled[0, 0, 14, 5] > 0.001
 
 
 # ---------------------------------------------------------------- geometric shifts and their reference maps
