@@ -115,7 +115,7 @@ def run_audit(config: RunConfig) -> Results:
     progress = make_progress(config.progress)
 
     seed_everything(config.seed)
-    adapter = load_model(config.model).to(device).eval()
+    adapter = load_model(config.model).to(device).eval().prefer_channels_last()
     data = load_data(adapter, config.data, limit=config.limit, seed=config.seed, progress=progress)
     check_model_output(adapter, data, device)
 

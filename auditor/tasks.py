@@ -95,7 +95,7 @@ class DetectOps:
         return warp_boxes(items, affine, *size)
 
     def score(self, pred, reference, adapter) -> float:
-        return detection_map(pred, reference)["map50"]
+        return detection_map(pred, reference, map50_only=True)["map50"]
 
     def agreement(self, pred, reference) -> torch.Tensor:
         """Share of reference boxes still found (IoU >= 0.5, same class, shown confidence)."""

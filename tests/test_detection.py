@@ -211,3 +211,16 @@ def test_dataset_names_map_to_model_classes_by_name(tmp_path, det_set):
         assert torch.equal(a[:, 1:], b[:, 1:])
     with pytest.raises(AuditError, match="not among the model"):
         load_data(adapter(["cat", "dog"]), str(det_set / "data.yaml"), limit=None, seed=0)
+
+
+def test_map50_alone_equals_map50_of_the_full_coco_evaluation():
+    g = torch.Generator().manual_seed(0)
+    targets, preds = [], []
+    for _ in range(12):
+        boxes = torch.rand(5, 2, generator=g) * 100
+        boxes = torch.cat([boxes, boxes + 10 + torch.rand(5, 2, generator=g) * 30], 1)
+        targets.append(torch.cat([torch.randint(0, 3, (5, 1), generator=g).float(), boxes], 1))
+        jitter = boxes + torch.randn(5, 4, generator=g) * 4  # some above IoU 0.5, some below
+        preds.append({"boxes": jitter, "scores": torch.rand(5, generator=g), "labels": targets[-1][:, 0].long()})
+    full, alone = detection_map(preds, targets), detection_map(preds, targets, map50_only=True)
+    assert 0.2 < full["map50"] < 1 and alone == {"map50": full["map50"]}
