@@ -297,3 +297,17 @@ def test_unknown_shift_and_bad_severity_are_one_line_before_anything_runs(audit,
               "--out", tmp_path / "o")
     assert r.code == 2 and "1..5" in r.err
     assert not (tmp_path / "o" / "results.json").exists()
+
+
+def test_findings_name_the_worst_shifts_or_say_none_hurt():
+    from auditor.probes.augment import AugmentProbe
+
+    def row(name, rel, worst):
+        return {"shift": name, "family": "noise", "relative": rel, "cells": [{"level": "5", "value": worst}]}
+
+    probe = AugmentProbe()
+    hurt = probe._findings([row("fog", 0.4, 0.1), row("snow", 0.7, 0.5), row("rotate", 0.99, 0.97)], 0.9,
+                           "accuracy", 1.0, True, [], ({}, None, None))
+    assert [(f.severity, f.text.split()[0]) for f in hurt] == [("high", "fog"), ("medium", "snow")]
+    calm = probe._findings([row("rotate", 0.99, 0.97)], 0.9, "accuracy", 1.0, True, [], ({}, None, None))
+    assert len(calm) == 1 and "no shift tested" in calm[0].text and "rotate, 99%" in calm[0].text

@@ -36,6 +36,7 @@ ALEXNET_ERRORS = dict(zip(CORRUPTIONS, (0.886428, 0.894468, 0.922640, 0.819880, 
                                         0.866816, 0.826572, 0.819324, 0.564592, 0.853204, 0.646056, 0.717840,
                                         0.606500)))
 METRIC_LABELS = {"accuracy": "accuracy", "miou": "mIoU", "map50": "mAP50"}
+UNHURT = 0.95  # a shift whose relative metric stays above this is not worth a finding of its own
 
 
 class AugmentProbe(Probe):
@@ -212,13 +213,19 @@ class AugmentProbe(Probe):
         if clean <= 0:
             findings.append(Finding("high", f"the model scores 0 {label} on the clean images; shift figures mean nothing"))
             return findings
-        for r in [r for r in rows if r["relative"] is not None][:3]:
+        scored = [r for r in rows if r["relative"] is not None]
+        hurt = [r for r in scored if r["relative"] < UNHURT][:3]
+        for r in hurt:
             worst = min(r["cells"], key=lambda c: c["value"])
             rel = r["relative"]
             sev = "high" if rel < 0.5 else "medium" if rel < 0.8 else "low"
             findings.append(Finding(sev, f"{r['shift']} ({r['family']}) at {worst['level']} cuts {label} from "
                                          f"{clean:.1%} to {worst['value']:.1%}; over its severities the model keeps "
                                          f"{rel:.0%} of its clean {label}"))
+        if scored and not hurt:
+            findings.append(Finding("low", f"no shift tested costs more than {1 - UNHURT:.0%} of the clean {label} on "
+                                           f"average over its severities (least kept: {scored[0]['shift']}, "
+                                           f"{scored[0]['relative']:.0%})"))
         if abs(scale - 1.0) > 1e-6:
             findings.append(Finding("info", f"spatial corruption parameters scaled by {scale:.3g} (the images are not "
                                             f"{REFERENCE_SIZE} px), so severities mean the same relative degradation"))
