@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from auditor.errors import AuditError
+from auditor.errors import AuditError, did_you_mean
 
 EXIT_USAGE = 2
 DEFAULT_MODEL = "digits-cnn"
@@ -197,7 +197,8 @@ def zoo_info(name):
 
     e = get_entry(name)
     if e is None:
-        raise AuditError(f"zoo info {name}: no such zoo model (available: {', '.join(x.name for x in list_entries())})")
+        names = [x.name for x in list_entries()]
+        raise AuditError(f"zoo info {name}: no such zoo model{did_you_mean(name, names)} (available: {', '.join(names)})")
     rows = [("name", e.name), ("task", e.task), ("description", e.description),
             ("input", f"{e.channels}x{e.input_size[0]}x{e.input_size[1]}"), ("mean / std", f"{e.mean} / {e.std}"),
             ("classes", ", ".join(e.categories)), ("checkpoint", str(e.checkpoint_path)), ("sha256", e.sha256),
@@ -221,7 +222,8 @@ def zoo_train(name, out, seed):
 
     e = get_entry(name)
     if e is None:
-        raise AuditError(f"zoo train {name}: no such zoo model (available: {', '.join(x.name for x in list_entries())})")
+        names = [x.name for x in list_entries()]
+        raise AuditError(f"zoo train {name}: no such zoo model{did_you_mean(name, names)} (available: {', '.join(names)})")
     path = Path(out or f"{name}.pt")
     report = e.train(path, seed=seed, progress=lambda n: tqdm(total=n, desc="epochs", disable=not sys.stderr.isatty()))
     for k, v in report.items():

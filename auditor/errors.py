@@ -3,3 +3,11 @@
 
 class AuditError(Exception):
     """Bad usage or bad input: the message names what is wrong and how to fix it."""
+
+
+def did_you_mean(name: str, choices) -> str:
+    """' (did you mean X?)' for the closest of `choices` to a misspelt `name`, else ''."""
+    from difflib import get_close_matches
+
+    match = get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {match[0]}?)" if match else ""

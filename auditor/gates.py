@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
-from auditor.errors import AuditError
+from auditor.errors import AuditError, did_you_mean
 from auditor.results import GateResult, Results
 
 EXIT_OK, EXIT_GATE_FAILED, EXIT_USAGE, EXIT_PROBE_FAILED = 0, 1, 2, 3
@@ -79,8 +79,8 @@ def check_rules_apply(rules: list[Rule], probes: list[str], baseline: Results | 
     """Usage errors found before any work: a rule on a probe that will not run, a drop with no baseline."""
     for rule in rules:
         if rule.probe is not None and rule.probe not in probes:
-            raise AuditError(f"gate {rule.text!r}: probe {rule.probe!r} is not part of this run "
-                             f"(running: {', '.join(probes) or 'none'})")
+            raise AuditError(f"gate {rule.text!r}: probe {rule.probe!r} is not part of this run"
+                             f"{did_you_mean(rule.probe, probes)} (running: {', '.join(probes) or 'none'})")
         if rule.drop and baseline is None:
             raise AuditError(f"gate {rule.text!r}: a drop rule needs --baseline RESULTS.json")
 
@@ -98,8 +98,11 @@ def _value(results: Results, rule: Rule) -> tuple[float | None, str]:
     if rule.metric == "score":
         return probe.score, "" if probe.score is not None else f"probe {rule.probe} has no score"
     if rule.metric not in probe.metrics:
-        known = ", ".join(["score"] + sorted(probe.metrics))
-        raise AuditError(f"gate {rule.text!r}: {rule.probe} has no metric {rule.metric!r} (it has: {known})")
+        names = ["score"] + sorted(probe.metrics)
+        # augment alone has hundreds of metrics: name a few, the file has them all
+        known = ", ".join(names) if len(names) <= 16 else f"{', '.join(names[:12])}, … {len(names)} in all, in results.json"
+        hint = did_you_mean(rule.metric, ["score", *probe.metrics])
+        raise AuditError(f"gate {rule.text!r}: {rule.probe} has no metric {rule.metric!r}{hint} (it has: {known})")
     value = probe.metrics[rule.metric]
     return value, "" if value is not None else "the metric is null"
 

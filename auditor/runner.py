@@ -24,7 +24,7 @@ import torch
 
 import auditor
 from auditor.data import EvalData, load_data
-from auditor.errors import AuditError
+from auditor.errors import AuditError, did_you_mean
 from auditor.gates import Rule, check_rules_apply, evaluate, junit_xml, summary_md
 from auditor.models import ModelAdapter, ModelSpec, load_model
 from auditor.probes.base import Context, Probe, available_probes, parse_params
@@ -93,7 +93,8 @@ def select_probes(requested: list[str] | None, registry: dict[str, type[Probe]])
         return list(registry)
     unknown = [n for n in requested if n not in registry]
     if unknown:
-        raise AuditError(f"--probes: unknown probe(s) {', '.join(unknown)} (available: {', '.join(registry)})")
+        raise AuditError(f"--probes: unknown probe(s) {', '.join(unknown)}{did_you_mean(unknown[0], registry)} "
+                         f"(available: {', '.join(registry)})")
     return list(dict.fromkeys(requested))
 
 
@@ -103,7 +104,9 @@ def run_audit(config: RunConfig) -> Results:
     names = select_probes(config.probes, registry)
     stray = set(config.params) - set(registry)
     if stray:
-        raise AuditError(f"parameters for unknown probe(s) {', '.join(sorted(stray))} (available: {', '.join(registry)})")
+        first = sorted(stray)[0]
+        raise AuditError(f"parameters for unknown probe(s) {', '.join(sorted(stray))}{did_you_mean(first, registry)} "
+                         f"(available: {', '.join(registry)})")
     params = {n: parse_params(registry[n], config.params.get(n, {})) for n in names}
     baseline = load(config.baseline) if config.baseline else None
     check_rules_apply(config.gates, names, baseline)

@@ -111,3 +111,14 @@ def test_gate_command_on_saved_results(audit, tmp_path):
     assert audit("gate", out / "results.json", "--rules", bad).code == 2
     assert audit("gate", tmp_path / "missing.json", "--gate", "attacks.score >= 0").code == 2
     assert audit("gate", out / "results.json", "--gate", "attacks.nope >= 0").code == 2
+
+
+def test_misspelt_metric_names_the_closest_and_stays_one_short_line():
+    metrics = {f"accuracy@fog:{s}": 0.5 for s in range(1, 6)} | {f"relative@{n}": 0.5 for n in ("fog", "snow", "frost")}
+    metrics |= {f"flip_rate@shift{i}:1": 0.1 for i in range(40)}
+    results = Results(model={"name": "m"}, data={}, run={}, probes={"augment": ProbeResult(status="ok", score=0.5,
+                                                                                           metrics=metrics)})
+    with pytest.raises(AuditError) as err:
+        evaluate([parse_rule("augment.relative@fgo >= 0.5")], results)
+    message = str(err.value)
+    assert "did you mean relative@fog?" in message and "in all, in results.json" in message and len(message) < 600

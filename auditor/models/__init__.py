@@ -67,7 +67,7 @@ def load_model(spec: ModelSpec) -> ModelAdapter:
         return ultralytics.load_checkpoint_model(ultralytics.resolve_named_weights(name, spec), spec)
     if path.suffix in MODEL_FILE_SUFFIXES:
         raise AuditError(f"--model {name}: no such file")
-    raise AuditError(f"--model {name}: unknown model; expected a zoo name (audit zoo list), a torchvision model "
+    raise AuditError(f"--model {name}: unknown model{_suggest_model(name)}; expected a zoo name (audit zoo list), a torchvision model "
                      "name (resnet50, fasterrcnn_resnet50_fpn, deeplabv3_resnet50, ...), an ultralytics name or "
                      "file (yolov8n, best.pt, yolov8n.yaml), a TorchScript (.ts) or torch.export (.pt2) file, or "
                      "package.module:callable")
@@ -86,3 +86,14 @@ def _load_file(path: Path, spec) -> ModelAdapter:
         return load_torchscript(path, spec)
     from auditor.models.ultralytics import load_checkpoint_model
     return load_checkpoint_model(path, spec)
+
+
+def _suggest_model(name: str) -> str:
+    """A close zoo, torchvision or ultralytics name for a misspelt --model."""
+    from torchvision.models import list_models
+
+    from auditor.errors import did_you_mean
+    from zoo import list_entries
+
+    known = [e.name for e in list_entries()] + list(list_models()) + ["yolov8n", "yolov8s", "yolo11n", "yolo11s"]
+    return did_you_mean(name, known)

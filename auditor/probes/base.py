@@ -20,7 +20,7 @@ from typing import Any, Callable, ClassVar
 import torch
 
 from auditor.data import EvalData
-from auditor.errors import AuditError
+from auditor.errors import AuditError, did_you_mean
 from auditor.models.base import ModelAdapter
 from auditor.results import ProbeResult
 
@@ -102,7 +102,7 @@ def parse_params(probe: type[Probe], values: dict[str, Any]) -> Any:
     for key, value in values.items():
         if key not in fields:
             valid = ", ".join(sorted(fields)) or "none"
-            raise AuditError(f"{probe.name}.{key}: unknown parameter (valid: {valid})")
+            raise AuditError(f"{probe.name}.{key}: unknown parameter{did_you_mean(key, fields)} (valid: {valid})")
         try:
             kwargs[key] = _convert(value, hints[key])
         except (TypeError, ValueError) as exc:
