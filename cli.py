@@ -78,7 +78,7 @@ def run(**opts):
     from auditor.config import apply_sets, load_config
     from auditor.gates import exit_code, parse_gate_args
     from auditor.models import ModelSpec
-    from auditor.runner import RunConfig, run_audit, write_outputs
+    from auditor.runner import Interrupted, RunConfig, run_audit, write_outputs
 
     file_opts, params = load_config(opts["config_file"]) if opts["config_file"] else ({}, {})
 
@@ -104,8 +104,13 @@ def run(**opts):
         progress=sys.stderr.isatty(), resume=opts["resume"])
     try:
         results = run_audit(config)
+    except Interrupted as stop:
+        paths = write_outputs(stop.results, out)
+        click.echo(f"interrupted: {stop.results.run['partial']}; report of the finished probes: {paths['report']}",
+                   err=True)
+        sys.exit(130)
     except KeyboardInterrupt:
-        click.echo(f"interrupted: finished probes are kept in {out}/.partial; rerun with --resume", err=True)
+        click.echo(f"interrupted before any probe finished; rerun with --resume (output folder {out})", err=True)
         sys.exit(130)
     paths = write_outputs(results, out)
     _print_summary(results, paths)

@@ -133,6 +133,8 @@ def exit_code(results: Results) -> int:
 
 
 def verdict(results: Results) -> str:
+    if results.run.get("partial"):
+        return "INTERRUPTED: partial results"
     return {EXIT_OK: "PASSED", EXIT_GATE_FAILED: "FAILED: a gate failed",
             EXIT_PROBE_FAILED: "INCOMPLETE: a probe failed"}[exit_code(results)]
 

@@ -144,12 +144,14 @@ def build_view(results: Results, out: Path) -> ReportView:
     code = exit_code(results)
     model = dict(results.model)
     notes = model.pop("notes", []) or []
+    if results.run.get("partial"):
+        notes.insert(0, f"Partial report: {results.run['partial']}.")
     if not results.data.get("labelled", True):
         notes.append("Label-free data: every probe measures agreement with the model's own clean predictions, "
                      "not accuracy against ground truth.")
     return ReportView(
         title=f"Audit of {results.model['name']}", verdict=verdict(results),
-        verdict_css={0: "good", 1: "bad", 3: "warn"}[code], score=fmt(results.score),
+        verdict_css="warn" if results.run.get("partial") else {0: "good", 1: "bad", 3: "warn"}[code], score=fmt(results.score),
         score_css=score_css(results.score), tiles=tiles, gates=gates, sections=sections,
         model=[(k, fact(v)) for k, v in model.items()], data=[(k, fact(v)) for k, v in results.data.items()],
         run=[(k, fact(v)) for k, v in results.run.items()], notes=notes)

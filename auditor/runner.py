@@ -98,6 +98,14 @@ def select_probes(requested: list[str] | None, registry: dict[str, type[Probe]])
     return list(dict.fromkeys(requested))
 
 
+class Interrupted(Exception):
+    """Ctrl-C during the probes: `results` holds the finished ones, marked partial (run.partial)."""
+
+    def __init__(self, results: Results):
+        super().__init__(results.run.get("partial", "interrupted"))
+        self.results = results
+
+
 def run_audit(config: RunConfig) -> Results:
     started = time.perf_counter()
     registry = available_probes()
@@ -125,6 +133,7 @@ def run_audit(config: RunConfig) -> Results:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, ProbeResult] = {}
+    interrupted = None
     for name in names:
         probe = registry[name](params[name])
         fingerprint = _fingerprint(config, name, params[name])
@@ -132,9 +141,13 @@ def run_audit(config: RunConfig) -> Results:
         if saved is not None:
             results[name] = saved
             continue
-        results[name] = run_probe(probe, Context(adapter=adapter, data=data, device=device, seed=config.seed,
-                                                 batch_size=config.batch_size, out_dir=out, probe_name=name,
-                                                 progress=progress))
+        try:
+            results[name] = run_probe(probe, Context(adapter=adapter, data=data, device=device, seed=config.seed,
+                                                     batch_size=config.batch_size, out_dir=out, probe_name=name,
+                                                     progress=progress))
+        except KeyboardInterrupt:
+            interrupted = name
+            break
         write_json(out / ".partial" / f"{name}.json", {"fingerprint": fingerprint, "result": results[name].to_dict()})
 
     facts = {**asdict(adapter.facts), **adapter.describe(), "name": adapter.facts.name}
@@ -146,6 +159,12 @@ def run_audit(config: RunConfig) -> Results:
                  "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                  "batch_size": config.batch_size}
     data_facts = {**data.facts(), **({"path": str(config.data)} if config.data else {})}
+    if interrupted is not None:
+        left = names[names.index(interrupted):]
+        run_facts["partial"] = (f"interrupted (Ctrl-C) during {interrupted}; not run: {', '.join(left)}; "
+                                f"rerun with --resume to finish")
+        # gates are not judged on a partial run: a missing probe would read as a failure
+        raise Interrupted(Results(model=model_facts, data=data_facts, run=run_facts, probes=results))
     res = Results(model=model_facts, data=data_facts, run=run_facts, probes=results)
     return res.with_gates(evaluate(config.gates, res, baseline))
 
