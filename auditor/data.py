@@ -13,7 +13,8 @@ files stay uint8 (a quarter of the memory of float32) until a batch is taken.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ class EvalData:
     labelled: bool
     source: str  # "zoo", "imagefolder" or "flat"
     total: int  # images available before --limit
+    skipped: list[str] = field(default_factory=list)  # "path: why" for each unreadable file left out
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -60,7 +62,19 @@ class EvalData:
         return x, self.labels[index].to(device).long()
 
     def facts(self) -> dict:
-        return {"name": self.name, "n": len(self), "labelled": self.labelled, "layout": self.source, "available": self.total}
+        facts = {"name": self.name, "n": len(self), "labelled": self.labelled, "layout": self.source,
+                 "available": self.total}
+        if self.skipped:
+            facts["skipped"] = len(self.skipped)
+            facts["skipped_files"] = self.skipped[:SKIPPED_LISTED]
+        return facts
+
+
+SKIPPED_LISTED = 20  # unreadable files named in results.json and the report; the log names them all
+
+
+class UnreadableImage(AuditError):
+    """A file that is not a decodable image: left out of the set, and named."""
 
 
 def _open(path: Path, mode: str | None):
@@ -69,9 +83,22 @@ def _open(path: Path, mode: str | None):
     try:
         with Image.open(path) as im:
             im.load()
+            if mode and im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+                im = _to_8bit(im)  # Pillow's own conversion clips 16-bit values at 255: all white
             return im.convert(mode) if mode else im.copy()
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise AuditError(f"{path}: cannot read this image ({exc.__class__.__name__}); remove or replace it") from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        detail = str(exc).splitlines()[0][:80] if str(exc) else exc.__class__.__name__
+        raise UnreadableImage(f"{path}: cannot read this image ({detail})") from exc
+
+
+def _to_8bit(im):
+    """A 16-bit (or 32-bit integer) greyscale image scaled to 8 bits, full range kept."""
+    import numpy as np
+    from PIL import Image
+
+    arr = np.asarray(im, dtype=np.float64)
+    peak = 65535.0 if arr.max() > 255 else 255.0
+    return Image.fromarray(np.clip(arr / peak * 255 + 0.5, 0, 255).astype(np.uint8), mode="L")
 
 
 def _decode(path: Path, mode: str, transform) -> torch.Tensor:
@@ -114,28 +141,40 @@ def load_data(adapter: ModelAdapter, path: str | None, *, limit: int | None, see
     mode = "L" if adapter.channels == 1 else "RGB"
     transform = adapter.preprocess.transform()
     bar = progress(len(files), "decode images") if progress else None
-    images, masks = [], []
+    images, masks, kept_labels, skipped = [], [], [], []
     for f, label in zip(files, labels):
-        if isinstance(label, YoloLabel):
-            image = _decode(f, mode, transform)
-            masks.append(_read_yolo_labels(label.path, image.shape[-2:], label.class_map))
-        elif isinstance(label, Path):
-            image, mask = _decode_pair(f, label, mode, transform)
-            masks.append(mask)
-        else:
-            image = _decode(f, mode, transform)
+        try:
+            if isinstance(label, YoloLabel):
+                image = _decode(f, mode, transform)
+                masks.append(_read_yolo_labels(label.path, image.shape[-2:], label.class_map))
+            elif isinstance(label, Path):
+                image, mask = _decode_pair(f, label, mode, transform)
+                masks.append(mask)
+            else:
+                image = _decode(f, mode, transform)
+        except UnreadableImage as exc:  # left out and named; the audit goes on with the rest
+            skipped.append(str(exc))
+            continue
+        finally:
+            if bar is not None:
+                bar.update(1)
         images.append(image)
-        if bar is not None:
-            bar.update(1)
+        kept_labels.append(label)
     if bar is not None:
         bar.close()
+    if not images:
+        raise AuditError(f"--data {root}: none of its {len(files)} image(s) could be read (first: {skipped[0]})")
+    if skipped:
+        print(f"warning: {len(skipped)} unreadable image(s) left out of the audit:", file=sys.stderr)
+        for line in skipped:
+            print(f"  {line}", file=sys.stderr)
     if adapter.task == "detect" and masks:
         targets = masks
     else:
-        targets = torch.stack(masks) if masks else torch.tensor(labels, dtype=torch.long)
+        targets = torch.stack(masks) if masks else torch.tensor(kept_labels, dtype=torch.long)
     default_name = f"{root.parent.name}/{root.name}" if root.is_file() else root.name
     return EvalData(name=name or default_name, images=torch.stack(images), labels=targets, labelled=labelled,
-                    source=layout, total=total)
+                    source=layout, total=total, skipped=skipped)
 
 
 def _subset(n: int, limit: int | None, seed: int) -> list[int]:

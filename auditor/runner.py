@@ -28,7 +28,7 @@ from auditor.errors import AuditError, did_you_mean
 from auditor.gates import Rule, check_rules_apply, evaluate, junit_xml, summary_md
 from auditor.models import ModelAdapter, ModelSpec, load_model
 from auditor.probes.base import Context, Probe, available_probes, parse_params
-from auditor.results import ProbeResult, Results, load, save, write_json
+from auditor.results import Finding, ProbeResult, Results, load, save, write_json
 
 
 @dataclass
@@ -173,19 +173,41 @@ def run_probe(probe: Probe, ctx: Context) -> ProbeResult:
     reason = probe.skip_reason(ctx.adapter)
     if reason is not None:
         return ProbeResult(status="skipped", reason=reason)
-    seed_everything(ctx.seed)  # each probe sees the same random state, whatever ran before it
     start = time.perf_counter()
-    try:
-        result = probe.run(ctx)
-    except KeyboardInterrupt:
-        raise
-    except Exception as exc:  # a crash is a result; the other probes still run
-        log, rel = ctx.artifact("error.log")
-        log.write_text(traceback.format_exc(), encoding="utf-8")
-        message = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
-        return ProbeResult(status="failed", seconds=round(time.perf_counter() - start, 2), error=message,
-                           artifacts=(rel,))
+    first_batch = ctx.batch_size
+    while True:
+        seed_everything(ctx.seed)  # each probe sees the same random state, whatever ran before it
+        try:
+            result = probe.run(ctx)
+            break
+        except torch.cuda.OutOfMemoryError:
+            if ctx.batch_size <= 1:
+                return _failed(ctx, start, f"out of GPU memory even at batch size 1 (from {first_batch})")
+            smaller = ctx.batch_size // 2
+            print(f"warning: {probe.name} ran out of GPU memory at batch size {ctx.batch_size}; "
+                  f"retrying at {smaller}", file=sys.stderr)
+            ctx = replace(ctx, batch_size=smaller)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except KeyboardInterrupt:
+            raise
+        except Exception:  # a crash is a result; the other probes still run
+            return _failed(ctx, start, None)
+    if ctx.batch_size != first_batch:
+        note = Finding("info", f"ran at batch size {ctx.batch_size}: batch size {first_batch} ran out of GPU memory")
+        result = replace(result, findings=(*result.findings, note),
+                         details={**result.details, "batch_size": ctx.batch_size})
     return replace(result, seconds=round(time.perf_counter() - start, 2))
+
+
+def _failed(ctx: Context, start: float, message: str | None) -> ProbeResult:
+    """The failed result of the exception being handled (traceback in PROBE/error.log)."""
+    exc = sys.exc_info()[1]
+    log, rel = ctx.artifact("error.log")
+    log.write_text(traceback.format_exc(), encoding="utf-8")
+    message = message or f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+    return ProbeResult(status="failed", seconds=round(time.perf_counter() - start, 2), error=message,
+                       artifacts=(rel,))
 
 
 def check_model_output(adapter: ModelAdapter, data: EvalData, device: torch.device) -> None:
