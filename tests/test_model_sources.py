@@ -166,3 +166,19 @@ def test_model_returning_nan_is_an_input_error(audit, tmp_path, digits_flat, mon
     monkeypatch.syspath_prepend(str(tmp_path))
     r = audit("run", "--model", "nanpkg:Nan", "--input-size", "28", "--data", digits_flat, "--out", tmp_path / "out")
     assert r.code == 2 and "NaN" in r.err
+
+
+@pytest.mark.parametrize("how", ["weights", "model-pt", "model-ultralytics-name"])
+def test_a_pickle_that_would_create_a_file_is_refused_on_every_path(audit, tmp_path, how):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / ("yolov8n.pt" if how == "model-ultralytics-name" else "model.pt")
+    torch.save({"model": Evil(), "state_dict": Evil()}, path)
+    args = ["--model", "digits-cnn", "--weights", path] if how == "weights" else ["--model", path]
+    r = audit("run", *args, "--limit", "4", "--probes", "filters", "--out", tmp_path / "out")
+    assert r.code == 2 and "--trust-model" in r.err and "Traceback" not in r.err, r
+    assert not marker.exists()
