@@ -172,6 +172,19 @@ def load_data(adapter: ModelAdapter, path: str | None, *, limit: int | None, see
         targets = masks
     else:
         targets = torch.stack(masks) if masks else torch.tensor(kept_labels, dtype=torch.long)
+    if adapter.task == "detect" and masks:
+        ids = torch.unique(torch.cat([t[:, 0] for t in targets])).long() if any(len(t) for t in targets) else []
+        extra = [int(v) for v in ids if not 0 <= int(v) < adapter.num_classes]
+        if extra:
+            raise AuditError(f"--data {root}: labels hold class id(s) {', '.join(map(str, extra[:8]))}, but the model "
+                             f"has {adapter.num_classes} classes (0..{adapter.num_classes - 1}); a data set YAML with "
+                             "`names` maps its ids to the model's by name")
+    if adapter.task == "segment" and masks:
+        ids = torch.unique(targets)
+        extra = [int(v) for v in ids if int(v) >= adapter.num_classes and int(v) != 255]
+        if extra:
+            raise AuditError(f"--data {root}: masks hold class id(s) {', '.join(map(str, extra[:8]))}, but the model has "
+                             f"{adapter.num_classes} classes (0..{adapter.num_classes - 1}; 255 = ignore)")
     default_name = f"{root.parent.name}/{root.name}" if root.is_file() else root.name
     return EvalData(name=name or default_name, images=torch.stack(images), labels=targets, labelled=labelled,
                     source=layout, total=total, skipped=skipped)

@@ -83,3 +83,31 @@ def test_detection_images_that_cannot_be_read_are_left_out(audit, tmp_path):
     assert r.code == 0, r
     facts = read_results(out)["data"]
     assert facts["skipped"] == 1 and images[2].name in facts["skipped_files"][0]
+
+
+def test_mask_class_ids_beyond_the_model_are_one_line(audit, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    root = shapes.write_segmentation_set(tmp_path / "seg", "test", 3, size=64)
+    mask = sorted((root / "masks").iterdir())[0]
+    values = np.array(Image.open(mask))
+    values[:4, :4] = 7
+    Image.fromarray(values).save(mask)
+    r = audit("run", "--model", "shapes-unet", "--data", root, "--out", tmp_path / "out")
+    assert r.code == 2 and "class id(s) 7" in r.err and "4 classes" in r.err, r
+
+
+def test_box_class_ids_beyond_the_model_are_one_line(audit, tmp_path):
+    root = shapes.write_detection_set(tmp_path / "det", {"test": 3}, size=160)
+    label = sorted((root / "labels" / "test").glob("*.txt"))[0]
+    label.write_text(label.read_text() + "9 0.5 0.5 0.2 0.2\n")
+    flat = tmp_path / "flat"  # images/ + labels/ without the YAML: ids are the model's own
+    (flat / "images").mkdir(parents=True)
+    (flat / "labels").mkdir()
+    for f in (root / "images" / "test").iterdir():
+        (flat / "images" / f.name).write_bytes(f.read_bytes())
+    for f in (root / "labels" / "test").iterdir():
+        (flat / "labels" / f.name).write_text(f.read_text())
+    r = audit("run", "--model", "shapes-yolov8n", "--data", flat, "--out", tmp_path / "out")
+    assert r.code == 2 and "class id(s) 9" in r.err and "3 classes" in r.err, r
