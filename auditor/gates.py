@@ -186,4 +186,9 @@ def summary_md(results: Results, report_name: str = "report.html") -> str:
 
 
 def _md(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")[:300]
+    """User-controlled text as literal Markdown: HTML escaped (CI viewers render tags), Markdown marks backslashed."""
+    import html
+    import re
+
+    text = html.escape(str(text).replace("\n", " ")[:300], quote=False)
+    return re.sub(r"([\\`*_\[\]|#{}])", r"\\\1", text)
