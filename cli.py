@@ -194,16 +194,21 @@ def zoo_list():
     return 0
 
 
+def _zoo_entry(verb: str, name: str):
+    from zoo import get_entry, list_entries
+
+    entry = get_entry(name)
+    if entry is None:
+        names = [x.name for x in list_entries()]
+        raise AuditError(f"zoo {verb} {name}: no such zoo model{did_you_mean(name, names)} (available: {', '.join(names)})")
+    return entry
+
+
 @zoo.command("info")
 @click.argument("name")
 def zoo_info(name):
     """Everything the registry knows about one model."""
-    from zoo import get_entry, list_entries
-
-    e = get_entry(name)
-    if e is None:
-        names = [x.name for x in list_entries()]
-        raise AuditError(f"zoo info {name}: no such zoo model{did_you_mean(name, names)} (available: {', '.join(names)})")
+    e = _zoo_entry("info", name)
     rows = [("name", e.name), ("task", e.task), ("description", e.description),
             ("input", f"{e.channels}x{e.input_size[0]}x{e.input_size[1]}"), ("mean / std", f"{e.mean} / {e.std}"),
             ("classes", ", ".join(e.categories)), ("checkpoint", str(e.checkpoint_path)), ("sha256", e.sha256),
@@ -223,12 +228,7 @@ def zoo_train(name, out, seed):
     """Train a zoo model with its own recipe and print its hash and held-out metric."""
     from tqdm import tqdm
 
-    from zoo import get_entry, list_entries
-
-    e = get_entry(name)
-    if e is None:
-        names = [x.name for x in list_entries()]
-        raise AuditError(f"zoo train {name}: no such zoo model{did_you_mean(name, names)} (available: {', '.join(names)})")
+    e = _zoo_entry("train", name)
     path = Path(out or f"{name}.pt")
     report = e.train(path, seed=seed, progress=lambda n: tqdm(total=n, desc="epochs", disable=not sys.stderr.isatty()))
     for k, v in report.items():

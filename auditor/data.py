@@ -170,24 +170,23 @@ def load_data(adapter: ModelAdapter, path: str | None, *, limit: int | None, see
             print(f"  {line}", file=sys.stderr)
     if adapter.task == "detect" and masks:
         targets = masks
+        _check_class_ids(torch.cat([t[:, 0] for t in targets]).long(), adapter.num_classes, root, "labels",
+                         "; a data set YAML with `names` maps its ids to the model's by name")
     else:
         targets = torch.stack(masks) if masks else torch.tensor(kept_labels, dtype=torch.long)
-    if adapter.task == "detect" and masks:
-        ids = torch.unique(torch.cat([t[:, 0] for t in targets])).long() if any(len(t) for t in targets) else []
-        extra = [int(v) for v in ids if not 0 <= int(v) < adapter.num_classes]
-        if extra:
-            raise AuditError(f"--data {root}: labels hold class id(s) {', '.join(map(str, extra[:8]))}, but the model "
-                             f"has {adapter.num_classes} classes (0..{adapter.num_classes - 1}); a data set YAML with "
-                             "`names` maps its ids to the model's by name")
-    if adapter.task == "segment" and masks:
-        ids = torch.unique(targets)
-        extra = [int(v) for v in ids if int(v) >= adapter.num_classes and int(v) != 255]
-        if extra:
-            raise AuditError(f"--data {root}: masks hold class id(s) {', '.join(map(str, extra[:8]))}, but the model has "
-                             f"{adapter.num_classes} classes (0..{adapter.num_classes - 1}; 255 = ignore)")
+        if masks:
+            _check_class_ids(targets[targets != 255].long(), adapter.num_classes, root, "masks", "; 255 = ignore")
     default_name = f"{root.parent.name}/{root.name}" if root.is_file() else root.name
     return EvalData(name=name or default_name, images=torch.stack(images), labels=targets, labelled=labelled,
                     source=layout, total=total, skipped=skipped)
+
+
+def _check_class_ids(ids: torch.Tensor, num_classes: int, root: Path, what: str, hint: str) -> None:
+    """Exit 2 on class ids the model does not have (a metric would fail on them, or silently miscount)."""
+    extra = [int(v) for v in torch.unique(ids) if not 0 <= int(v) < num_classes]
+    if extra:
+        raise AuditError(f"--data {root}: {what} hold class id(s) {', '.join(map(str, extra[:8]))}, but the model has "
+                         f"{num_classes} classes (0..{num_classes - 1}{hint})")
 
 
 def _subset(n: int, limit: int | None, seed: int) -> list[int]:

@@ -8,6 +8,7 @@ baseline results.json (baseline minus current).
 
 from __future__ import annotations
 
+import html
 import operator
 import re
 from dataclasses import dataclass
@@ -187,8 +188,5 @@ def summary_md(results: Results, report_name: str = "report.html") -> str:
 
 def _md(text: str) -> str:
     """User-controlled text as literal Markdown: HTML escaped (CI viewers render tags), Markdown marks backslashed."""
-    import html
-    import re
-
     text = html.escape(str(text).replace("\n", " ")[:300], quote=False)
     return re.sub(r"([\\`*_\[\]|#{}])", r"\\\1", text)

@@ -93,7 +93,7 @@ def _suggest_model(name: str) -> str:
     from torchvision.models import list_models
 
     from auditor.errors import did_you_mean
+    from auditor.models.ultralytics import known_names
     from zoo import list_entries
 
-    known = [e.name for e in list_entries()] + list(list_models()) + ["yolov8n", "yolov8s", "yolo11n", "yolo11s"]
-    return did_you_mean(name, known)
+    return did_you_mean(name, [e.name for e in list_entries()] + list(list_models()) + sorted(known_names()))

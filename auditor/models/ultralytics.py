@@ -241,8 +241,13 @@ def resolve_named_weights(name: str, spec) -> Path:
     return got
 
 
-def is_ultralytics_name(name: str) -> bool:
+def known_names() -> frozenset[str]:
+    """The model names ultralytics can fetch by name (yolov8n, yolo11s-seg, ...)."""
     quiet_ultralytics()
     from ultralytics.utils.downloads import GITHUB_ASSETS_STEMS
 
-    return name.removesuffix(".pt") in GITHUB_ASSETS_STEMS
+    return frozenset(GITHUB_ASSETS_STEMS)
+
+
+def is_ultralytics_name(name: str) -> bool:
+    return name.removesuffix(".pt") in known_names()

@@ -94,8 +94,9 @@ class AugmentProbe(Probe):
                     shifted, affine = shift.apply(x, level, g, scale)
                     pred = ops.predict(adapter, shifted)
                 ref_b, clean_b = ops.take(reference, sl), ops.take(clean_ref, sl)
-                if affine is not None:
-                    ref_b, clean_b = ops.warp(ref_b, affine.cpu(), (h, w)), ops.warp(clean_b, affine.cpu(), (h, w))
+                if affine is not None:  # the references follow the image (they live on the CPU)
+                    affine = affine.cpu()
+                    ref_b, clean_b = ops.warp(ref_b, affine, (h, w)), ops.warp(clean_b, affine, (h, w))
                 preds.append(pred)
                 refs.append(ref_b)
                 cleans.append(clean_b)
@@ -129,7 +130,7 @@ class AugmentProbe(Probe):
                          "relative": relative})
         corruption_rel = [r["relative"] for r in rows if r["imagenet_c"] and r["relative"] is not None]
         score = float(np.mean([min(max(v, 0.0), 1.0) for v in corruption_rel])) if corruption_rel else None
-        ce_notes = self._corruption_errors(metrics, values, clean, kind, severities, adapter, data.labelled)
+        ce_notes = self._corruption_errors(values, clean, kind, severities, adapter, data.labelled)
         metrics.update(ce_notes[0])
 
         rows.sort(key=lambda r: (r["relative"] if r["relative"] is not None else 2.0))
@@ -160,7 +161,7 @@ class AugmentProbe(Probe):
         g = torch.Generator().manual_seed(ctx.seed)
         return int(best[torch.randint(len(best), (1,), generator=g)])
 
-    def _corruption_errors(self, metrics, values, clean, kind, severities, adapter, labelled):
+    def _corruption_errors(self, values, clean, kind, severities, adapter, labelled):
         """(metrics, description, note) of the corruption error against the reference, if any."""
         ref = self.params.reference.strip()
         if ref == "auto":
