@@ -39,6 +39,17 @@ def audit(capsys):
     return call
 
 
+@pytest.fixture
+def python_module(tmp_path, monkeypatch):
+    """write(name, source): an importable module `name`, for `--model name:callable`."""
+
+    def write(name: str, source: str) -> None:
+        (tmp_path / f"{name}.py").write_text(source)
+        monkeypatch.syspath_prepend(str(tmp_path))
+
+    return write
+
+
 def read_results(out: Path) -> dict:
     return json.loads((out / "results.json").read_text())
 

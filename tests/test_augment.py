@@ -267,7 +267,7 @@ def test_alexnet_reference_uses_the_published_errors():
         task, num_classes = "classify", 1000
 
     values = {c: {s: 0.5 for s in range(1, 6)} for c in CORRUPTIONS}
-    metrics, described, note = AugmentProbe()._corruption_errors({}, values, 0.8, "accuracy", [1, 2, 3, 4, 5],
+    metrics, described, note = AugmentProbe()._corruption_errors(values, 0.8, "accuracy", [1, 2, 3, 4, 5],
                                                                  Thousand(), True)
     assert "AlexNet" in described and note is None
     assert metrics["ce@fog"] == pytest.approx(0.5 / 0.819324)

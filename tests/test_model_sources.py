@@ -151,10 +151,9 @@ def test_import_path_errors(audit, tmp_path):
     assert r.code == 2 and "no attribute nope" in r.err
 
 
-def test_model_returning_nan_is_an_input_error(audit, tmp_path, digits_flat, monkeypatch):
-    pkg = tmp_path / "nanpkg"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text(
+def test_model_returning_nan_is_an_input_error(audit, tmp_path, digits_flat, python_module):
+    python_module(
+        "nanpkg",
         "import torch\n"
         "class Nan(torch.nn.Module):\n"
         "    def __init__(self):\n"
@@ -162,8 +161,6 @@ def test_model_returning_nan_is_an_input_error(audit, tmp_path, digits_flat, mon
         "        self.conv = torch.nn.Conv2d(1, 10, 3)\n"
         "    def forward(self, x):\n"
         "        return self.conv(x).mean(dim=(2, 3)) * float('nan')\n")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
     r = audit("run", "--model", "nanpkg:Nan", "--input-size", "28", "--data", digits_flat, "--out", tmp_path / "out")
     assert r.code == 2 and "NaN" in r.err
 

@@ -82,16 +82,13 @@ def test_torchscript_segmenter_on_images_and_masks(audit, tmp_path, seg_folder, 
     assert all(0 <= v <= 1 for v in attacks["metrics"].values())
 
 
-def test_segmenter_label_free_on_images_alone(audit, tmp_path, seg_folder, monkeypatch):
-    pkg = tmp_path / "segpkg"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text(
+def test_segmenter_label_free_on_images_alone(audit, tmp_path, seg_folder, python_module):
+    python_module(
+        "segpkg",
         "import torch\n"
         "def build():\n"
         "    torch.manual_seed(0)\n"
         "    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1))\n")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
     out = tmp_path / "out"
     r = audit("run", "--model", "segpkg:build", "--task", "segment", "--input-size", "64",
               "--data", seg_folder / "images", "--out", out, *SEG_FAST)
