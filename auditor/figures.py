@@ -32,20 +32,34 @@ def to_display(image: torch.Tensor):
     return image.permute(1, 2, 0).numpy(), None
 
 
-def save_tile_grid(tiles: torch.Tensor, path: Path, *, tile_px: int = 40, nrow: int | None = None) -> None:
-    """N x C x H x W tiles in [0, 1] as one PNG, upscaled with nearest-neighbour so small kernels stay crisp."""
+def save_tile_grid(tiles: torch.Tensor, path: Path, *, tile_px: int = 40, nrow: int | None = None,
+                   labels: list[str] | None = None, frames: list[tuple[int, int, int] | None] | None = None) -> None:
+    """N x C x H x W tiles in [0, 1] as one PNG, upscaled with nearest-neighbour so small kernels stay crisp.
+
+    labels: a short text under each tile; frames: an RGB colour (or None) per tile, drawn as a
+    border around the tile so that marking a tile never hides any of its pixels.
+    """
     import math
 
-    from PIL import Image
-    from torchvision.utils import make_grid
+    from PIL import Image, ImageDraw, ImageFont
 
     n, _, h, w = tiles.shape
     scale = max(1, tile_px // max(h, w))
-    big = torch.nn.functional.interpolate(tiles.float(), scale_factor=scale, mode="nearest")
+    big = torch.nn.functional.interpolate(tiles.float(), scale_factor=scale, mode="nearest").expand(-1, 3, -1, -1)
+    pixels = (big.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    pad, border, text_h = 2, 3 if frames else 0, 12 if labels else 0
+    tw, th = w * scale + 2 * border, h * scale + 2 * border
     nrow = nrow or math.ceil(math.sqrt(n))
-    grid = make_grid(big, nrow=nrow, padding=2, pad_value=1.0)
-    array = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-    Image.fromarray(array).save(path)
+    canvas = Image.new("RGB", (pad + nrow * (tw + pad), pad + math.ceil(n / nrow) * (th + text_h + pad)), "white")
+    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default(size=10)
+    for i in range(n):
+        x, y = pad + (i % nrow) * (tw + pad), pad + (i // nrow) * (th + text_h + pad)
+        if frames and frames[i]:
+            draw.rectangle((x, y, x + tw - 1, y + th - 1), fill=tuple(frames[i]))
+        canvas.paste(Image.fromarray(pixels[i]), (x + border, y + border))
+        if labels:
+            draw.text((x + tw / 2, y + th + 1), labels[i], fill="black", font=font, anchor="mt")
+    canvas.save(path)
 
 
 def overlay_mask(image: torch.Tensor, mask: torch.Tensor, num_classes: int, alpha: float = 0.7):
@@ -166,5 +180,22 @@ def draw_shift_examples(rows, clean, adapter, path: Path) -> None:
         for c in range(len(cells) + 1, columns):
             axes[r, c].axis("off")
         axes[r, 0].set_ylabel(name.replace("_", " "), fontsize=7.5)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def draw_titled_tiles(images: torch.Tensor, titles: list[str], path: Path, *, alert=None, columns: int = 8) -> None:
+    """N x C x H x W images in [0, 1] as a grid, a title over each (in red where `alert` is true)."""
+    plt = pyplot()
+    n = len(images)
+    cols = min(n, columns)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.25 * cols, 1.5 * rows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            arr, cmap = to_display(images[i])
+            ax.imshow(arr, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+            ax.set_title(titles[i], fontsize=7, color="#c0392b" if alert and alert[i] else "black")
     fig.tight_layout()
     save_figure(fig, path)

@@ -1,7 +1,8 @@
 """`filters`: the first convolution's weights as an image grid ("weights visualisation").
 
 Informational, so no score. Shows what the first layer responds to: edge and colour
-detectors in a healthy network, noise or near-zero (dead) kernels in a troubled one.
+detectors in a healthy network, noise or near-zero (dead) kernels in a troubled one; and
+names the filters that waste capacity: dead ones, and near-identical copies of another.
 """
 
 from __future__ import annotations
@@ -16,6 +17,14 @@ from auditor.probes.base import Context, Probe
 from auditor.results import Finding, ProbeResult
 
 DEAD_SHARE_OF_MAX_NORM = 1e-2
+# Cosine of two flattened filters from which they count as copies. Chance does not get there: two
+# independent random filters reach it with probability ~1e-5 in the smallest common kernel (1x3x3,
+# 9 dimensions) and ~1e-14 at 3x3x3, so a pair above it is redundancy. Yet it is loose enough (18
+# degrees apart) to catch copies that training has nudged a little apart.
+DUPLICATE_COSINE = 0.95
+NAMED = 5  # findings name the first few filters or pairs
+TABLE_ROWS = 24  # the report's table of dead and duplicate filters lists at most this many rows
+DEAD_FRAME, DUPLICATE_FRAME = (214, 39, 40), (255, 127, 14)  # matplotlib's tab10 red and orange
 
 
 def first_conv(net: nn.Module) -> tuple[str, torch.Tensor]:
@@ -30,14 +39,42 @@ def first_conv(net: nn.Module) -> tuple[str, torch.Tensor]:
     raise ValueError("the model has no Conv2d layer, so there are no filters to show")
 
 
+def similar_pairs(w: torch.Tensor, live: torch.Tensor) -> tuple[list, list]:
+    """Pairs (i, j, cosine), i < j, of live filters: near-identical ones and sign-flipped ones.
+
+    One matrix product of the unit-norm flattened filters gives every pair's cosine at once.
+    Dead filters are left out: a near-zero vector's direction is noise.
+    """
+    flat = w.flatten(1).double()
+    unit = flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    cos = unit @ unit.T
+    candidates = torch.triu(live[:, None] & live[None, :], diagonal=1)
+
+    def listed(mask: torch.Tensor) -> list[tuple[int, int, float]]:
+        i, j = mask.nonzero(as_tuple=True)
+        order = cos[i, j].abs().argsort(descending=True, stable=True)  # closest pairs first
+        return [(int(i[k]), int(j[k]), float(cos[i[k], j[k]])) for k in order]
+
+    return listed(candidates & (cos >= DUPLICATE_COSINE)), listed(candidates & (cos <= -DUPLICATE_COSINE))
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _pairs_text(pairs: list[tuple[int, int, float]]) -> str:
+    text = ", ".join(f"{i} and {j} ({c:.2f})" for i, j, c in pairs[:NAMED])
+    return text + (f" and {len(pairs) - NAMED} more" if len(pairs) > NAMED else "")
+
+
 class FiltersProbe(Probe):
     name = "filters"
-    description = "first conv layer's weights as an image grid (weights visualisation)"
+    description = "first conv layer's weights as an image grid (weights visualisation); dead and duplicate filters"
     tasks = TASKS
 
     @dataclass
     class Params:
-        max_filters: int = 64  # the grid shows the first N filters
+        max_filters: int = 64  # the grid shows the first N filters; the checks cover all of them
 
     def run(self, ctx: Context) -> ProbeResult:
         bar = ctx.progress(1, self.name)
@@ -45,27 +82,57 @@ class FiltersProbe(Probe):
         w = weight.detach().float().cpu()
         out_c, in_c, kh, kw = w.shape
         norms = w.flatten(1).norm(dim=1)
-        dead = int((norms < DEAD_SHARE_OF_MAX_NORM * norms.max()).sum()) if norms.max() > 0 else out_c
+        dead = norms < DEAD_SHARE_OF_MAX_NORM * norms.max() if norms.max() > 0 else torch.ones(out_c, dtype=torch.bool)
+        duplicates, opposites = similar_pairs(w, ~dead)
+        dead_ids = dead.nonzero().flatten().tolist()
+        paired = {i for pair in duplicates for i in pair[:2]}  # filters with a near-identical partner
+
         shown = w[: self.params.max_filters]
         # One tile per filter: RGB when the layer sees colour, else the channel mean in grey.
         tiles = shown if in_c == 3 else shown.mean(dim=1, keepdim=True)
         # Symmetric scaling per filter keeps zero at mid-grey, so sign is visible.
         peak = tiles.flatten(1).abs().amax(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
         tiles = tiles / (2 * peak) + 0.5
+        frames = [DEAD_FRAME if dead[i] else DUPLICATE_FRAME if i in paired else None for i in range(len(shown))]
         path, rel = ctx.artifact("filters.png")
         from auditor.figures import save_tile_grid
 
-        save_tile_grid(tiles, path)
+        save_tile_grid(tiles, path, tile_px=48, labels=[str(i) for i in range(len(shown))], frames=frames)
         bar.update(1)
         bar.close()
-        findings = [Finding("info", f"{layer}: {out_c} filters of {in_c}x{kh}x{kw}; "
-                                    f"{'RGB tiles' if in_c == 3 else 'grey tiles (mean over input channels)'}, "
-                                    f"mid-grey = 0, each filter scaled to its own peak")]
-        if dead:
-            findings.append(Finding("medium", f"{dead} of {out_c} filters have near-zero weights "
-                                              f"(norm under {DEAD_SHARE_OF_MAX_NORM:.0%} of the largest): dead filters"))
+
+        colour = {3: "RGB tiles", 1: "grey tiles"}.get(in_c, f"grey tiles (mean over the {in_c} input channels)")
+        findings = [Finding("info", f"layer {layer}: {out_c} filters of {in_c}x{kh}x{kw}; {colour}, mid-grey = 0, "
+                                    f"each filter scaled to its own peak"
+                                    + (f"; the grid shows the first {len(shown)}" if len(shown) < out_c else ""))]
+        if dead_ids:
+            listed = ", ".join(map(str, dead_ids[:NAMED])) + (" …" if len(dead_ids) > NAMED else "")
+            findings.append(Finding("medium", f"{len(dead_ids)} of {out_c} filters dead (weight norm under "
+                                              f"{DEAD_SHARE_OF_MAX_NORM:.0%} of the largest): {listed}"))
+        if duplicates:
+            findings.append(Finding("medium", f"{_count(len(duplicates), 'pair')} of near-identical filters "
+                                              f"(cosine ≥ {DUPLICATE_COSINE}; {len(paired)} of {out_c} filters): "
+                                              f"filters {_pairs_text(duplicates)}. Each pair detects one pattern twice"))
+        if opposites:
+            findings.append(Finding("info", f"{_count(len(opposites), 'sign-flipped pair')} "
+                                            f"(cosine ≤ -{DUPLICATE_COSINE}): filters {_pairs_text(opposites)}. "
+                                            f"Usual in early layers, which often learn both polarities of an edge "
+                                            f"(as CReLU does by design); not a defect"))
+        if not dead_ids and not duplicates:
+            findings.append(Finding("info", f"no dead or near-duplicate filters among all {out_c}"))
+
+        rows = ([{"filter": i, "issue": "dead", "norm": float(norms[i]), "partner": None, "cosine": None}
+                 for i in dead_ids]
+                + [{"filter": i, "issue": "duplicate", "norm": float(norms[i]), "partner": j, "cosine": c}
+                   for i, j, c in duplicates])
+        caption = (f"First-layer filters ({layer}), {len(shown)} of {out_c}, {colour}; the number under each is its "
+                   f"index; frames: red = dead, orange = has a near-identical partner")
         return ProbeResult(status="ok", score=None,
-                           metrics={"filters": float(out_c), "dead_filters": float(dead)},
+                           metrics={"filters": float(out_c), "dead_filters": float(len(dead_ids)),
+                                    "duplicate_filters": float(len(paired)),
+                                    "duplicate_pairs": float(len(duplicates)), "opposite_pairs": float(len(opposites))},
                            findings=tuple(findings), artifacts=(rel,),
                            details={"layer": layer, "shape": [out_c, in_c, kh, kw], "shown": len(shown),
-                                    "captions": {rel: f"First-layer filters ({layer})"}})
+                                    "max_norm": float(norms.max()), "dead_share": DEAD_SHARE_OF_MAX_NORM,
+                                    "duplicate_cosine": DUPLICATE_COSINE, "flagged": rows[:TABLE_ROWS],
+                                    "flagged_total": len(rows), "captions": {rel: caption}})
