@@ -129,13 +129,20 @@ def run_audit(config: RunConfig) -> Results:
     adapter = load_model(config.model).to(device).eval().prefer_channels_last()
     data = load_data(adapter, config.data, limit=config.limit, seed=config.seed, progress=progress)
     check_model_output(adapter, data, device)
+    probes = {name: registry[name](params[name]) for name in names}
+    for name, probe in probes.items():
+        if probe.skip_reason(adapter) is None:
+            try:
+                probe.check(adapter)
+            except ValueError as exc:  # a usage error: nothing has run yet
+                raise AuditError(f"{name}: {exc}") from None
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, ProbeResult] = {}
     interrupted = None
     for name in names:
-        probe = registry[name](params[name])
+        probe = probes[name]
         fingerprint = _fingerprint(config, name, params[name])
         saved = _load_partial(out, name, fingerprint) if config.resume else None
         if saved is not None:

@@ -145,14 +145,16 @@ def test_yolo_recipe_trains_on_a_small_budget(tmp_path):
     assert Path(report["path"]).is_file()
 
 
-def test_box_scores_are_differentiable_per_box():
-    """Each kept box has a score taken from the head's output, whose gradient reaches the input (Grad-CAM target)."""
+def test_anchor_scores_are_differentiable_per_box():
+    """Each kept box's score, read back at its anchor, equals NMS's score and has a gradient (Grad-CAM target)."""
     from auditor.models import ModelSpec, load_model
 
     model = load_model(ModelSpec(model="shapes-yolov8n")).eval()
     x = torch.from_numpy(shapes.render(shapes.scene_seed("test", 0)).image.copy()).permute(2, 0, 1)[None].float() / 255
     x.requires_grad_(True)
-    (dets, scores), = model.box_scores(model(x))
+    (dets, anchors), = model.detect_with_anchors(model(x))
+    rows = x.expand(len(anchors), -1, -1, -1)  # one row per box, as the gradcam probe batches them
+    scores = model.anchor_scores(model(rows), anchors, dets["labels"])
     assert len(dets["boxes"]) >= 1 and torch.allclose(scores.detach(), dets["scores"], atol=1e-5)
     grad, = torch.autograd.grad(scores[0], x)
     assert grad.abs().sum() > 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -73,7 +73,7 @@ class ModelAdapter(nn.Module, abc.ABC):
         self.preprocess = preprocess
         self.epsilons = tuple(epsilons)
         self.eval_set = eval_set  # zoo models: (name, seed -> tensors or folder, default limit); else None
-        self._target_layer: tuple[str, nn.Module] | None = None
+        self._cam_layers: list[tuple[str, nn.Module]] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -98,17 +98,18 @@ class ModelAdapter(nn.Module, abc.ABC):
         return self.loss(self(x), targets)
 
     @property
-    def target_layer(self) -> tuple[str, nn.Module]:
-        """(name, module) of the last block with a spatial output: where CAM looks."""
-        if self._target_layer is None:
-            self._target_layer = find_last_spatial_module(self.net, self.example_input())
-        return self._target_layer
+    def cam_layers(self) -> list[tuple[str, nn.Module]]:
+        """(name, module) of the layers whose maps explain the output: the last spatial block."""
+        if self._cam_layers is None:
+            self._cam_layers = [find_last_spatial_module(self.net, self.normalize(self.example_input()))]
+        return self._cam_layers
 
-    def set_target_layer(self, name: str) -> None:
+    def set_cam_layers(self, names: list[str]) -> None:
         modules = dict(self.net.named_modules())
-        if name not in modules:
-            raise KeyError(name)
-        self._target_layer = (name, modules[name])
+        missing = [n for n in names if n not in modules]
+        if missing:
+            raise KeyError(missing[0])
+        self._cam_layers = [(n, modules[n]) for n in names]
 
     def prefer_channels_last(self) -> "ModelAdapter":
         """Keep conv weights in NHWC, where oneDNN and cuDNN convolve fastest.
@@ -157,6 +158,19 @@ class SegmenterAdapter(ModelAdapter):
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self(x).argmax(dim=1)
 
+    @property
+    def cam_layers(self) -> list[tuple[str, nn.Module]]:
+        """The last spatial block before the classifier head (the last one with other than K channels).
+
+        The head's own output is the logits: a Grad-CAM there is the class's logit map again.
+        """
+        if self._cam_layers is None:
+            with torch.no_grad():
+                classes = self(self.example_input()).shape[1]
+            self._cam_layers = [find_last_spatial_module(self.net, self.normalize(self.example_input()),
+                                                         skip=lambda out: out.shape[1] == classes)]
+        return self._cam_layers
+
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Pixel cross-entropy, averaged over each image's labelled pixels."""
         per_pixel = F.cross_entropy(outputs, targets, ignore_index=self.ignore_index, reduction="none")
@@ -164,8 +178,9 @@ class SegmenterAdapter(ModelAdapter):
         return per_pixel.flatten(1).sum(1) / valid
 
 
-def find_last_spatial_module(net: nn.Module, example: torch.Tensor) -> tuple[str, nn.Module]:
-    """The last module, in execution order, whose output is N x C x H x W with H, W > 1.
+def find_last_spatial_module(net: nn.Module, example: torch.Tensor,
+                             skip: Callable[[torch.Tensor], bool] = lambda out: False) -> tuple[str, nn.Module]:
+    """The last module, in execution order, whose output is N x C x H x W with H, W > 1 (and not `skip`ped).
 
     Forward hooks fire when a module returns, so a container (ResNet's ``layer4``, VGG's
     ``features``) is seen after its children: the result is the last spatial *block*.
@@ -177,7 +192,7 @@ def find_last_spatial_module(net: nn.Module, example: torch.Tensor) -> tuple[str
             continue
 
         def hook(mod, _inp, out, name=name):
-            if isinstance(out, torch.Tensor) and out.dim() == 4 and min(out.shape[-2:]) > 1:
+            if isinstance(out, torch.Tensor) and out.dim() == 4 and min(out.shape[-2:]) > 1 and not skip(out):
                 seen.append((name, mod))
 
         handles.append(module.register_forward_hook(hook))

@@ -70,23 +70,31 @@ class DetectorAdapter(ModelAdapter):
                                    max_time_img=10.0, nc=self.num_classes)
         return [{"boxes": d[:, :4], "scores": d[:, 4], "labels": d[:, 5].long()} for d in kept]
 
-    def box_scores(self, outputs, conf: float = SHOW_CONF) -> list[tuple[dict[str, torch.Tensor], torch.Tensor]]:
-        """Per image: the kept boxes, and each box's class score as a differentiable tensor.
-
-        The score is the head's class probability at the anchor NMS kept for that box, taken
-        from `outputs` itself, so a gradient of it reaches the input (Grad-CAM's target per box).
-        """
+    def detect_with_anchors(self, outputs, conf: float = SHOW_CONF) -> list[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+        """Per image: the kept boxes, and the anchor (column of the head's output) NMS kept for each."""
         from ultralytics.utils.nms import non_max_suppression
 
+        kept, anchors = non_max_suppression(_decoded(outputs).detach(), conf_thres=conf, iou_thres=NMS_IOU,
+                                            max_det=300, max_time_img=10.0, return_idxs=True, nc=self.num_classes)
+        return [({"boxes": d[:, :4], "scores": d[:, 4], "labels": d[:, 5].long()}, a.long())
+                for d, a in zip(kept, anchors)]
+
+    def anchor_scores(self, outputs, anchors: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Row i's class probability `labels[i]` at anchor `anchors[i]`, taken from `outputs` itself so that
+        its gradient reaches the input: Grad-CAM's target for one box, the same neuron in any copy of the net."""
         decoded = _decoded(outputs)
-        kept, anchors = non_max_suppression(decoded.detach(), conf_thres=conf, iou_thres=NMS_IOU, max_det=300,
-                                            max_time_img=10.0, return_idxs=True, nc=self.num_classes)
-        result = []
-        for i, (d, a) in enumerate(zip(kept, anchors)):
-            labels = d[:, 5].long()
-            scores = decoded[i, 4 + labels, a.long()]
-            result.append(({"boxes": d[:, :4], "scores": d[:, 4], "labels": labels}, scores))
-        return result
+        return decoded[torch.arange(len(anchors), device=decoded.device), 4 + labels, anchors]
+
+    @property
+    def cam_layers(self) -> list[tuple[str, nn.Module]]:
+        """The feature maps the Detect head reads (one per pyramid level: P3, P4, P5 for YOLOv8).
+
+        A box's score comes from one level; the head's own last layers see one level each.
+        """
+        if self._cam_layers is None:
+            head = self.net.model[-1]
+            self._cam_layers = [(f"model.{i}", self.net.model[i]) for i in head.f]
+        return self._cam_layers
 
     def loss(self, outputs, targets: list[torch.Tensor]) -> torch.Tensor:
         """ultralytics' own training loss (box + cls + DFL) against targets K x 5 (class, x0, y0, x1, y1).

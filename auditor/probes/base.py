@@ -26,7 +26,8 @@ from auditor.results import ProbeResult
 
 ENTRY_POINT_GROUP = "auditor.probes"
 BUILTIN = {"filters": "auditor.probes.filters:FiltersProbe", "attacks": "auditor.probes.attacks:AttacksProbe",
-           "augment": "auditor.probes.augment:AugmentProbe"}
+           "augment": "auditor.probes.augment:AugmentProbe", "gradcam": "auditor.probes.gradcam:GradCamProbe",
+           "actmax": "auditor.probes.actmax:ActMaxProbe"}
 
 
 @dataclass
@@ -70,6 +71,9 @@ class Probe(abc.ABC):
         if adapter.task not in self.tasks:
             return f"{self.name} supports {', '.join(self.tasks)} models, not {adapter.task}"
         return None
+
+    def check(self, adapter: ModelAdapter) -> None:
+        """Parameter checks that need the model (a layer name), run before any probe: raise ValueError."""
 
     @abc.abstractmethod
     def run(self, ctx: Context) -> ProbeResult:

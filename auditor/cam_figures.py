@@ -1,0 +1,143 @@
+"""Figures of the gradcam probe: maps over images, galleries, faithfulness curves, randomisation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from auditor.figures import _short, draw_boxes, pyplot, save_figure, to_display
+
+LABELS = {"cam": "CAM", "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "random": "random map",
+          "edges": "edges (Sobel)"}
+
+
+def overlay_heat(image: torch.Tensor, heat: torch.Tensor, alpha: float = 0.5) -> np.ndarray:
+    """The map (scaled to its own maximum) in 'jet' over a dimmed copy of the image."""
+    arr, _ = to_display(image)
+    rgb = np.repeat(arr[..., None], 3, axis=2) if arr.ndim == 2 else arr
+    h = heat.detach().float().cpu()
+    h = (h / h.max()).numpy() if h.max() > 0 else h.numpy()
+    colours = pyplot().get_cmap("jet")(h)[..., :3]
+    return (1 - alpha) * (0.3 + 0.7 * rgb) + alpha * colours
+
+
+def _mark_target(ax, adapter, t, r: int) -> None:
+    """The row's box (detectors) or the outline of its mask (segmenters)."""
+    if t.box is not None:
+        draw_boxes(ax, {"boxes": t.box[r:r + 1].cpu(), "labels": t.cls[r:r + 1].cpu()}, adapter.class_names)
+    elif t.mask is not None:
+        ax.contour(t.mask[r].cpu().float().numpy(), levels=[0.5], colors="white", linewidths=0.8)
+
+
+def _bare(ax) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def draw_methods(adapter, x, t, maps: dict[str, torch.Tensor], set_index: list[int], path: Path) -> None:
+    plt = pyplot()
+    names = adapter.class_names
+    cols = 1 + len(maps)
+    fig, axes = plt.subplots(len(t), cols, figsize=(1.5 * cols + 0.3, 1.6 * len(t) + 0.2), squeeze=False)
+    for r in range(len(t)):
+        image = x[int(t.image[r])]
+        arr, cmap = to_display(image)
+        axes[r, 0].imshow(arr, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+        _mark_target(axes[r, 0], adapter, t, r)
+        axes[r, 0].set_title(f"{_short(names[int(t.cls[r])], 14)}" + (" (true)" if t.role[r] == "true" else ""),
+                             fontsize=7)
+        axes[r, 0].set_ylabel(f"image {set_index[r]}", fontsize=7)
+        for c, (method, m) in enumerate(maps.items(), start=1):
+            axes[r, c].imshow(overlay_heat(image, m[r]), interpolation="bilinear")
+            _mark_target(axes[r, c], adapter, t, r)
+            axes[r, c].set_title(f"{LABELS[method]}\npeak {float(m[r].max()):.2g}", fontsize=6.5)
+        for ax in axes[r]:
+            _bare(ax)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def draw_gallery(adapter, x, t, maps: torch.Tensor, labels, set_index: list[int], per_class: int, path: Path) -> None:
+    """Classifiers: a row per predicted class; detectors and segmenters: one cell per row explained."""
+    plt = pyplot()
+    names = adapter.class_names
+    if adapter.task == "classify":
+        by_class: dict[int, list[int]] = {}
+        for r in range(len(t)):
+            if t.role[r] == "predicted":
+                by_class.setdefault(int(t.cls[r]), []).append(r)
+        classes = sorted(sorted(by_class, key=lambda c: -len(by_class[c]))[:12])
+        # A column per class, its examples down the column: ten classes fit the report's width.
+        grid = [[by_class[c][k] if k < len(by_class[c]) else None for c in classes]
+                for k in range(min(per_class, max(len(by_class[c]) for c in classes)))]
+        cols = len(classes)
+    else:
+        cols = 4
+        cells = list(range(min(len(t), 12)))
+        grid = [cells[i:i + cols] for i in range(0, len(cells), cols)]
+    fig, axes = plt.subplots(len(grid), cols, figsize=(1.45 * cols + 0.3, 1.55 * len(grid) + 0.2), squeeze=False)
+    for g, rows in enumerate(grid):
+        for c in range(cols):
+            ax = axes[g, c]
+            _bare(ax)
+            r = rows[c] if c < len(rows) else None
+            if r is None:
+                ax.axis("off")
+                continue
+            i = int(t.image[r])
+            ax.imshow(overlay_heat(x[i], maps[r]), interpolation="bilinear")
+            _mark_target(ax, adapter, t, r)
+            title, colour = _short(names[int(t.cls[r])], 14), "black"
+            if adapter.task == "classify" and labels is not None and int(labels[i]) != int(t.cls[r]):
+                title, colour = f"{title}\n(true {_short(names[int(labels[i])], 10)})", "#c0392b"
+            ax.set_title(f"{title}\nimage {set_index[i]}", fontsize=6.5, color=colour)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def draw_curves(curves: dict, aucs: dict, path: Path) -> None:
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(7.2, 2.8))
+    styles = {"random": ":", "edges": "--"}
+    for ax, mode in zip(axes, ("deletion", "insertion")):
+        for name, modes in curves.items():
+            mean = modes[mode].mean(dim=0).cpu().numpy()
+            share = np.linspace(0, 1, len(mean))
+            ax.plot(share, mean, styles.get(name, "-"), label=f"{LABELS[name]} ({aucs[name][mode]:.3f})",
+                    linewidth=1.4 if name not in styles else 1.1)
+        ax.set_title(f"{mode} ({'lower' if mode == 'deletion' else 'higher'} is better)", fontsize=9)
+        ax.set_xlabel(f"share of pixels {'removed' if mode == 'deletion' else 'revealed'}", fontsize=8)
+        ax.set_ylabel("score of the explained target", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6.5, frameon=False)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def draw_randomisation(adapter, x, t, maps: torch.Tensor, similarity: dict, path: Path) -> None:
+    plt = pyplot()
+    stages = similarity["stages"]
+    rows = list(range(min(2, len(t))))
+    cols = 2 + len(stages)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.45 * cols + 0.3, 1.6 * len(rows) + 0.3), squeeze=False)
+    size = tuple(x.shape[-2:])
+    for a, r in enumerate(rows):
+        image = x[int(t.image[r])]
+        arr, cmap = to_display(image)
+        axes[a, 0].imshow(arr, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+        _mark_target(axes[a, 0], adapter, t, r)
+        axes[a, 0].set_title(_short(adapter.class_names[int(t.cls[r])], 14), fontsize=7)
+        axes[a, 1].imshow(overlay_heat(image, maps[r]), interpolation="bilinear")
+        axes[a, 1].set_title("trained", fontsize=7)
+        for c, stage in enumerate(stages, start=2):
+            m = torch.nn.functional.interpolate(stage["maps"][r:r + 1, None].float(), size=size, mode="bilinear",
+                                                align_corners=False)[0, 0]
+            axes[a, c].imshow(overlay_heat(image, m), interpolation="bilinear")
+            axes[a, c].set_title(f"top {stage['top']} random\nρ̄ {stage['similarity']:.2f}", fontsize=6.5)
+        for ax in axes[a]:
+            _bare(ax)
+    fig.tight_layout()
+    save_figure(fig, path)

@@ -1,0 +1,169 @@
+"""The gradcam probe: maps that agree with their definitions and with captum, and checks that catch bad maps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from auditor.data import EvalData
+from auditor.explain import (auc, cam_maps, class_activation_maps, deletion_insertion, energy_in_object,
+                             gap_linear_head, pointing_hits, rank_correlation)
+from auditor.models import ModelSpec, load_model
+from auditor.probes.base import Context, parse_params
+from auditor.probes.gradcam import GradCamProbe
+from auditor.runner import make_progress
+from tests.conftest import read_results
+
+SMALL = ["--set", "gradcam.images=2", "--set", "gradcam.steps=3", "--set", "gradcam.stages=2"]
+
+
+@pytest.fixture(scope="module")
+def digits_model():
+    return load_model(ModelSpec(model="digits-cnn")).eval()
+
+
+def run_probe(model, pixels, labels, tmp_path, **params):
+    data = EvalData(name="t", images=pixels, labels=labels, labelled=True, source="zoo", total=len(labels))
+    ctx = Context(adapter=model, data=data, device=torch.device("cpu"), seed=0, batch_size=32, out_dir=tmp_path,
+                  probe_name="gradcam", progress=make_progress(False))
+    return GradCamProbe(parse_params(GradCamProbe, {k: str(v) for k, v in params.items()})).run(ctx)
+
+
+def test_cam_equals_gradcam_on_a_gap_network(digits_model, digits_test):
+    """On GAP + linear, d logit_c / d A_k(i,j) = w_ck / HW: Grad-CAM is CAM divided by the map's area."""
+    x, _ = digits_test[0][:8].float(), None
+    x = x / 255 if digits_test[0].dtype == torch.uint8 else x
+    (_, layer), = digits_model.cam_layers
+    head = gap_linear_head(digits_model.net, layer, digits_model.example_input(2), digits_model)
+    assert head is digits_model.net.classifier
+    classes = digits_model(x).argmax(1)
+    cam = class_activation_maps(head, layer, x, classes, digits_model)
+    grad = cam_maps(lambda b: digits_model(b)[torch.arange(len(b)), classes], [layer], x, ["gradcam"])["gradcam"]
+    h, w = cam.shape[-2:]
+    assert cam.max() > 0
+    torch.testing.assert_close(grad * h * w, cam, rtol=1e-4, atol=1e-5)
+
+
+def test_batched_gradcam_matches_captum_one_image_at_a_time(digits_model, digits_test):
+    from captum.attr import LayerGradCam
+
+    x = digits_test[0][:6].float()
+    x = x / 255 if digits_test[0].dtype == torch.uint8 else x
+    (_, layer), = digits_model.cam_layers
+    targets = torch.tensor([0, 1, 2, 3, 4, 5])  # not only the predicted class
+    batched = cam_maps(lambda b: digits_model(b)[torch.arange(len(b)), targets], [layer], x, ["gradcam"])["gradcam"]
+    captum = LayerGradCam(digits_model, layer)
+    for i in range(len(x)):
+        one = captum.attribute(x[i:i + 1], target=int(targets[i]), relu_attributions=True)[0, 0]
+        torch.testing.assert_close(batched[i], one, rtol=1e-4, atol=1e-6)
+
+
+def test_one_forward_and_one_backward_per_batch(digits_model, digits_test):
+    x = digits_test[0][:20].float()
+    x = x / 255 if digits_test[0].dtype == torch.uint8 else x
+    (_, layer), = digits_model.cam_layers
+    calls = []
+    handle = digits_model.net.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        maps = cam_maps(lambda b: digits_model(b)[:, 3], [layer], x, ["gradcam", "gradcam++"])
+    finally:
+        handle.remove()
+    assert len(calls) == 1 and maps["gradcam"].shape == maps["gradcam++"].shape == (20, 7, 7)
+
+
+def test_digits_maps_beat_random_and_depend_on_the_weights(digits_model, digits_test, tmp_path):
+    images, labels = digits_test[0][:48], digits_test[1][:48]
+    result = run_probe(digits_model, images, labels, tmp_path, images=24, stages=3)
+    m = result.metrics
+    assert m["insertion_auc"] > m["insertion_auc@random"] + 0.1
+    assert m["deletion_auc"] < m["deletion_auc@random"] - 0.05
+    assert m["randomization_similarity"] < 0.3 and m["untrustworthy"] == 0.0
+    assert abs(m["insertion_auc@cam"] - m["insertion_auc@gradcam"]) < 0.01  # same map up to scale
+    for name in ("methods.png", "gallery.png", "faithfulness.png", "randomisation.png"):
+        assert (tmp_path / "gradcam" / name).stat().st_size > 1000
+
+
+def test_a_network_with_frozen_random_weights_is_flagged(digits_test, tmp_path):
+    """An untrained network's class scores do not depend on where the evidence is: no map beats chance."""
+    from zoo.digits_cnn import DigitsCNN
+
+    model = load_model(ModelSpec(model="digits-cnn")).eval()
+    torch.manual_seed(0)
+    model.net = DigitsCNN().eval().requires_grad_(False)
+    result = run_probe(model, digits_test[0][:24], digits_test[1][:24], tmp_path, images=16, stages=2)
+    assert result.metrics["untrustworthy"] == 1.0
+    assert any(f.severity == "high" and "no better than a random map" in f.text for f in result.findings)
+
+
+def test_maps_that_survive_randomisation_are_flagged(digits_model, digits_test, tmp_path, monkeypatch):
+    """If re-initialising the layers left the maps as they were, the check must say so."""
+    monkeypatch.setattr("auditor.probes.gradcam.randomise", lambda module, seed: None)
+    result = run_probe(digits_model, digits_test[0][:24], digits_test[1][:24], tmp_path, images=12, stages=2)
+    assert result.metrics["randomization_similarity"] > 0.99 and result.metrics["untrustworthy"] == 1.0
+    assert any(f.severity == "high" and "barely change" in f.text for f in result.findings)
+
+
+def test_deletion_and_insertion_follow_the_map():
+    """Score = mean brightness: removing the brightest pixels first must beat removing the darkest first."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 1, 16, 16, generator=g)
+    curves = deletion_insertion(lambda b, rows: b.flatten(1).mean(1), x, {"right": x[:, 0], "wrong": 1 - x[:, 0]},
+                                steps=8, generator=g, batch_size=4)
+    assert curves["right"]["deletion"].shape == (3, 9)
+    assert (auc(curves["right"]["deletion"]) < auc(curves["wrong"]["deletion"])).all()
+    torch.testing.assert_close(curves["right"]["deletion"][:, -1], torch.zeros(3))  # all pixels black at the end
+    torch.testing.assert_close(curves["right"]["insertion"][:, -1], x.flatten(1).mean(1))  # the image again
+
+
+def test_localisation_and_rank_correlation_helpers():
+    maps = torch.zeros(2, 10, 10)
+    maps[0, 2, 2] = 1.0  # inside the object
+    maps[1, 8, 8] = 1.0  # 3 px from it
+    objects = torch.zeros(2, 10, 10, dtype=torch.bool)
+    objects[:, 1:4, 1:4] = True
+    assert energy_in_object(maps, objects).tolist() == [1.0, 0.0]
+    assert pointing_hits(maps, objects, 0).tolist() == [True, False]
+    assert pointing_hits(maps, objects, 5).tolist() == [True, True]
+    a = torch.rand(3, 5, 5)
+    rho = rank_correlation(a, 2 * a + 1)
+    assert torch.allclose(rho, torch.ones(3, dtype=torch.float64))
+    assert torch.isnan(rank_correlation(torch.zeros(1, 5, 5), a[:1])).all()
+
+
+@pytest.mark.parametrize("model", ["shapes-unet", "shapes-yolov8n"])
+def test_segmenter_and_detector_rows_each_get_their_own_map(audit, tmp_path, model):
+    out = tmp_path / "out"
+    r = audit("run", "--model", model, "--limit", "4", "--probes", "gradcam", "--out", out, *SMALL)
+    assert r.code == 0, r
+    probe = read_results(out)["probes"]["gradcam"]
+    assert probe["status"] == "ok", probe
+    m, d = probe["metrics"], probe["details"]
+    assert d["rows"] >= 2 and len(d["layers"]) == (3 if model == "shapes-yolov8n" else 1)
+    assert 0 <= m["energy_in_object"] <= 1 and 0 <= m["pointing_game"] <= 1
+    assert "head" not in d["layers"]  # a segmenter's maps come from before its logits layer
+    for name in ("methods.png", "gallery.png", "faithfulness.png", "randomisation.png"):
+        assert (out / "gradcam" / name).is_file()
+
+
+def test_every_row_of_a_segmentation_batch_gets_a_map(tmp_path):
+    """The trap of batched segmentation CAMs: only the first image's map is non-zero."""
+    from auditor.probes.gradcam import GradCamProbe, target_scores
+
+    model = load_model(ModelSpec(model="shapes-unet")).eval()
+    from zoo import shapes
+
+    x = torch.stack([torch.from_numpy(shapes.render(shapes.scene_seed("test", i)).image.copy()).permute(2, 0, 1)
+                     for i in range(3)]).float() / 255
+    probe = GradCamProbe()
+    t = probe._targets(model, x, None, cap=12, batch_size=8)
+    assert len(set(t.image.tolist())) == 3
+    (_, layer), = model.cam_layers
+    maps = cam_maps(lambda b: target_scores(model, b, t), [layer], x[t.image], ["gradcam"])["gradcam"]
+    assert (maps.flatten(1).amax(1) > 0).all()
+
+
+def test_bad_gradcam_params_are_usage_errors(audit, tmp_path):
+    r = audit("run", "--probes", "gradcam", "--set", "gradcam.layer=featurs", "--out", tmp_path / "o")
+    assert r.code == 2 and "did you mean features" in r.err, r
+    r = audit("run", "--probes", "gradcam", "--set", "gradcam.methods=gradcamm", "--out", tmp_path / "o")
+    assert r.code == 2 and "gradcam" in r.err, r
