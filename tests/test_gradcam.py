@@ -167,3 +167,14 @@ def test_bad_gradcam_params_are_usage_errors(audit, tmp_path):
     assert r.code == 2 and "did you mean features" in r.err, r
     r = audit("run", "--probes", "gradcam", "--set", "gradcam.methods=gradcamm", "--out", tmp_path / "o")
     assert r.code == 2 and "gradcam" in r.err, r
+
+
+def test_label_free_folder_and_a_chosen_layer(audit, tmp_path, digits_flat):
+    """Without labels only the predicted class is explained; --set gradcam.layer picks the layer."""
+    out = tmp_path / "out"
+    r = audit("run", "--data", digits_flat, "--probes", "gradcam", "--set", "gradcam.layer=features.2", "--out", out,
+              *SMALL)
+    assert r.code == 0, r
+    probe = read_results(out)["probes"]["gradcam"]
+    assert probe["details"]["layers"] == ["features.2"] and "energy_in_object" not in probe["metrics"]
+    assert "cam" not in probe["details"]["aucs"] and "cam" not in probe["details"]["methods"]  # GAP reads `features`

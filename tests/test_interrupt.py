@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# attacks runs first (alphabetical order), then augment: long enough (a few seconds) to be stopped in
-ARGS = ["run", "--model", "digits-cnn", "--limit", "120", "--set", "attacks.steps=3", "--set", "attacks.gallery=2"]
+# attacks runs first, then augment: long enough (a few seconds) to be stopped in
+ARGS = ["run", "--model", "digits-cnn", "--limit", "120", "--probes", "attacks,augment", "--set", "attacks.steps=3",
+        "--set", "attacks.gallery=2"]
 
 
 def _start(out: Path, *extra: str) -> subprocess.Popen:
