@@ -106,8 +106,15 @@ class GradCamProbe(Probe):
                     raise ValueError(f"{name} must be at least 1")
 
     def skip_reason(self, adapter) -> str | None:
+        if isinstance(adapter.net, torch.jit.ScriptModule):
+            return "TorchScript modules take no hooks, and Grad-CAM reads a layer through them (audit the eager model)"
         if adapter.task == "detect" and not hasattr(adapter, "anchor_scores"):
             return "per-box maps need a detector whose boxes map to head outputs (ultralytics); this one has none"
+        if not self.params.layer and adapter.task in self.tasks:
+            try:
+                adapter.cam_layers
+            except ValueError as exc:  # an exported graph keeps no modules to hook
+                return f"no layer to explain: {exc}"
         return super().skip_reason(adapter)
 
     def check(self, adapter) -> None:
