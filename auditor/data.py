@@ -55,11 +55,15 @@ class EvalData:
             yield self.batch(slice(start, start + batch_size), device)
 
     def batch(self, index, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.images[index].to(device)
-        x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+        x = self.images_at(index, device)
         if isinstance(self.labels, list):
             return x, [t.to(device) for t in self.labels[index]]
         return x, self.labels[index].to(device).long()
+
+    def images_at(self, index, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Images (a slice, or a list or tensor of indices) in [0, 1] as float32 on the device."""
+        x = self.images[index].to(device)
+        return x.float() / 255 if x.dtype == torch.uint8 else x.float()
 
     def facts(self) -> dict:
         facts = {"name": self.name, "n": len(self), "labelled": self.labelled, "layout": self.source,

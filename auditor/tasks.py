@@ -23,8 +23,9 @@ class ClassifyOps:
     def concat(self, parts: list) -> Any:
         return torch.cat(parts)
 
-    def take(self, items, index: slice):
-        return items[index]
+    def take(self, items, index):
+        """Items at a slice, or at a list of indices."""
+        return items[index] if isinstance(index, slice) else items[torch.as_tensor(index, dtype=torch.long)]
 
     def to(self, items, device):
         return items.to(device)
@@ -76,8 +77,8 @@ class DetectOps:
     def concat(self, parts: list) -> list:
         return [d for part in parts for d in part]
 
-    def take(self, items, index: slice):
-        return items[index]
+    def take(self, items, index):
+        return items[index] if isinstance(index, slice) else [items[int(i)] for i in index]
 
     def to(self, items, device):
         return [t.to(device) for t in items]
@@ -99,21 +100,23 @@ class DetectOps:
 
     def agreement(self, pred, reference) -> torch.Tensor:
         """Share of reference boxes still found (IoU >= 0.5, same class, shown confidence)."""
+        return torch.tensor([f.double().mean().item() if len(f) else 1.0 for f in self.found(pred, reference)],
+                            dtype=torch.float64)
+
+    def found(self, pred, reference) -> list[torch.Tensor]:
+        """Per image, whether each reference box is detected (IoU >= 0.5, same class, shown confidence)."""
         from torchvision.ops import box_iou
 
         out = []
         for d, ref in zip(pred, reference):
-            if len(ref) == 0:
-                out.append(1.0)
-                continue
             keep = d["scores"] >= _show_conf()
             boxes, labels = d["boxes"][keep], d["labels"][keep]
-            if len(boxes) == 0:
-                out.append(0.0)
+            if len(ref) == 0 or len(boxes) == 0:
+                out.append(torch.zeros(len(ref), dtype=torch.bool))
                 continue
-            iou = box_iou(ref[:, 1:5], boxes) * (ref[:, :1].long() == labels[None])
-            out.append((iou.max(1).values >= 0.5).double().mean().item())
-        return torch.tensor(out, dtype=torch.float64)
+            iou = box_iou(ref[:, 1:5].cpu(), boxes) * (ref[:, :1].cpu().long() == labels[None])
+            out.append(iou.max(1).values >= 0.5)
+        return out
 
 
 def _show_conf() -> float:

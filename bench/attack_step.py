@@ -3,8 +3,8 @@
 Prints, for each model, seconds per PGD iteration on one batch and the ratio
 (model fwd+bwd time) / (attack step time), where fwd+bwd is a forward and a backward to
 the input only: 1.0 means the attack adds nothing on top of the gradient it needs. Peers measured in the same run: a plain torch
-loop, ART's ProjectedGradientDescent (the engine the `attacks` probe uses today), and
-torchattacks' PGD when installed (`pip install torchattacks`; not a dependency).
+loop, the probe's own engine (auditor/adversary.py), captum.robust's PGD, ART's
+ProjectedGradientDescent, and torchattacks' PGD (installed with the test extra).
 
     python bench/attack_step.py [--device cpu|cuda] [--batch 16] [--steps 10] [--repeats 3]
 """
@@ -17,6 +17,8 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from auditor.adversary import LinfAttack
 
 
 def timed(fn, repeats: int, sync) -> float:
@@ -87,6 +89,17 @@ def main() -> None:
                    "(+ weight grads)": timed(fwd_bwd_all, args.repeats, sync)}
         results["plain torch PGD"] = timed(plain_pgd, args.repeats, sync) / steps
 
+        # the probe's engine; early stopping off, so that every image takes every step (random labels
+        # on random weights are "misclassified" at once and would leave the batch)
+        engine = LinfAttack(model, steps=steps, early_stop=False)
+        results["auditor PGD"] = timed(lambda: engine.pgd(x, y, eps), args.repeats, sync) / steps
+
+        from captum.robust import PGD as CaptumPGD
+
+        cap = CaptumPGD(model, torch.nn.CrossEntropyLoss(reduction="none"), lower_bound=0.0, upper_bound=1.0)
+        results["captum.robust PGD"] = timed(lambda: cap.perturb(x, radius=eps, step_size=alpha, step_num=steps,
+                                                                  target=y, random_start=True), args.repeats, sync) / steps
+
         from art.attacks.evasion import ProjectedGradientDescent
         from art.estimators.classification import PyTorchClassifier
 
@@ -104,10 +117,10 @@ def main() -> None:
             results["torchattacks PGD"] = timed(lambda: ta(x, y), args.repeats, sync) / steps
         except ImportError:
             pass
-        base = results["model fwd+bwd"]
+        base, ours = results["model fwd+bwd"], results["auditor PGD"]
         print(f"\n{name}")
         for k, v in results.items():
-            print(f"  {k:<18} {v * 1000:9.2f} ms/step   ratio to fwd+bwd {base / v:5.2f}")
+            print(f"  {k:<18} {v * 1000:9.2f} ms/step   ratio to fwd+bwd {base / v:5.2f}   auditor is {v / ours:5.2f}x")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from auditor.results import validate
-from tests.conftest import FAST, read_results
+from tests.conftest import ATTACK_CHECKS, FAST, read_results
 
 
 def test_default_run_writes_every_output(audit, tmp_path):
@@ -26,7 +26,7 @@ def test_default_run_writes_every_output(audit, tmp_path):
     attacks = res["probes"]["attacks"]
     assert attacks["status"] == "ok"
     assert attacks["metrics"]["clean_accuracy"] >= 0.9
-    for eps in ("0.05", "0.1", "0.2", "0.3"):
+    for eps in ("0.01", "0.02", "0.05", "0.1", "0.3"):
         assert 0 <= attacks["metrics"][f"robust_accuracy@linf={eps}"] <= attacks["metrics"]["clean_accuracy"]
     assert 0 <= attacks["score"] <= 1
     assert res["probes"]["filters"]["status"] == "ok" and res["probes"]["filters"]["score"] is None
@@ -113,7 +113,8 @@ def test_probe_selection_config_and_set(audit, tmp_path):
     res = read_results(out)
     assert list(res["probes"]) == ["attacks"] and res["data"]["n"] == 12
     assert res["probes"]["attacks"]["details"]["steps"] == 4  # --set overrides the file
-    assert set(res["probes"]["attacks"]["metrics"]) == {"clean_accuracy", "robust_accuracy@linf=0.1", "fgsm_accuracy@linf=0.1"}
+    assert set(res["probes"]["attacks"]["metrics"]) == {"clean_accuracy", "robust_accuracy@linf=0.1",
+                                                        "fgsm_accuracy@linf=0.1"} | ATTACK_CHECKS
 
 
 @pytest.mark.parametrize("args, message", [
@@ -173,7 +174,7 @@ def test_list_commands(audit):
     r = audit("zoo", "list")
     assert r.code == 0 and "digits-cnn" in r.out
     r = audit("zoo", "info", "digits-cnn")
-    assert r.code == 0 and "sha256" in r.out and "0.05, 0.1, 0.2, 0.3" in r.out
+    assert r.code == 0 and "sha256" in r.out and "0.01, 0.02, 0.05, 0.1, 0.3" in r.out
     assert audit("zoo", "info", "nope").code == 2
     r = audit("zoo", "info", "shapes-unte")
     assert r.code == 2 and "did you mean shapes-unet?" in r.err

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from auditor.metrics import detection_map
-from tests.conftest import read_results
+from tests.conftest import ATTACK_CHECKS, read_results
 from zoo import shapes
 
-DET_FAST = ["--set", "attacks.steps=2", "--set", "attacks.eps=8/255", "--set", "attacks.gallery=2"]
+DET_FAST = ["--set", "attacks.steps=2", "--set", "attacks.eps=8/255", "--set", "attacks.gallery=2", "--set", "attacks.min_eps_images=4",
+            "--set", "attacks.bisect=1", "--set", "attacks.check_images=2"]
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,9 @@ def test_ultralytics_yaml_model_on_dataset_yaml(audit, tmp_path, det_set, classe
     assert res["model"]["task"] == "detect" and res["model"]["source"] == "ultralytics"
     assert res["data"]["layout"] == "ultralytics-yaml" and res["data"]["n"] == 6
     m = res["probes"]["attacks"]["metrics"]
-    assert set(m) == {"clean_map50", "robust_map50@linf=8/255", "fgsm_map50@linf=8/255"}
+    assert set(m) == {"clean_map50", "robust_map50@linf=8/255", "fgsm_map50@linf=8/255",
+                      "disappearance_rate@linf=8/255"} | ATTACK_CHECKS
+    assert m["disappearance_rate@linf=8/255"] is None or 0 <= m["disappearance_rate@linf=8/255"] <= 1
     assert res["probes"]["filters"]["status"] == "ok"
 
 

@@ -8,10 +8,11 @@ import torch
 from PIL import Image
 
 from auditor.metrics import mean_iou_score
-from tests.conftest import read_results
+from tests.conftest import ATTACK_CHECKS, read_results
 from zoo import shapes
 
-SEG_FAST = ["--set", "attacks.steps=2", "--set", "attacks.eps=2/255,8/255", "--set", "attacks.gallery=2"]
+SEG_FAST = ["--set", "attacks.steps=2", "--set", "attacks.eps=2/255,8/255", "--set", "attacks.gallery=2", "--set", "attacks.min_eps_images=4",
+            "--set", "attacks.bisect=1", "--set", "attacks.check_images=2"]
 
 
 def test_generator_is_deterministic_and_labels_agree():
@@ -78,7 +79,7 @@ def test_torchscript_segmenter_on_images_and_masks(audit, tmp_path, seg_folder, 
     attacks = res["probes"]["attacks"]
     assert attacks["status"] == "ok" and res["probes"]["filters"]["status"] == "ok"
     assert set(attacks["metrics"]) == {"clean_miou", "robust_miou@linf=2/255", "robust_miou@linf=8/255",
-                                       "fgsm_miou@linf=2/255", "fgsm_miou@linf=8/255"}
+                                       "fgsm_miou@linf=2/255", "fgsm_miou@linf=8/255"} | ATTACK_CHECKS
     assert all(0 <= v <= 1 for v in attacks["metrics"].values())
 
 

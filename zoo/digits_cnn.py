@@ -181,7 +181,7 @@ ENTRY = register(ZooEntry(
     eval_set="sklearn-digits-test",
     load_eval_set=load_test_set,
     metrics={"accuracy": 0.9956},
-    epsilons=("0.05", "0.1", "0.2", "0.3"),
+    epsilons=("0.01", "0.02", "0.05", "0.1", "0.3"),
     train=train,
     recipe=RECIPE,
 ))

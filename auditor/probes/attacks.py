@@ -1,14 +1,9 @@
-"""`attacks`: L-inf FGSM and PGD over the model's epsilon grid, for classifiers, segmenters and detectors.
+"""`attacks`: L-inf FGSM and PGD over the model's ε grid, the minimal ε per image, and checks on the attack itself.
 
-FGSM: Goodfellow et al. 2015. PGD: Madry et al. 2018, with a random start and the step
-size 2.5 * eps / steps of that paper; with several restarts, each image keeps the restart
-of highest loss. Classifiers are attacked through ART's PyTorch estimator
-(`PyTorchClassifier`, `FastGradientMethod`, `ProjectedGradientDescent`); ART has no
-estimator for segmenters, and its YOLO estimator wants ultralytics' own pre/post-processing,
-so segmenters and detectors are attacked by a batched torch loop on the adapter's own
-loss (pixel cross-entropy; the detector's training loss on its raw head outputs). Every image counts in the metric: one that is
-wrong when clean counts as broken. Label-free data uses the clean prediction as the
-reference.
+All tasks go through the project's batched loop (auditor/adversary.py) on the adapter's own
+per-image loss; ART supplies the gradient-free Square attack that checks PGD on classifiers.
+Every image counts in the metric: one that is wrong when clean counts as broken.
+Label-free data uses the clean prediction as the reference.
 """
 
 from __future__ import annotations
@@ -18,12 +13,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from auditor import masking
+from auditor.adversary import LinfAttack, bisect_min_eps
 from auditor.probes.base import Context, Probe
 from auditor.results import Finding, ProbeResult
 from auditor.tasks import ops_for, predict_all
 
 METRIC_LABELS = {"accuracy": "accuracy", "miou": "mIoU", "map50": "mAP50"}
-FGSM_MARGIN = 0.01  # FGSM beating PGD by more than this is a sign of a weak or masked PGD
+BROKEN_SHARE = 0.5  # an image is broken when it keeps less than half of its clean agreement with the reference
 
 
 def parse_eps(text: str) -> float:
@@ -36,74 +33,10 @@ def parse_eps(text: str) -> float:
     return value
 
 
-class ArtClassifierAttack:
-    """FGSM and PGD from ART on a PyTorchClassifier wrapping the adapter (numpy in, numpy out)."""
-
-    def __init__(self, ctx: Context, steps: int, step_factor: float, restarts: int):
-        from art.estimators.classification import PyTorchClassifier
-
-        adapter = ctx.adapter
-        if ctx.device.type == "cuda":
-            torch.cuda.set_device(ctx.device)  # ART places its model on the current CUDA device
-        self.estimator = PyTorchClassifier(
-            model=adapter, loss=torch.nn.CrossEntropyLoss(), input_shape=(adapter.channels, *adapter.input_size),
-            nb_classes=adapter.num_classes, clip_values=(0.0, 1.0),
-            device_type="gpu" if ctx.device.type == "cuda" else "cpu")
-        self.steps, self.step_factor, self.restarts, self.batch = steps, step_factor, restarts, ctx.batch_size
-        self._attacks: dict[float, tuple] = {}  # eps -> (FGSM, PGD), built once per budget
-        np.random.seed(ctx.seed)  # ART draws PGD's random start from numpy
-
-    def _for(self, eps: float) -> tuple:
-        from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescent
-
-        if eps not in self._attacks:
-            self._attacks[eps] = (
-                FastGradientMethod(self.estimator, norm=np.inf, eps=eps, batch_size=self.batch),
-                ProjectedGradientDescent(self.estimator, norm=np.inf, eps=eps, eps_step=self.step_factor * eps / self.steps,
-                                         max_iter=self.steps, num_random_init=self.restarts, batch_size=self.batch,
-                                         verbose=False))
-        return self._attacks[eps]
-
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-        fgsm, pgd = self._for(eps)
-        x_np, y_np = x.detach().cpu().numpy(), y.cpu().numpy()
-        return (torch.from_numpy(fgsm.generate(x=x_np, y=y_np)).to(x.device),
-                torch.from_numpy(pgd.generate(x=x_np, y=y_np)).to(x.device))
-
-
-class TorchAttack:
-    """FGSM and PGD as a batched torch loop on the adapter's per-image loss, on the device."""
-
-    def __init__(self, ctx: Context, steps: int, step_factor: float, restarts: int):
-        self.adapter, self.steps, self.step_factor, self.restarts = ctx.adapter, steps, step_factor, restarts
-        self.generator = ctx.generator()
-
-    def _grad(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = x.detach().requires_grad_(True)
-        loss = self.adapter.objective(x, y)
-        grad, = torch.autograd.grad(loss.sum(), x)
-        return grad, loss.detach()
-
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-        grad, _ = self._grad(x, y)
-        x_fgsm = (x + eps * grad.sign()).clamp(0, 1)
-        step = self.step_factor * eps / self.steps
-        best, best_loss = x.clone(), torch.full((len(x),), -float("inf"), device=x.device)
-        for _ in range(self.restarts):
-            adv = (x + torch.empty_like(x).uniform_(-eps, eps, generator=self.generator)).clamp(0, 1)
-            for _ in range(self.steps):
-                grad, _ = self._grad(adv, y)
-                adv = torch.min(torch.max(adv + step * grad.sign(), x - eps), x + eps).clamp(0, 1)
-            with torch.no_grad():
-                loss = self.adapter.objective(adv, y)
-            better = loss > best_loss
-            best[better], best_loss[better] = adv[better], loss[better]
-        return x_fgsm, best
-
-
 class AttacksProbe(Probe):
     name = "attacks"
-    description = "L-inf FGSM and PGD over an epsilon grid: accuracy, mIoU or mAP50 under attack, adversarial examples"
+    description = ("L-inf FGSM and PGD over an ε grid: accuracy, mIoU or mAP50 under attack, minimal ε per image, "
+                   "gradient-masking checks")
     tasks = ("classify", "segment", "detect")
 
     @dataclass
@@ -113,40 +46,57 @@ class AttacksProbe(Probe):
         step_factor: float = 2.5  # PGD step = step_factor * eps / steps (Madry et al.)
         restarts: int = 1  # PGD random starts
         gallery: int = 6  # clean / adversarial / perturbation columns in the report
+        min_eps_images: int = 64  # images whose minimal ε is found by bisection (a seeded subset)
+        bisect: int = 5  # bisection rounds inside the grid bracket (bracket / 2**bisect precision)
+        check_images: int = 32  # images for the stronger-PGD, unbounded and Square checks; 0 skips them
+        square_queries: int = 300  # Square attack iterations (classifiers)
 
     def run(self, ctx: Context) -> ProbeResult:
         p = self.params
         grid = [str(e) for e in (p.eps or ctx.adapter.epsilons)]
         values = [parse_eps(e) for e in grid]
-        if p.steps < 1 or p.restarts < 1:
-            raise ValueError("attacks.steps and attacks.restarts must be at least 1")
-        task = ctx.adapter.task
-        ops = ops_for(task)
-        engine = (ArtClassifierAttack if task == "classify" else TorchAttack)(ctx, p.steps, p.step_factor, p.restarts)
+        if p.steps < 1 or p.restarts < 1 or p.bisect < 0 or p.min_eps_images < 0 or p.check_images < 0:
+            raise ValueError("attacks.steps and attacks.restarts must be at least 1; bisect, min_eps_images and "
+                             "check_images at least 0")
+        ops = ops_for(ctx.adapter.task)
         data = ctx.data
-        clean_pred = predict_all(ctx.adapter, ctx.data, ops, ctx.batch_size, ctx.device)
+        engine = LinfAttack(ctx.adapter, p.steps, p.step_factor, p.restarts, ctx.generator())
+        clean_pred = predict_all(ctx.adapter, data, ops, ctx.batch_size, ctx.device)
         reference = ops.reference(data, clean_pred)
-        fgsm_parts: list[list] = [[] for _ in grid]
-        pgd_parts: list[list] = [[] for _ in grid]
+        order = sorted(range(len(grid)), key=lambda i: values[i])
 
         n_batches = -(-len(data) // ctx.batch_size)
-        bar = ctx.progress(len(grid) * n_batches, self.name)
-        for gi, eps in sorted(enumerate(values), key=lambda t: t[1]):
-            for b in range(n_batches):
-                sl = slice(b * ctx.batch_size, (b + 1) * ctx.batch_size)
-                x, _ = data.batch(sl, ctx.device)
-                x_fgsm, x_pgd = engine(x, ops.to(ops.take(reference, sl), ctx.device), eps)
+        subset = _seeded_subset(len(data), p.min_eps_images, ctx.seed)
+        bar = ctx.progress(len(grid) * n_batches + p.bisect * -(-len(subset) // ctx.batch_size), self.name)
+        fgsm_parts, pgd_parts = [[] for _ in grid], [[] for _ in grid]
+        zero_grad, bad_grad = [], []
+        for b in range(n_batches):
+            sl = slice(b * ctx.batch_size, (b + 1) * ctx.batch_size)
+            x = data.images_at(sl, ctx.device)
+            ref = ops.to(ops.take(reference, sl), ctx.device)
+            grad, _, _ = engine.gradient(x, ref)  # one clean gradient serves FGSM at every ε
+            finite = torch.isfinite(grad).flatten(1).all(1)
+            bad_grad.append(~finite.cpu())
+            zero_grad.append((finite & (grad.flatten(1).abs().amax(1) == 0)).cpu())
+            for gi in order:
+                x_fgsm = engine.fgsm_from_gradient(x, grad, values[gi])
+                x_pgd = engine.pgd(x, ref, values[gi])
                 with torch.no_grad():
                     fgsm_parts[gi].append(ops.predict(ctx.adapter, x_fgsm))
                     pgd_parts[gi].append(ops.predict(ctx.adapter, x_pgd))
                 bar.update(1)
-        bar.close()
         fgsm_pred = [ops.concat(parts) for parts in fgsm_parts]
         pgd_pred = [ops.concat(parts) for parts in pgd_parts]
 
         clean = ops.score(clean_pred, reference, ctx.adapter) if data.labelled else 1.0
         pgd = [ops.score(pred, reference, ctx.adapter) for pred in pgd_pred]
         fgsm = [ops.score(pred, reference, ctx.adapter) for pred in fgsm_pred]
+        agree_clean = ops.agreement(clean_pred, reference)
+        agree_pgd = [ops.agreement(pred, reference) for pred in pgd_pred]
+
+        min_eps, censored = self._min_eps(ctx, ops, engine, reference, subset, agree_clean, agree_pgd, values,
+                                          order, bar)
+        bar.close()
         kind = ops.metric
         metrics: dict[str, float | None] = {}
         if data.labelled:
@@ -155,25 +105,218 @@ class AttacksProbe(Probe):
             metrics[f"robust_{kind}@linf={e}"] = v
         for e, v in zip(grid, fgsm):
             metrics[f"fgsm_{kind}@linf={e}"] = v
+        median = float(np.median(min_eps)) if len(min_eps) else None
+        if median is not None:
+            metrics["median_min_eps"] = median
+        extra: dict = {}
+        if ctx.adapter.task == "detect":
+            extra["disappearance"] = self._disappearance(ops, clean_pred, pgd_pred, reference)
+            for e, v in zip(grid, extra["disappearance"]):
+                metrics[f"disappearance_rate@linf={e}"] = v
+        if ctx.adapter.task == "classify":
+            extra["per_class"] = self._per_class(ctx, clean_pred, pgd_pred, reference, grid, values, order)
+
+        zero_share = float(torch.cat(zero_grad).double().mean())
+        bad_share = float(torch.cat(bad_grad).double().mean())
+        check_eps = self._check_eps(values, pgd, clean, order)
+        checks = [masking.monotone(grid, values, pgd), masking.fgsm_weaker(grid, pgd, fgsm, p.steps),
+                  masking.gradients(zero_share, bad_share)]
+        checks += self._extra_checks(ctx, ops, engine, reference, pgd_pred[check_eps], grid[check_eps],
+                                     values[check_eps], clean_pred)
+        suspect = any(c.flagged for c in checks)
+        metrics["zero_gradient_share"] = zero_share
+        metrics["nonfinite_gradient_share"] = bad_share
+        metrics["suspect_masking"] = float(suspect)
         score = float(np.mean([min(v / clean, 1.0) for v in pgd])) if clean > 0 else 0.0
 
         label = METRIC_LABELS[kind] if data.labelled else "agreement with the clean prediction"
-        artifacts = [self._plot(ctx, grid, values, pgd, fgsm, clean, label)]
+        from auditor import attack_figures as figs
+
+        artifacts = [self._artifact(ctx, "robust_accuracy.png",
+                                    lambda path: figs.robustness_curve(grid, values, pgd, fgsm, clean, label,
+                                                                       p.steps, path))]
+        if len(min_eps):
+            artifacts.append(self._artifact(ctx, "min_eps.png", lambda path: figs.min_eps_histogram(
+                min_eps, censored, values, grid, path)))
+        if "per_class" in extra and extra["per_class"]["matrix"] is not None:
+            pc = extra["per_class"]
+            artifacts.append(self._artifact(ctx, "confusion.png", lambda path: figs.confusion_heatmap(
+                pc["matrix"], ctx.adapter.class_names, pc["eps"], path)))
         gallery = self._gallery(ctx, ops, engine, grid, values, pgd, clean, clean_pred, pgd_pred, reference)
         if gallery:
             artifacts.append(gallery)
         rows = [{"eps": e, "eps_value": v, "fgsm": f, "pgd": a} for e, v, a, f in zip(grid, values, pgd, fgsm)]
+        if "disappearance" in extra:
+            for r, d in zip(rows, extra["disappearance"]):
+                r["disappearance"] = d
         details = {"rows": rows, "label_free": not data.labelled, "metric": label, "clean": clean, "steps": p.steps,
                    "restarts": p.restarts, "step_factor": p.step_factor,
-                   "engine": "ART " + _art_version() if task == "classify" else "torch loop on the model's own loss",
+                   "engine": "the project's batched torch PGD on the model's own loss (auditor/adversary.py)",
+                   "min_eps": {"n": len(min_eps), "median": median, "censored": int(censored.sum()),
+                               "values": [round(float(v), 6) for v in min_eps],
+                               "largest": max(values), "bisect": p.bisect,
+                               "median_censored": bool(median is not None and median >= max(values)
+                                                       and censored.sum() * 2 >= len(min_eps))},
+                   "checks": [c.to_dict() for c in checks], "suspect_masking": suspect,
                    "captions": {f"{self.name}/robust_accuracy.png": f"{label[0].upper()}{label[1:]} under attack versus ε",
+                                f"{self.name}/min_eps.png": "Smallest ε that breaks each image (PGD, bisection "
+                                                            "inside the grid)",
+                                f"{self.name}/confusion.png": "Where the classes go under attack: true class (rows) "
+                                                              "against the prediction under PGD",
                                 f"{self.name}/examples.png": "Clean and adversarial images with the model's output, and "
                                                              "the perturbation amplified to full contrast"}}
-        return ProbeResult(status="ok", score=score, metrics=metrics,
-                           findings=tuple(self._findings(grid, values, pgd, fgsm, clean, label, data.labelled)),
+        if "per_class" in extra:
+            details["per_class"] = {k: v for k, v in extra["per_class"].items() if k != "matrix"}
+        findings = self._findings(grid, values, pgd, fgsm, clean, label, data.labelled, details, checks, extra)
+        return ProbeResult(status="ok", score=score, metrics=metrics, findings=tuple(findings),
                            artifacts=tuple(artifacts), details=details)
 
-    def _findings(self, grid, values, pgd, fgsm, clean, label, labelled) -> list[Finding]:
+    # ---- minimal ε ---------------------------------------------------------------------------------
+
+    def _min_eps(self, ctx, ops, engine, reference, subset, agree_clean, agree_pgd, values, order, bar):
+        """Per image of the subset: the smallest ε that breaks it (0 if wrong when clean), and whether
+        it withstood the whole grid (then its value is the largest ε, a lower bound)."""
+        if not subset:
+            return np.zeros(0), np.zeros(0, dtype=bool)
+        idx = torch.tensor(subset)
+        a_clean = agree_clean[idx]
+        broken = torch.stack([agree_pgd[gi][idx] < BROKEN_SHARE * a_clean for gi in order])  # G x S
+        ever = broken.any(0)
+        first = broken.float().argmax(0)
+        sorted_values = torch.tensor([values[gi] for gi in order], dtype=torch.float64)
+        hi = torch.where(ever, sorted_values[first], sorted_values[-1])
+        lo = torch.where(first > 0, sorted_values[(first - 1).clamp_min(0)], torch.zeros_like(hi))
+        wrong_clean = a_clean <= 0
+        search = ever & ~wrong_clean
+        rows = torch.nonzero(search).flatten()
+        if len(rows) and self.params.bisect:
+            def broken_at(eps: torch.Tensor) -> torch.Tensor:
+                out = []
+                for start in range(0, len(rows), ctx.batch_size):
+                    chunk = rows[start:start + ctx.batch_size]
+                    members = [subset[int(i)] for i in chunk]
+                    x = ctx.data.images_at(members, ctx.device)
+                    ref = ops.take(reference, members)
+                    adv = engine.pgd(x, ops.to(ref, ctx.device), eps[start:start + ctx.batch_size].to(ctx.device, x.dtype))
+                    with torch.no_grad():
+                        agree = ops.agreement(ops.predict(ctx.adapter, adv), ref)
+                    out.append(agree < BROKEN_SHARE * a_clean[chunk])
+                    bar.update(1)
+                return torch.cat(out)
+
+            hi[rows] = bisect_min_eps(broken_at, lo[rows], hi[rows], self.params.bisect)
+        result = torch.where(wrong_clean, torch.zeros_like(hi), hi)
+        return result.numpy(), (~ever & ~wrong_clean).numpy()
+
+    # ---- task extras -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _disappearance(ops, clean_pred, pgd_pred, reference) -> list[float | None]:
+        """Per ε: the share of reference objects found when clean that PGD makes the detector miss."""
+        found_clean = torch.cat(ops.found(clean_pred, reference) or [torch.zeros(0, dtype=torch.bool)])
+        out = []
+        for pred in pgd_pred:
+            found_adv = torch.cat(ops.found(pred, reference) or [torch.zeros(0, dtype=torch.bool)])
+            n = int(found_clean.sum())
+            out.append(float((found_clean & ~found_adv).sum()) / n if n else None)
+        return out
+
+    @staticmethod
+    def _per_class(ctx, clean_pred, pgd_pred, reference, grid, values, order) -> dict:
+        """Accuracy per true class at each ε, the ε at which each class falls below half its clean
+        accuracy, and the confusion (true x predicted) under PGD at the ε that halves the overall accuracy."""
+        k = ctx.adapter.num_classes
+        names = ctx.adapter.class_names
+        counts = torch.bincount(reference, minlength=k)
+        clean_acc = torch.bincount(reference, weights=(clean_pred == reference).double(), minlength=k)
+        robust = [torch.bincount(reference, weights=(pred == reference).double(), minlength=k) for pred in pgd_pred]
+        rows = []
+        for c in torch.nonzero(counts).flatten().tolist():
+            n = int(counts[c])
+            acc = [float(robust[gi][c]) / n for gi in range(len(grid))]
+            base = float(clean_acc[c]) / n
+            falls = next((grid[gi] for gi in order if acc[gi] < 0.5 * base), None) if base > 0 else "clean"
+            rows.append({"class": names[c], "n": n, "clean": base, "robust": acc, "falls_at": falls})
+        # weakest first: the class that falls at the smallest ε, then the lowest accuracy there
+        rank = {g: i for i, g in enumerate([grid[gi] for gi in order])}
+        rows.sort(key=lambda r: (-1 if r["falls_at"] == "clean" else rank.get(r["falls_at"], len(rank)),
+                                 [r["robust"][gi] for gi in order]))
+        overall = [float((pred == reference).double().mean()) for pred in pgd_pred]
+        clean = float((clean_pred == reference).double().mean())
+        gi = next((gi for gi in order if overall[gi] < 0.5 * clean), order[-1])
+        matrix = torch.zeros(k, k, dtype=torch.long)
+        matrix.index_put_((reference, pgd_pred[gi]), torch.ones_like(reference), accumulate=True)
+        off = matrix.clone()
+        off.fill_diagonal_(0)
+        top = torch.argsort(off.flatten(), descending=True)[:8]
+        confusions = [{"true": names[int(t) // k], "pred": names[int(t) % k], "count": int(off.flatten()[t]),
+                       "share": float(off.flatten()[t]) / max(1, int(counts[int(t) // k]))}
+                      for t in top if off.flatten()[t] > 0]
+        return {"rows": rows, "eps": grid[gi], "confusions": confusions, "grid": grid,
+                "matrix": matrix if k <= 20 else None}
+
+    # ---- checks on the attack itself ---------------------------------------------------------------
+
+    @staticmethod
+    def _check_eps(values, pgd, clean, order) -> int:
+        """The grid ε whose PGD metric is nearest half of clean: where a weak attack shows most."""
+        return min(order, key=lambda gi: (abs(pgd[gi] - 0.5 * clean), values[gi]))
+
+    def _extra_checks(self, ctx, ops, engine, reference, pgd_pred, eps_text, eps, clean_pred) -> list[masking.Check]:
+        p = self.params
+        names = ("more steps and restarts", "unbounded ε reaches zero", "gradient-free attack finds nothing PGD missed")
+        if p.check_images == 0:
+            return [masking.not_run(n, "skipped: attacks.check_images = 0") for n in names]
+        members = _seeded_subset(len(ctx.data), p.check_images, ctx.seed + 1)
+        ref = ops.take(reference, members)
+        base = ops.score(ops.take(pgd_pred, members), ref, ctx.adapter)
+        clean = ops.score(ops.take(clean_pred, members), ref, ctx.adapter)
+        steps, restarts = 2 * p.steps, p.restarts + 2
+        strong, unbounded, survivors = [], [], []
+        for start in range(0, len(members), ctx.batch_size):
+            chunk = members[start:start + ctx.batch_size]
+            x = ctx.data.images_at(chunk, ctx.device)
+            r = ops.to(ops.take(reference, chunk), ctx.device)
+            with torch.no_grad():
+                strong.append(ops.predict(ctx.adapter, engine.pgd(x, r, eps, steps=steps, restarts=restarts)))
+                unbounded.append(ops.predict(ctx.adapter, engine.pgd(x, r, 1.0)))
+        checks = [masking.stronger_pgd(eps_text, base, ops.score(ops.concat(strong), ref, ctx.adapter), steps,
+                                       restarts, len(members)),
+                  masking.unbounded(ops.score(ops.concat(unbounded), ref, ctx.adapter), clean, len(members))]
+        if ctx.adapter.task != "classify":
+            checks.append(masking.not_run(names[2], "ART's Square attack needs a classifier; not run for "
+                                                    f"{ctx.adapter.task} models"))
+            return checks
+        held = [i for i in members if bool(pgd_pred[i] == reference[i]) and bool(clean_pred[i] == reference[i])]
+        broken = self._square(ctx, held, reference, eps) if held else 0
+        checks.append(masking.gradient_free(eps_text, len(held), broken, p.square_queries))
+        return checks
+
+    def _square(self, ctx, members, reference, eps) -> int:
+        """How many of these images ART's Square attack (Andriushchenko et al. 2020) misclassifies at ε."""
+        from art.attacks.evasion import SquareAttack
+        from art.estimators.classification import PyTorchClassifier
+
+        adapter = ctx.adapter
+        if ctx.device.type == "cuda":
+            torch.cuda.set_device(ctx.device)  # ART places its model on the current CUDA device
+        estimator = PyTorchClassifier(model=adapter, loss=torch.nn.CrossEntropyLoss(),
+                                      input_shape=(adapter.channels, *adapter.input_size),
+                                      nb_classes=adapter.num_classes, clip_values=(0.0, 1.0),
+                                      device_type="gpu" if ctx.device.type == "cuda" else "cpu")
+        np.random.seed(ctx.seed)  # Square draws its squares from numpy
+        attack = SquareAttack(estimator, norm=np.inf, eps=eps, max_iter=self.params.square_queries, nb_restarts=1,
+                              batch_size=ctx.batch_size, verbose=False)
+        x = ctx.data.images_at(members).numpy()
+        y = reference[torch.tensor(members)].numpy()
+        adv = torch.from_numpy(attack.generate(x=x, y=y)).to(ctx.device)
+        with torch.no_grad():
+            pred = adapter.predict(adv).cpu()
+        return int((pred != torch.from_numpy(y)).sum())
+
+    # ---- report --------------------------------------------------------------------------------------
+
+    def _findings(self, grid, values, pgd, fgsm, clean, label, labelled, details, checks, extra) -> list[Finding]:
         findings = []
         if not labelled:
             findings.append(Finding("info", "label-free data: the clean prediction is the reference, so the metric is "
@@ -192,29 +335,34 @@ class AttacksProbe(Probe):
             i = order[-1]
             findings.append(Finding("low", f"at the largest budget tested, ε={grid[i]}, PGD keeps {label} at "
                                            f"{pgd[i]:.1%} of {clean:.1%} clean"))
-        stronger = [grid[i] for i in range(len(grid)) if fgsm[i] < pgd[i] - FGSM_MARGIN]
-        if stronger:
-            findings.append(Finding("medium", f"FGSM beats PGD at ε={', '.join(stronger)}: PGD looks under-converged or "
-                                              f"the gradients are masked; try --set attacks.steps={self.params.steps * 3}"))
+        m = details["min_eps"]
+        if m["n"]:
+            if m["median_censored"]:
+                findings.append(Finding("low", f"more than half of {m['n']} images withstand PGD at the largest ε "
+                                               f"({m['largest']:.4g}): the median minimal ε is at least that"))
+            else:
+                findings.append(Finding("info", f"half of {m['n']} images break at ε ≤ {m['median']:.4g} "
+                                                f"(median minimal ε, {m['median'] * 255:.1f}/255)"))
+        per_class = extra.get("per_class")
+        if per_class and per_class["confusions"]:
+            c = per_class["confusions"][0]
+            findings.append(Finding("info", f"under PGD at ε={per_class['eps']}, {c['share']:.0%} of class "
+                                            f"'{c['true']}' becomes '{c['pred']}', the most common confusion"))
+        if extra.get("disappearance"):
+            d = [(g, v) for g, v in zip(grid, extra["disappearance"]) if v is not None]
+            if d:
+                g, v = max(d, key=lambda t: t[1])
+                findings.append(Finding("medium" if v >= 0.5 else "info",
+                                        f"PGD at ε={g} makes {v:.0%} of the objects found on clean images disappear"))
+        for c in checks:
+            if c.flagged:
+                findings.append(Finding("medium", f"suspect result ({c.name}): {c.text}"))
         return findings
 
-    def _plot(self, ctx, grid, values, pgd, fgsm, clean, label) -> str:
-        from auditor.figures import pyplot, save_figure
-
-        plt = pyplot()
-        order = np.argsort(values)
-        xs = [0.0] + [values[i] for i in order]
-        fig, ax = plt.subplots(figsize=(5.2, 3.4))
-        ax.plot(xs, [clean] + [pgd[i] for i in order], "o-", color="#c0392b", label=f"PGD ({self.params.steps} steps)")
-        ax.plot(xs, [clean] + [fgsm[i] for i in order], "s--", color="#7f8c8d", label="FGSM")
-        ax.set_xticks(xs, ["0"] + [grid[i] for i in order], rotation=30)
-        ax.set_xlabel("ε (L∞, pixel space)")
-        ax.set_ylabel(label)
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-        ax.legend()
-        path, rel = ctx.artifact("robust_accuracy.png")
-        save_figure(fig, path)
+    @staticmethod
+    def _artifact(ctx, filename: str, draw) -> str:
+        path, rel = ctx.artifact(filename)
+        draw(path)
         return rel
 
     def _gallery(self, ctx, ops, engine, grid, values, pgd, clean, clean_pred, pgd_pred, reference) -> str | None:
@@ -240,9 +388,9 @@ class AttacksProbe(Probe):
             return None
         columns = []
         for i, gi in chosen:
-            x, _ = ctx.data.batch(slice(i, i + 1), ctx.device)
+            x = ctx.data.images_at(slice(i, i + 1), ctx.device)
             ref = ops.take(reference, slice(i, i + 1))
-            _, adv = engine(x, ops.to(ref, ctx.device), values[gi])
+            adv = engine.pgd(x, ops.to(ref, ctx.device), values[gi])
             with torch.no_grad():
                 outs = ctx.adapter.predict(torch.cat([x, adv]))
             outs = [o.cpu() for o in outs] if isinstance(outs, torch.Tensor) else [{k: v.cpu() for k, v in o.items()} for o in outs]
@@ -254,7 +402,9 @@ class AttacksProbe(Probe):
         return rel
 
 
-def _art_version() -> str:
-    import art
-
-    return art.__version__
+def _seeded_subset(n: int, k: int, seed: int) -> list[int]:
+    """k of n indices, drawn with the seed, in ascending order (all of them when k >= n)."""
+    if k >= n:
+        return list(range(n))
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=g)[:k].sort().values.tolist()

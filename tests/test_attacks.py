@@ -1,0 +1,172 @@
+"""The attacks probe: budgets kept, PGD as strong as the peers', minimal ε, per-class tables, masking flags."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from auditor.adversary import LinfAttack, bisect_min_eps
+from auditor.data import EvalData
+from auditor.errors import AuditError
+from auditor.models import ModelSpec, load_model
+from auditor.probes.attacks import AttacksProbe, parse_eps
+from auditor.probes.base import Context, parse_params
+from auditor.runner import make_progress
+
+
+@pytest.fixture(scope="module")
+def digits_model():
+    return load_model(ModelSpec(model="digits-cnn")).eval()
+
+
+def context(model, images, labels, tmp_path) -> Context:
+    data = EvalData(name="t", images=images, labels=labels, labelled=True, source="zoo", total=len(labels))
+    return Context(adapter=model, data=data, device=torch.device("cpu"), seed=0, batch_size=32, out_dir=tmp_path,
+                   probe_name="attacks", progress=make_progress(False))
+
+
+def run_probe(model, images, labels, tmp_path, **params):
+    probe = AttacksProbe(parse_params(AttacksProbe, {k: str(v) for k, v in params.items()}))
+    return probe.run(context(model, images, labels, tmp_path))
+
+
+def accuracy(model, x, y) -> float:
+    with torch.no_grad():
+        return (model.predict(x) == y).double().mean().item()
+
+
+def test_parse_eps():
+    assert parse_eps("2/255") == pytest.approx(2 / 255) and parse_eps("0.1") == 0.1
+    for bad in ("0", "-0.1", "1.5", "x"):
+        with pytest.raises(ValueError):
+            parse_eps(bad)
+
+
+def test_adversarials_stay_in_the_budget(digits_model, digits_test):
+    """FGSM and PGD (one ε for all, or one per image) stay inside the L-inf ball and the pixel range."""
+    x, y = digits_test[0][:16], digits_test[1][:16]
+    engine = LinfAttack(digits_model, steps=5, restarts=2, generator=torch.Generator().manual_seed(0))
+    per_image = torch.linspace(0.01, 0.2, 16)
+    for adv, eps in ((engine.fgsm(x, y, 0.1), 0.1), (engine.pgd(x, y, 0.1), 0.1), (engine.pgd(x, y, per_image), per_image)):
+        bound = torch.as_tensor(eps).reshape(-1, 1, 1, 1)
+        assert ((adv - x).abs() <= bound + 1e-6).all() and adv.min() >= 0 and adv.max() <= 1
+
+
+def test_pgd_is_as_strong_as_torchattacks_and_art(digits_model, digits_test):
+    """Same model, images, budget, steps and step size: robust accuracy no higher than either peer's + 0.02."""
+    import torchattacks
+    from art.attacks.evasion import ProjectedGradientDescent
+    from art.estimators.classification import PyTorchClassifier
+
+    x, y = digits_test[0][:128], digits_test[1][:128]
+    eps, steps = 0.02, 20  # ε where the digits model is half broken: a weak attack shows here
+    ours = LinfAttack(digits_model, steps=steps, generator=torch.Generator().manual_seed(0)).pgd(x, y, eps)
+    torch.manual_seed(0)
+    ta = torchattacks.PGD(digits_model, eps=eps, alpha=2.5 * eps / steps, steps=steps, random_start=True)(x, y)
+    est = PyTorchClassifier(model=digits_model, loss=torch.nn.CrossEntropyLoss(), input_shape=(1, 28, 28),
+                            nb_classes=10, clip_values=(0.0, 1.0), device_type="cpu")
+    np.random.seed(0)
+    art = ProjectedGradientDescent(est, norm=np.inf, eps=eps, eps_step=2.5 * eps / steps, max_iter=steps,
+                                   num_random_init=1, verbose=False).generate(x=x.numpy(), y=y.numpy())
+    rates = {"ours": accuracy(digits_model, ours, y), "torchattacks": accuracy(digits_model, ta, y),
+             "art": accuracy(digits_model, torch.from_numpy(art), y)}
+    assert 0.05 < rates["torchattacks"] < 0.9, rates  # the comparison means something at this ε
+    assert rates["ours"] <= min(rates["torchattacks"], rates["art"]) + 0.02, rates
+
+
+def test_probe_curve_is_monotone_reaches_zero_at_03_and_beats_fgsm(digits_model, digits_test, tmp_path):
+    images, labels = digits_test[0][:64], digits_test[1][:64]
+    result = run_probe(digits_model, images, labels, tmp_path, eps="0.01,0.02,0.05,0.3", steps=20, check_images=0,
+                       min_eps_images=0)
+    m = result.metrics
+    assert m["clean_accuracy"] >= 0.95
+    assert m["robust_accuracy@linf=0.3"] <= 0.02
+    curve = [m[f"robust_accuracy@linf={e}"] for e in ("0.01", "0.02", "0.05", "0.3")]
+    assert all(b <= a for a, b in zip(curve, curve[1:])), curve
+    for eps in ("0.01", "0.02", "0.05", "0.3"):
+        assert m[f"robust_accuracy@linf={eps}"] <= m[f"fgsm_accuracy@linf={eps}"]
+    assert result.score == pytest.approx(np.mean(curve) / m["clean_accuracy"])
+
+
+def test_bisection_finds_each_threshold():
+    thresholds = torch.tensor([0.013, 0.05, 0.019, 0.3])
+    lo, hi = torch.tensor([0.01, 0.02, 0.01, 0.1]), torch.tensor([0.02, 0.05, 0.02, 0.3])
+    found = bisect_min_eps(lambda eps: eps >= thresholds, lo, hi, rounds=6)
+    assert (found >= thresholds).all() and (found - thresholds <= (hi - lo) / 2 ** 6 + 1e-9).all()
+
+
+def test_min_eps_agrees_with_the_grid(digits_model, digits_test, tmp_path):
+    images, labels = digits_test[0][:48], digits_test[1][:48]
+    result = run_probe(digits_model, images, labels, tmp_path, eps="0.01,0.02,0.05", steps=10, check_images=0)
+    m, d = result.metrics, result.details["min_eps"]
+    values = np.array(d["values"])
+    assert d["n"] == 48 and len(values) == 48 and m["median_min_eps"] == pytest.approx(np.median(values), abs=1e-5)
+    # every image the grid attack broke at ε has a minimal ε no larger than that ε
+    for eps in (0.01, 0.02, 0.05):
+        assert (values <= eps + 1e-9).mean() >= 1 - m[f"robust_accuracy@linf={eps}"] - 1e-9
+    assert (tmp_path / "attacks" / "min_eps.png").stat().st_size > 0
+
+
+def test_per_class_table_and_confusion(digits_model, digits_test, tmp_path):
+    images, labels = digits_test[0][:60], digits_test[1][:60]
+    result = run_probe(digits_model, images, labels, tmp_path, eps="0.02,0.05", steps=10, check_images=0,
+                       min_eps_images=0)
+    pc = result.details["per_class"]
+    assert sum(r["n"] for r in pc["rows"]) == 60
+    assert {r["class"] for r in pc["rows"]} == {str(int(c)) for c in labels.unique()}
+    weakest, strongest = pc["rows"][0], pc["rows"][-1]
+    assert weakest["robust"][0] <= strongest["robust"][0] or weakest["falls_at"] is not None
+    assert pc["confusions"] and all(c["true"] != c["pred"] for c in pc["confusions"])
+    assert (tmp_path / "attacks" / "confusion.png").exists()
+    assert any("most common confusion" in f.text for f in result.findings)
+
+
+def test_honest_model_is_not_flagged_and_masked_one_is(digits_model, digits_test, tmp_path):
+    """Quantising the input to 8 bits inside the model (round() has a zero gradient) masks PGD; the probe says so."""
+    images, labels = digits_test[0][:48], digits_test[1][:48]
+    honest = run_probe(digits_model, images, labels, tmp_path / "a", eps="0.02,0.05", steps=10, check_images=16,
+                       square_queries=100, min_eps_images=0)
+    assert honest.metrics["suspect_masking"] == 0, [c for c in honest.details["checks"] if c["flagged"]]
+
+    masked = copy.deepcopy(digits_model)
+    masked.net = torch.nn.Sequential(_Quantise(), masked.net)
+    result = run_probe(masked, images, labels, tmp_path / "b", eps="0.02,0.05", steps=10, check_images=16,
+                       square_queries=100, min_eps_images=0)
+    assert result.metrics["zero_gradient_share"] == 1.0
+    assert result.metrics["suspect_masking"] == 1
+    flagged = {c["name"] for c in result.details["checks"] if c["flagged"]}
+    # (ε = 1 still reaches zero here: its random start alone is noise that no digit survives)
+    assert {"input gradients usable", "gradient-free attack finds nothing PGD missed"} <= flagged
+    assert any(f.text.startswith("suspect result") for f in result.findings)
+
+
+class _Quantise(torch.nn.Module):
+    def forward(self, x):
+        return torch.round(x * 255) / 255
+
+
+def test_disappearance_counts_objects_found_clean_and_lost():
+    from auditor.tasks import ops_for
+
+    def det(*boxes):
+        b = torch.tensor([list(x) for x in boxes], dtype=torch.float32).reshape(-1, 4)
+        return {"boxes": b, "scores": torch.ones(len(b)), "labels": torch.zeros(len(b), dtype=torch.long)}
+
+    reference = [torch.tensor([[0, 0, 0, 10, 10], [0, 20, 20, 30, 30]], dtype=torch.float32),
+                 torch.tensor([[0, 0, 0, 10, 10]], dtype=torch.float32)]
+    clean = [det((0, 0, 10, 10), (20, 20, 30, 30)), det()]  # 2 of 3 objects found clean
+    attacked = [det((0, 0, 10, 10)), det((0, 0, 10, 10))]  # one of them lost; one never found now appears
+    rates = AttacksProbe._disappearance(ops_for("detect"), clean, [attacked, clean], reference)
+    assert rates == [0.5, 0.0]
+    assert AttacksProbe._disappearance(ops_for("detect"), [det(), det()], [attacked], reference) == [None]
+
+
+def test_unknown_and_badly_typed_params():
+    with pytest.raises(AuditError, match="valid: bisect, check_images, eps, gallery"):
+        parse_params(AttacksProbe, {"epsilon": "0.1"})
+    with pytest.raises(AuditError):
+        parse_params(AttacksProbe, {"steps": "2.5"})
+    assert parse_params(AttacksProbe, {"eps": ["0.1", "2/255"]}).eps == ("0.1", "2/255")
