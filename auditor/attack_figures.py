@@ -10,13 +10,14 @@ from auditor.figures import pyplot, save_figure
 
 
 def robustness_curve(grid, values, pgd, fgsm, clean, label: str, steps: int, path: Path) -> None:
+    """The metric at each budget; the budgets evenly spaced, since grids are often geometric."""
     plt = pyplot()
     order = np.argsort(values)
-    xs = [0.0] + [values[i] for i in order]
+    xs = list(range(len(order) + 1))
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
     ax.plot(xs, [clean] + [pgd[i] for i in order], "o-", color="#c0392b", label=f"PGD ({steps} steps)")
     ax.plot(xs, [clean] + [fgsm[i] for i in order], "s--", color="#7f8c8d", label="FGSM")
-    ax.set_xticks(xs, ["0"] + [grid[i] for i in order], rotation=30)
+    ax.set_xticks(xs, ["0"] + [grid[i] for i in order])
     ax.set_xlabel("ε (L∞, pixel space)")
     ax.set_ylabel(label)
     ax.set_ylim(-0.02, 1.02)
@@ -30,16 +31,17 @@ def min_eps_histogram(min_eps: np.ndarray, censored: np.ndarray, values, grid, p
     plt = pyplot()
     largest = max(values)
     found = min_eps[~censored]
+    top = float(found.max()) if len(found) and found.max() > 0 else largest
     fig, ax = plt.subplots(figsize=(5.2, 3.0))
-    bins = np.linspace(0, largest, 17)
+    bins = np.linspace(0, top * 1.0001, 17)  # up to the largest minimal ε found, not the largest budget
+    width = bins[1] - bins[0]
     ax.hist(found, bins=bins, color="#c0392b", alpha=0.85, label="broken at this ε")
     if censored.any():
-        width = bins[1] - bins[0]
-        ax.bar(largest + width, int(censored.sum()), width=width, color="#7f8c8d",
+        ax.bar(top + 1.5 * width, int(censored.sum()), width=width, color="#7f8c8d",
                label=f"withstand ε={grid[int(np.argmax(values))]}")
     median = float(np.median(min_eps))
-    ax.axvline(median, color="#2c3e50", linestyle="--", label=f"median {median:.3g}")
-    ticks = sorted(values)
+    ax.axvline(median, color="#2c3e50", linestyle="--", label=f"median {median:.3g} ({median * 255:.1f}/255)")
+    ticks = [v for v in sorted(values) if v <= top * 1.0001]
     ax.set_xticks([0.0] + ticks, ["0"] + [grid[values.index(v)] for v in ticks], rotation=30)
     ax.set_xlabel("minimal ε (L∞, pixel space)")
     ax.set_ylabel("images")

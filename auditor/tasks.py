@@ -47,6 +47,10 @@ class ClassifyOps:
     def agreement(self, pred, reference) -> torch.Tensor:
         return (pred == reference).double()
 
+    def image_score(self, pred, reference, num_classes: int) -> torch.Tensor:
+        """Each image's own score against its reference, in [0, 1]: what "this image broke" is judged on."""
+        return self.agreement(pred, reference)
+
 
 class SegmentOps(ClassifyOps):
     metric = "miou"
@@ -62,6 +66,19 @@ class SegmentOps(ClassifyOps):
     def agreement(self, pred, reference) -> torch.Tensor:
         valid = reference != 255
         return ((pred == reference) & valid).flatten(1).sum(1) / valid.flatten(1).sum(1).clamp_min(1)
+
+    def image_score(self, pred, reference, num_classes: int) -> torch.Tensor:
+        """Per-image mean IoU over the classes in its reference or prediction (pixel accuracy would hide
+        a lost object behind the background's many pixels)."""
+        valid = (reference != 255).flatten(1)
+        p, r = pred.flatten(1), reference.flatten(1)
+        ious = []
+        for c in range(num_classes):
+            inter = ((p == c) & (r == c) & valid).sum(1)
+            union = (((p == c) | (r == c)) & valid).sum(1)
+            ious.append(torch.where(union > 0, inter / union.clamp_min(1), torch.full_like(inter, float("nan"),
+                                                                                         dtype=torch.float64)))
+        return torch.stack(ious, 1).double().nanmean(1).nan_to_num(1.0)
 
 
 class DetectOps:
@@ -102,6 +119,9 @@ class DetectOps:
         """Share of reference boxes still found (IoU >= 0.5, same class, shown confidence)."""
         return torch.tensor([f.double().mean().item() if len(f) else 1.0 for f in self.found(pred, reference)],
                             dtype=torch.float64)
+
+    def image_score(self, pred, reference, num_classes: int) -> torch.Tensor:
+        return self.agreement(pred, reference)
 
     def found(self, pred, reference) -> list[torch.Tensor]:
         """Per image, whether each reference box is detected (IoU >= 0.5, same class, shown confidence)."""

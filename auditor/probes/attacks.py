@@ -8,6 +8,7 @@ Label-free data uses the clean prediction as the reference.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,13 +47,24 @@ class AttacksProbe(Probe):
         step_factor: float = 2.5  # PGD step = step_factor * eps / steps (Madry et al.)
         restarts: int = 1  # PGD random starts
         gallery: int = 6  # clean / adversarial / perturbation columns in the report
-        min_eps_images: int = 64  # images whose minimal ε is found by bisection (a seeded subset)
-        bisect: int = 5  # bisection rounds inside the grid bracket (bracket / 2**bisect precision)
-        check_images: int = 32  # images for the stronger-PGD, unbounded and Square checks; 0 skips them
+        # images whose minimal ε is found by bisection (a seeded subset); None: 64 for classifiers, 8 for the
+        # detectors and segmenters, whose attack step costs 10-100 times more
+        min_eps_images: int | None = None
+        bisect: int | None = None  # bisection rounds inside the grid bracket (bracket / 2**bisect); None: 4 / 2
+        check_images: int | None = None  # images for the stronger-PGD and ε = 1 checks; None: 32 / 8; 0 skips
         square_queries: int = 300  # Square attack iterations (classifiers)
 
+        def sized(self, task: str) -> "AttacksProbe.Params":
+            """These parameters with the automatic subset sizes filled in for the task."""
+            small = task != "classify"
+            return dataclasses.replace(self, min_eps_images=(8 if small else 64) if self.min_eps_images is None
+                                       else self.min_eps_images,
+                                       check_images=(8 if small else 32) if self.check_images is None
+                                       else self.check_images,
+                                       bisect=(2 if small else 4) if self.bisect is None else self.bisect)
+
     def run(self, ctx: Context) -> ProbeResult:
-        p = self.params
+        p = self.params = self.params.sized(ctx.adapter.task)
         grid = [str(e) for e in (p.eps or ctx.adapter.epsilons)]
         values = [parse_eps(e) for e in grid]
         if p.steps < 1 or p.restarts < 1 or p.bisect < 0 or p.min_eps_images < 0 or p.check_images < 0:
@@ -91,8 +103,9 @@ class AttacksProbe(Probe):
         clean = ops.score(clean_pred, reference, ctx.adapter) if data.labelled else 1.0
         pgd = [ops.score(pred, reference, ctx.adapter) for pred in pgd_pred]
         fgsm = [ops.score(pred, reference, ctx.adapter) for pred in fgsm_pred]
-        agree_clean = ops.agreement(clean_pred, reference)
-        agree_pgd = [ops.agreement(pred, reference) for pred in pgd_pred]
+        k = ctx.adapter.num_classes
+        agree_clean = ops.image_score(clean_pred, reference, k)
+        agree_pgd = [ops.image_score(pred, reference, k) for pred in pgd_pred]
 
         min_eps, censored = self._min_eps(ctx, ops, engine, reference, subset, agree_clean, agree_pgd, values,
                                           order, bar)
@@ -199,7 +212,7 @@ class AttacksProbe(Probe):
                     ref = ops.take(reference, members)
                     adv = engine.pgd(x, ops.to(ref, ctx.device), eps[start:start + ctx.batch_size].to(ctx.device, x.dtype))
                     with torch.no_grad():
-                        agree = ops.agreement(ops.predict(ctx.adapter, adv), ref)
+                        agree = ops.image_score(ops.predict(ctx.adapter, adv), ref, ctx.adapter.num_classes)
                     out.append(agree < BROKEN_SHARE * a_clean[chunk])
                     bar.update(1)
                 return torch.cat(out)
@@ -271,15 +284,24 @@ class AttacksProbe(Probe):
         ref = ops.take(reference, members)
         base = ops.score(ops.take(pgd_pred, members), ref, ctx.adapter)
         clean = ops.score(ops.take(clean_pred, members), ref, ctx.adapter)
-        steps, restarts = 2 * p.steps, p.restarts + 2
-        strong, unbounded, survivors = [], [], []
-        for start in range(0, len(members), ctx.batch_size):
-            chunk = members[start:start + ctx.batch_size]
+        # Twice the steps; classifiers (cheap, thanks to early stopping) also get two more restarts.
+        # The stronger attack at the check ε and the one at ε = 1 share each batch (ε is per image):
+        # a detector's or segmenter's step costs about the same for 8 images as for 16 on a CPU.
+        steps = 2 * p.steps
+        restarts = p.restarts + (2 if ctx.adapter.task == "classify" else 0)
+        strong, unbounded = [], []
+        half = max(1, ctx.batch_size // 2)
+        for start in range(0, len(members), half):
+            chunk = members[start:start + half]
             x = ctx.data.images_at(chunk, ctx.device)
-            r = ops.to(ops.take(reference, chunk), ctx.device)
+            r = ops.take(reference, chunk)
+            budgets = torch.tensor([eps] * len(chunk) + [1.0] * len(chunk), device=ctx.device)
+            adv = engine.pgd(torch.cat([x, x]), ops.to(ops.concat([r, r]), ctx.device), budgets, steps=steps,
+                             restarts=restarts)
             with torch.no_grad():
-                strong.append(ops.predict(ctx.adapter, engine.pgd(x, r, eps, steps=steps, restarts=restarts)))
-                unbounded.append(ops.predict(ctx.adapter, engine.pgd(x, r, 1.0)))
+                pred = ops.predict(ctx.adapter, adv)
+            strong.append(ops.take(pred, slice(0, len(chunk))))
+            unbounded.append(ops.take(pred, slice(len(chunk), None)))
         checks = [masking.stronger_pgd(eps_text, base, ops.score(ops.concat(strong), ref, ctx.adapter), steps,
                                        restarts, len(members)),
                   masking.unbounded(ops.score(ops.concat(unbounded), ref, ctx.adapter), clean, len(members))]
