@@ -151,7 +151,7 @@ def run_audit(config: RunConfig) -> Results:
         try:
             results[name] = run_probe(probe, Context(adapter=adapter, data=data, device=device, seed=config.seed,
                                                      batch_size=config.batch_size, out_dir=out, probe_name=name,
-                                                     progress=progress))
+                                                     progress=progress, probes=tuple(names)))
         except KeyboardInterrupt:
             interrupted = name
             break

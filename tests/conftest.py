@@ -14,7 +14,7 @@ import cli
 # metrics the attacks probe reports on every task besides the metric under attack
 ATTACK_CHECKS = {"median_min_eps", "zero_gradient_share", "nonfinite_gradient_share", "suspect_masking"}
 FAST = ["--set", "attacks.steps=3", "--set", "attacks.gallery=2", "--set", "attacks.min_eps_images=8",
-        "--set", "attacks.bisect=2", "--set", "attacks.check_images=4", "--set", "attacks.square_queries=20"]
+        "--set", "attacks.bisect=2", "--set", "attacks.check_images=4", "--set", "attacks.square_queries=20", "--set", "patch.steps=2"]
 
 
 class Outcome:

@@ -12,7 +12,8 @@ from tests.conftest import ATTACK_CHECKS, read_results
 from zoo import shapes
 
 DET_FAST = ["--set", "attacks.steps=2", "--set", "attacks.eps=8/255", "--set", "attacks.gallery=2", "--set", "attacks.min_eps_images=4",
-            "--set", "attacks.bisect=1", "--set", "attacks.check_images=2"]
+            "--set", "attacks.bisect=1", "--set", "attacks.check_images=2",
+            "--set", "patch.steps=2"]
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from auditor.results import ProbeResult
 ENTRY_POINT_GROUP = "auditor.probes"
 BUILTIN = {"filters": "auditor.probes.filters:FiltersProbe", "attacks": "auditor.probes.attacks:AttacksProbe",
            "augment": "auditor.probes.augment:AugmentProbe", "gradcam": "auditor.probes.gradcam:GradCamProbe",
-           "actmax": "auditor.probes.actmax:ActMaxProbe"}
+           "actmax": "auditor.probes.actmax:ActMaxProbe", "patch": "auditor.probes.patch:PatchProbe"}
 
 
 @dataclass
@@ -42,6 +42,7 @@ class Context:
     out_dir: Path  # the run's output folder; a probe writes under out_dir / probe name
     probe_name: str
     progress: Callable[[int, str], Any]  # (total, description) -> a tqdm-like bar
+    probes: tuple[str, ...] = ()  # every probe selected for this run (a probe may add a view another one explains)
 
     def artifact(self, filename: str) -> tuple[Path, str]:
         """(absolute path to write, path relative to the output folder to record)."""
