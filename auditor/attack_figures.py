@@ -45,6 +45,9 @@ def min_eps_histogram(min_eps: np.ndarray, censored: np.ndarray, values, grid, p
     ax.set_xticks([0.0] + ticks, ["0"] + [grid[values.index(v)] for v in ticks], rotation=30)
     ax.set_xlabel("minimal ε (L∞, pixel space)")
     ax.set_ylabel("images")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts of images, even on a small subset
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")
     save_figure(fig, path)

@@ -55,6 +55,23 @@ class Context:
         return torch.Generator(device=self.device).manual_seed(self.seed)
 
 
+@dataclass
+class Figures:
+    """The figures a probe draws: each saved under its folder, listed as an artifact, with a caption."""
+
+    ctx: Context
+    artifacts: list[str] = dataclasses.field(default_factory=list)
+    captions: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def save(self, name: str, caption: str, draw: Callable, *args) -> str:
+        """draw(*args, path) writes the file; returns its path relative to the output folder."""
+        path, rel = self.ctx.artifact(name)
+        draw(*args, path)
+        self.artifacts.append(rel)
+        self.captions[rel] = caption
+        return rel
+
+
 class Probe(abc.ABC):
     name: ClassVar[str]
     description: ClassVar[str]  # one line for `audit probes list`

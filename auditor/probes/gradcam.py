@@ -27,7 +27,7 @@ from auditor.explain import (METHODS, auc, box_masks, cam_maps, cascade_stages, 
                              deletion_insertion, energy_in_object, gap_linear_head, parametrised_layers,
                              pointing_hits, random_maps, randomise, rank_correlation, sobel_maps, upsample)
 from auditor.models.base import SHOW_CONF, TASKS
-from auditor.probes.base import Context, Probe
+from auditor.probes.base import Context, Figures, Probe
 from auditor.results import Finding, ProbeResult
 
 SIMILAR = 0.5  # mean rank correlation at or above which randomised maps count as unchanged
@@ -403,13 +403,8 @@ class GradCamProbe(Probe):
         from auditor import cam_figures
 
         adapter = ctx.adapter
-        artifacts, captions = [], {}
-
-        def save(name, caption, draw, *args):
-            path, rel = ctx.artifact(name)
-            draw(*args, path)
-            artifacts.append(rel)
-            captions[rel] = caption
+        figures = Figures(ctx)
+        save = figures.save
 
         indices = picked.tolist()
         show = _round_robin(t.image.tolist())[:4]
@@ -425,7 +420,7 @@ class GradCamProbe(Probe):
         save("randomisation.png", "Cascading randomisation: the map of one row as the top layers are re-initialised "
              "(left to right); a trustworthy map falls apart", cam_figures.draw_randomisation, adapter, x, t,
              maps[primary], similarity)
-        return artifacts, captions
+        return figures.artifacts, figures.captions
 
 
 def _gallery_caption(task: str, method: str) -> str:

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 from auditor.errors import did_you_mean
 from auditor.models.base import SHOW_CONF, TASKS
-from auditor.probes.base import Context, Probe
+from auditor.probes.base import Context, Figures, Probe
 from auditor.results import Finding, ProbeResult
 
 ROTATION = 20.0  # degrees either way: a patch stuck on by hand, on an upright scene
@@ -208,13 +208,8 @@ class PatchProbe(Probe):
     def _figures(self, ctx, test, scales, scored, patches) -> tuple[list[str], dict[str, str], bool]:
         from auditor import patch_figures
 
-        artifacts, captions = [], {}
-
-        def save(name, caption, draw, *args):
-            path, rel = ctx.artifact(name)
-            draw(*args, path)
-            artifacts.append(rel)
-            captions[rel] = caption
+        figures = Figures(ctx)
+        save = figures.save
 
         save("patches.png", "The trained patches at their own pixel size (enlarged), each with its success rate "
              "on held-out images", patch_figures.draw_patches, patches, scales, scored)
@@ -233,8 +228,8 @@ class PatchProbe(Probe):
                  patch_figures.draw_examples, ctx.adapter, gallery)
         path, rel = ctx.artifact("patches.pt")  # the patches themselves, to print or to test a defence with
         torch.save({mode: {f"{s:g}": t.cpu() for s, t in zip(scales, ts)} for mode, ts in patches.items()}, path)
-        artifacts.append(rel)
-        return artifacts, captions, cam
+        figures.artifacts.append(rel)
+        return figures.artifacts, figures.captions, cam
 
 
 def scale_label(scale: float) -> str:
