@@ -7,8 +7,8 @@ image, the first iterate that is misclassified, as AutoAttack's PGD does: the la
 can step back over the boundary, and a success found on the way is a success.
 
 Why not ART's ProjectedGradientDescent as the hot loop: measured on 2 CPU cores (resnet18,
-batch 16, 224 px) it runs at 0.68 of the model's own forward+backward, because every step
-goes through numpy and back; this loop stays on the device at ~1.0 (bench/attack_step.py).
+batch 16, 224 px, bench/attack_step.py) it runs at 0.70 of the model's own forward+backward,
+because every step goes through numpy and back; this loop stays on the device at 0.91.
 tests/test_attacks.py checks that it is at least as strong as ART's and torchattacks' PGD.
 """
 

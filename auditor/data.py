@@ -62,8 +62,7 @@ class EvalData:
 
     def images_at(self, index, device: torch.device | str = "cpu") -> torch.Tensor:
         """Images (a slice, or a list or tensor of indices) in [0, 1] as float32 on the device."""
-        x = self.images[index].to(device)
-        return x.float() / 255 if x.dtype == torch.uint8 else x.float()
+        return as_unit_float(self.images[index].to(device))
 
     def facts(self) -> dict:
         facts = {"name": self.name, "n": len(self), "labelled": self.labelled, "layout": self.source,
@@ -140,7 +139,7 @@ def load_data(adapter: ModelAdapter, path: str | None, *, limit: int | None, see
     if not files:
         raise AuditError(f"--data {root}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
     total = len(files)
-    keep = _subset(total, limit, seed)
+    keep = seeded_subset(total, limit, seed)
     files, labels = [files[i] for i in keep], [labels[i] for i in keep]
     mode = "L" if adapter.channels == 1 else "RGB"
     transform = adapter.preprocess.transform()
@@ -193,7 +192,13 @@ def _check_class_ids(ids: torch.Tensor, num_classes: int, root: Path, what: str,
                          f"{num_classes} classes (0..{num_classes - 1}{hint})")
 
 
-def _subset(n: int, limit: int | None, seed: int) -> list[int]:
+def as_unit_float(x: torch.Tensor) -> torch.Tensor:
+    """Images as stored (uint8, or float already in [0, 1]) as float32 in [0, 1]."""
+    return x.float() / 255 if x.dtype == torch.uint8 else x.float()
+
+
+def seeded_subset(n: int, limit: int | None, seed: int) -> list[int]:
+    """`limit` of range(n) drawn with the seed, ascending; all of them when limit is None or >= n."""
     # A seeded draw rather than the first N, so class folders sorted by name are all represented.
     if limit is None or limit >= n:
         return list(range(n))
@@ -202,7 +207,7 @@ def _subset(n: int, limit: int | None, seed: int) -> list[int]:
 
 
 def _limit(data: EvalData, limit: int | None, seed: int) -> EvalData:
-    keep = torch.tensor(_subset(len(data), limit, seed), dtype=torch.long)
+    keep = torch.tensor(seeded_subset(len(data), limit, seed), dtype=torch.long)
     data.images = data.images[keep]
     data.labels = [data.labels[i] for i in keep] if isinstance(data.labels, list) else data.labels[keep]
     return data

@@ -134,7 +134,8 @@ class DetectOps:
             if len(ref) == 0 or len(boxes) == 0:
                 out.append(torch.zeros(len(ref), dtype=torch.bool))
                 continue
-            iou = box_iou(ref[:, 1:5].cpu(), boxes) * (ref[:, :1].cpu().long() == labels[None])
+            ref = ref.to(boxes.device)
+            iou = box_iou(ref[:, 1:5], boxes) * (ref[:, :1].long() == labels[None])
             out.append(iou.max(1).values >= 0.5)
         return out
 

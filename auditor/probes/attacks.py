@@ -16,7 +16,8 @@ import torch
 
 from auditor import masking
 from auditor.adversary import LinfAttack, bisect_min_eps
-from auditor.probes.base import Context, Probe
+from auditor.data import seeded_subset
+from auditor.probes.base import Context, Figures, Probe
 from auditor.results import Finding, ProbeResult
 from auditor.tasks import ops_for, predict_all
 
@@ -64,7 +65,7 @@ class AttacksProbe(Probe):
                                        bisect=(2 if small else 4) if self.bisect is None else self.bisect)
 
     def run(self, ctx: Context) -> ProbeResult:
-        p = self.params = self.params.sized(ctx.adapter.task)
+        p = self.params.sized(ctx.adapter.task)
         grid = [str(e) for e in (p.eps or ctx.adapter.epsilons)]
         values = [parse_eps(e) for e in grid]
         if p.steps < 1 or p.restarts < 1 or p.bisect < 0 or p.min_eps_images < 0 or p.check_images < 0:
@@ -78,7 +79,7 @@ class AttacksProbe(Probe):
         order = sorted(range(len(grid)), key=lambda i: values[i])
 
         n_batches = -(-len(data) // ctx.batch_size)
-        subset = _seeded_subset(len(data), p.min_eps_images, ctx.seed)
+        subset = seeded_subset(len(data), p.min_eps_images, ctx.seed)
         bar = ctx.progress(len(grid) * n_batches + p.bisect * -(-len(subset) // ctx.batch_size), self.name)
         fgsm_parts, pgd_parts = [[] for _ in grid], [[] for _ in grid]
         zero_grad, bad_grad = [], []
@@ -108,7 +109,7 @@ class AttacksProbe(Probe):
         agree_pgd = [ops.image_score(pred, reference, k) for pred in pgd_pred]
 
         min_eps, censored = self._min_eps(ctx, ops, engine, reference, subset, agree_clean, agree_pgd, values,
-                                          order, bar)
+                                          order, p.bisect, bar)
         bar.close()
         kind = ops.metric
         metrics: dict[str, float | None] = {}
@@ -127,14 +128,14 @@ class AttacksProbe(Probe):
             for e, v in zip(grid, extra["disappearance"]):
                 metrics[f"disappearance_rate@linf={e}"] = v
         if ctx.adapter.task == "classify":
-            extra["per_class"] = self._per_class(ctx, clean_pred, pgd_pred, reference, grid, values, order)
+            extra["per_class"] = self._per_class(ctx, clean_pred, pgd_pred, reference, grid, order, clean, pgd)
 
         zero_share = float(torch.cat(zero_grad).double().mean())
         bad_share = float(torch.cat(bad_grad).double().mean())
         check_eps = self._check_eps(values, pgd, clean, order)
         checks = [masking.monotone(grid, values, pgd), masking.fgsm_weaker(grid, pgd, fgsm, p.steps),
                   masking.gradients(zero_share, bad_share)]
-        checks += self._extra_checks(ctx, ops, engine, reference, pgd_pred[check_eps], grid[check_eps],
+        checks += self._extra_checks(ctx, p, ops, engine, reference, pgd_pred[check_eps], grid[check_eps],
                                      values[check_eps], clean_pred)
         suspect = any(c.flagged for c in checks)
         metrics["zero_gradient_share"] = zero_share
@@ -145,19 +146,18 @@ class AttacksProbe(Probe):
         label = METRIC_LABELS[kind] if data.labelled else "agreement with the clean prediction"
         from auditor import attack_figures as figs
 
-        artifacts = [self._artifact(ctx, "robust_accuracy.png",
-                                    lambda path: figs.robustness_curve(grid, values, pgd, fgsm, clean, label,
-                                                                       p.steps, path))]
+        figures = Figures(ctx)
+        figures.save("robust_accuracy.png", f"{label[0].upper()}{label[1:]} under attack versus ε",
+                     figs.robustness_curve, grid, values, pgd, fgsm, clean, label, p.steps)
         if len(min_eps):
-            artifacts.append(self._artifact(ctx, "min_eps.png", lambda path: figs.min_eps_histogram(
-                min_eps, censored, values, grid, path)))
+            figures.save("min_eps.png", "Smallest ε that breaks each image (PGD, bisection inside the grid)",
+                         figs.min_eps_histogram, min_eps, censored, values, grid)
         if "per_class" in extra and extra["per_class"]["matrix"] is not None:
             pc = extra["per_class"]
-            artifacts.append(self._artifact(ctx, "confusion.png", lambda path: figs.confusion_heatmap(
-                pc["matrix"], ctx.adapter.class_names, pc["eps"], path)))
-        gallery = self._gallery(ctx, ops, engine, grid, values, pgd, clean, clean_pred, pgd_pred, reference)
-        if gallery:
-            artifacts.append(gallery)
+            figures.save("confusion.png", "Where the classes go under attack: true class (rows) against the "
+                         "prediction under PGD", figs.confusion_heatmap, pc["matrix"], ctx.adapter.class_names,
+                         pc["eps"])
+        self._gallery(ctx, figures, ops, engine, grid, values, pgd, clean, clean_pred, pgd_pred, reference)
         rows = [{"eps": e, "eps_value": v, "fgsm": f, "pgd": a} for e, v, a, f in zip(grid, values, pgd, fgsm)]
         if "disappearance" in extra:
             for r, d in zip(rows, extra["disappearance"]):
@@ -171,22 +171,16 @@ class AttacksProbe(Probe):
                                "median_censored": bool(median is not None and median >= max(values)
                                                        and censored.sum() * 2 >= len(min_eps))},
                    "checks": [c.to_dict() for c in checks], "suspect_masking": suspect,
-                   "captions": {f"{self.name}/robust_accuracy.png": f"{label[0].upper()}{label[1:]} under attack versus ε",
-                                f"{self.name}/min_eps.png": "Smallest ε that breaks each image (PGD, bisection "
-                                                            "inside the grid)",
-                                f"{self.name}/confusion.png": "Where the classes go under attack: true class (rows) "
-                                                              "against the prediction under PGD",
-                                f"{self.name}/examples.png": "Clean and adversarial images with the model's output, and "
-                                                             "the perturbation amplified to full contrast"}}
+                   "captions": figures.captions}
         if "per_class" in extra:
             details["per_class"] = {k: v for k, v in extra["per_class"].items() if k != "matrix"}
         findings = self._findings(grid, values, pgd, fgsm, clean, label, data.labelled, details, checks, extra)
         return ProbeResult(status="ok", score=score, metrics=metrics, findings=tuple(findings),
-                           artifacts=tuple(artifacts), details=details)
+                           artifacts=tuple(figures.artifacts), details=details)
 
     # ---- minimal ε ---------------------------------------------------------------------------------
 
-    def _min_eps(self, ctx, ops, engine, reference, subset, agree_clean, agree_pgd, values, order, bar):
+    def _min_eps(self, ctx, ops, engine, reference, subset, agree_clean, agree_pgd, values, order, rounds, bar):
         """Per image of the subset: the smallest ε that breaks it (0 if wrong when clean), and whether
         it withstood the whole grid (then its value is the largest ε, a lower bound)."""
         if not subset:
@@ -202,7 +196,7 @@ class AttacksProbe(Probe):
         wrong_clean = a_clean <= 0
         search = ever & ~wrong_clean
         rows = torch.nonzero(search).flatten()
-        if len(rows) and self.params.bisect:
+        if len(rows) and rounds:
             def broken_at(eps: torch.Tensor) -> torch.Tensor:
                 out = []
                 for start in range(0, len(rows), ctx.batch_size):
@@ -217,7 +211,7 @@ class AttacksProbe(Probe):
                     bar.update(1)
                 return torch.cat(out)
 
-            hi[rows] = bisect_min_eps(broken_at, lo[rows], hi[rows], self.params.bisect)
+            hi[rows] = bisect_min_eps(broken_at, lo[rows], hi[rows], rounds)
         result = torch.where(wrong_clean, torch.zeros_like(hi), hi)
         return result.numpy(), (~ever & ~wrong_clean).numpy()
 
@@ -235,7 +229,7 @@ class AttacksProbe(Probe):
         return out
 
     @staticmethod
-    def _per_class(ctx, clean_pred, pgd_pred, reference, grid, values, order) -> dict:
+    def _per_class(ctx, clean_pred, pgd_pred, reference, grid, order, clean, pgd) -> dict:
         """Accuracy per true class at each ε, the ε at which each class falls below half its clean
         accuracy, and the confusion (true x predicted) under PGD at the ε that halves the overall accuracy."""
         k = ctx.adapter.num_classes
@@ -254,9 +248,7 @@ class AttacksProbe(Probe):
         rank = {g: i for i, g in enumerate([grid[gi] for gi in order])}
         rows.sort(key=lambda r: (-1 if r["falls_at"] == "clean" else rank.get(r["falls_at"], len(rank)),
                                  [r["robust"][gi] for gi in order]))
-        overall = [float((pred == reference).double().mean()) for pred in pgd_pred]
-        clean = float((clean_pred == reference).double().mean())
-        gi = next((gi for gi in order if overall[gi] < 0.5 * clean), order[-1])
+        gi = next((gi for gi in order if pgd[gi] < 0.5 * clean), order[-1])
         matrix = torch.zeros(k, k, dtype=torch.long)
         matrix.index_put_((reference, pgd_pred[gi]), torch.ones_like(reference), accumulate=True)
         off = matrix.clone()
@@ -275,12 +267,11 @@ class AttacksProbe(Probe):
         """The grid ε whose PGD metric is nearest half of clean: where a weak attack shows most."""
         return min(order, key=lambda gi: (abs(pgd[gi] - 0.5 * clean), values[gi]))
 
-    def _extra_checks(self, ctx, ops, engine, reference, pgd_pred, eps_text, eps, clean_pred) -> list[masking.Check]:
-        p = self.params
+    def _extra_checks(self, ctx, p, ops, engine, reference, pgd_pred, eps_text, eps, clean_pred) -> list[masking.Check]:
         names = ("more steps and restarts", "unbounded ε reaches zero", "gradient-free attack finds nothing PGD missed")
         if p.check_images == 0:
             return [masking.not_run(n, "skipped: attacks.check_images = 0") for n in names]
-        members = _seeded_subset(len(ctx.data), p.check_images, ctx.seed + 1)
+        members = seeded_subset(len(ctx.data), p.check_images, ctx.seed + 1)
         ref = ops.take(reference, members)
         base = ops.score(ops.take(pgd_pred, members), ref, ctx.adapter)
         clean = ops.score(ops.take(clean_pred, members), ref, ctx.adapter)
@@ -310,11 +301,12 @@ class AttacksProbe(Probe):
                                                     f"{ctx.adapter.task} models"))
             return checks
         held = [i for i in members if bool(pgd_pred[i] == reference[i]) and bool(clean_pred[i] == reference[i])]
-        broken = self._square(ctx, held, reference, eps) if held else 0
+        broken = self._square(ctx, held, reference, eps, p.square_queries) if held else 0
         checks.append(masking.gradient_free(eps_text, len(held), broken, p.square_queries))
         return checks
 
-    def _square(self, ctx, members, reference, eps) -> int:
+    @staticmethod
+    def _square(ctx, members, reference, eps, queries: int) -> int:
         """How many of these images ART's Square attack (Andriushchenko et al. 2020) misclassifies at ε."""
         from art.attacks.evasion import SquareAttack
         from art.estimators.classification import PyTorchClassifier
@@ -327,7 +319,7 @@ class AttacksProbe(Probe):
                                       nb_classes=adapter.num_classes, clip_values=(0.0, 1.0),
                                       device_type="gpu" if ctx.device.type == "cuda" else "cpu")
         np.random.seed(ctx.seed)  # Square draws its squares from numpy
-        attack = SquareAttack(estimator, norm=np.inf, eps=eps, max_iter=self.params.square_queries, nb_restarts=1,
+        attack = SquareAttack(estimator, norm=np.inf, eps=eps, max_iter=queries, nb_restarts=1,
                               batch_size=ctx.batch_size, verbose=False)
         x = ctx.data.images_at(members).numpy()
         y = reference[torch.tensor(members)].numpy()
@@ -381,24 +373,17 @@ class AttacksProbe(Probe):
                 findings.append(Finding("medium", f"suspect result ({c.name}): {c.text}"))
         return findings
 
-    @staticmethod
-    def _artifact(ctx, filename: str, draw) -> str:
-        path, rel = ctx.artifact(filename)
-        draw(path)
-        return rel
-
-    def _gallery(self, ctx, ops, engine, grid, values, pgd, clean, clean_pred, pgd_pred, reference) -> str | None:
+    def _gallery(self, ctx, figures, ops, engine, grid, values, pgd, clean, clean_pred, pgd_pred, reference) -> None:
         """A few images at the budget that breaks them, attacked again (the same way) to show them."""
         if self.params.gallery <= 0:
-            return None
+            return
         order = np.argsort(values)
         if ctx.adapter.task == "classify":
             # each image at the smallest budget that flips it
             broken = torch.stack([pgd_pred[i] != reference for i in order]) & (clean_pred == reference)
             first = torch.where(broken.any(0), broken.float().argmax(0), torch.tensor(-1))
             candidates = torch.nonzero(first >= 0).flatten()
-            g = torch.Generator().manual_seed(ctx.seed)
-            pick = candidates[torch.randperm(len(candidates), generator=g)[: self.params.gallery]].sort().values
+            pick = candidates[seeded_subset(len(candidates), self.params.gallery, ctx.seed)]
             chosen = [(int(i), int(order[first[i]])) for i in pick]
         else:
             # the images that lose most at the smallest budget that halves the metric (else the largest)
@@ -407,7 +392,7 @@ class AttacksProbe(Probe):
             pick = torch.argsort(drop, descending=True)[: self.params.gallery]
             chosen = [(int(i), int(gi)) for i in pick[drop[pick] > 0].sort().values]
         if not chosen:
-            return None
+            return
         columns = []
         for i, gi in chosen:
             x = ctx.data.images_at(slice(i, i + 1), ctx.device)
@@ -419,14 +404,5 @@ class AttacksProbe(Probe):
             columns.append((x[0].cpu(), adv[0].cpu(), outs[0], outs[1], grid[gi], values[gi], ref[0]))
         from auditor.figures import draw_attack_gallery
 
-        path, rel = ctx.artifact("examples.png")
-        draw_attack_gallery(columns, ctx.adapter, ctx.data.labelled, path)
-        return rel
-
-
-def _seeded_subset(n: int, k: int, seed: int) -> list[int]:
-    """k of n indices, drawn with the seed, in ascending order (all of them when k >= n)."""
-    if k >= n:
-        return list(range(n))
-    g = torch.Generator().manual_seed(seed)
-    return torch.randperm(n, generator=g)[:k].sort().values.tolist()
+        figures.save("examples.png", "Clean and adversarial images with the model's output, and the perturbation "
+                     "amplified to full contrast", draw_attack_gallery, columns, ctx.adapter, ctx.data.labelled)

@@ -44,10 +44,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from auditor.data import as_unit_float, seeded_subset
 from auditor.errors import did_you_mean
 from auditor.models.base import SHOW_CONF, TASKS
 from auditor.probes.base import Context, Figures, Probe
 from auditor.results import Finding, ProbeResult
+from auditor.tasks import ops_for
 
 ROTATION = 20.0  # degrees either way: a patch stuck on by hand, on an upright scene
 SIDE_JITTER = (0.8, 1.2)  # training: the side varies by this factor, so the patch works at about its size
@@ -448,7 +450,7 @@ class Goal:
 
     def pixels(self, rows) -> torch.Tensor:
         """Images `rows` as float in [0, 1]."""
-        return _float(self.images[rows])
+        return as_unit_float(self.images[rows])
 
     @classmethod
     def from_data(cls, ctx: Context, idx: torch.Tensor) -> "Goal":
@@ -461,7 +463,7 @@ class Goal:
 
     @staticmethod
     def predict_clean(adapter, x, batch_size):
-        return torch.cat([adapter(_float(x[s])).argmax(1) for s in _chunks(len(x), batch_size)])
+        return torch.cat([adapter(as_unit_float(x[s])).argmax(1) for s in _chunks(len(x), batch_size)])
 
     @staticmethod
     def label_free(clean):
@@ -654,10 +656,9 @@ class DetectGoal(Goal):
         super().__init__(adapter, images, reference, clean, labelled)
         dev, m = images.device, max([len(r) for r in reference] + [1])
         self.boxes = torch.zeros(len(images), m, 4, device=dev)
-        self.classes = torch.zeros(len(images), m, dtype=torch.long, device=dev)
         self.valid = torch.zeros(len(images), m, dtype=torch.bool, device=dev)
         for i, r in enumerate(reference):
-            self.boxes[i, :len(r)], self.classes[i, :len(r)], self.valid[i, :len(r)] = r[:, 1:5], r[:, 0].long(), True
+            self.boxes[i, :len(r)], self.valid[i, :len(r)] = r[:, 1:5], True
         self.candidates = torch.nonzero(self.valid.any(1)).flatten()  # training needs an object to sit on
         # the largest box sets the tiles' size: read once here, not at every step
         self.largest_area = float(_box_area(self.boxes[self.valid]).max()) if self.valid.any() else 1.0
@@ -665,7 +666,7 @@ class DetectGoal(Goal):
 
     @staticmethod
     def predict_clean(adapter, x, batch_size):
-        return [d for s in _chunks(len(x), batch_size) for d in adapter.predict(_float(x[s]), conf=SHOW_CONF)]
+        return [d for s in _chunks(len(x), batch_size) for d in adapter.predict(as_unit_float(x[s]), conf=SHOW_CONF)]
 
     @staticmethod
     def label_free(clean):
@@ -709,11 +710,8 @@ class DetectGoal(Goal):
     def _found(self, detections: list[dict]) -> torch.Tensor:
         """N x M: each object still found (a shown box of its class at IoU >= 0.5), for the images in order."""
         found = torch.zeros_like(self.valid)
-        for i, d in enumerate(detections):
-            if len(d["boxes"]):
-                boxes, labels = d["boxes"].to(self.boxes.device), d["labels"].to(self.boxes.device)
-                hit = (_pair_iou(self.boxes[i:i + 1], boxes[None])[0] >= 0.5) & (self.classes[i][:, None] == labels)
-                found[i] = hit.any(1) & self.valid[i]
+        for i, hit in enumerate(ops_for("detect").found(detections, self.reference)):
+            found[i, :len(hit)] = hit
         return found
 
     def score(self, runs, scales):
@@ -850,10 +848,6 @@ def _gather(ctx: Context, idx: torch.Tensor):
     return x, data.labels[idx].to(ctx.device).long()
 
 
-def _float(x: torch.Tensor) -> torch.Tensor:
-    return x.float() / 255 if x.dtype == torch.uint8 else x.float()
-
-
 def _chunks(n: int, size: int) -> list[slice]:
     return [slice(s, min(s + size, n)) for s in range(0, n, size)]
 
@@ -890,9 +884,8 @@ def _severity(success: float | None) -> str:
 
 
 def _seeded_pick(items: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(items), generator=g).to(items.device)
-    return items[order[:n]].sort().values
+    """n of the ascending `items`, drawn with the seed, ascending."""
+    return items[torch.tensor(seeded_subset(len(items), n, seed), dtype=torch.long, device=items.device)]
 
 
 def _box_area(boxes: torch.Tensor) -> torch.Tensor:
