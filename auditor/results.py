@@ -1,7 +1,8 @@
 """results.json: the versioned, machine-readable record of one audit.
 
 Format history (bump SCHEMA on any incompatible change; metric keys are API):
-  auditor.results/1  first version.
+  auditor.results/1  first version; later, compatibly: a finding may carry `"key": true` (one of the
+                     probe's headline findings, which the report's summary draws from).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ SEVERITIES = ("high", "medium", "low", "info")
 class Finding:
     severity: str
     text: str
+    key: bool = False  # a headline: the report's "key findings" draw from these first
 
     def __post_init__(self):
         if self.severity not in SEVERITIES:
@@ -51,7 +53,8 @@ class ProbeResult:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["findings"] = [asdict(f) for f in self.findings]
+        d["findings"] = [{"severity": f.severity, "text": f.text, **({"key": True} if f.key else {})}
+                         for f in self.findings]
         d["artifacts"] = list(self.artifacts)
         return {k: v for k, v in d.items() if v is not None or k == "score"}
 

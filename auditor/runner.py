@@ -164,7 +164,10 @@ def run_audit(config: RunConfig) -> Results:
                  "seconds": round(time.perf_counter() - started, 2), "version": auditor.__version__,
                  "torch": torch.__version__, "python": platform.python_version(),
                  "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                 "batch_size": config.batch_size}
+                 "batch_size": config.batch_size, "peak_memory_gib": _peak_rss_gib()}
+    if device.type == "cuda":
+        peaks = [p.details.get("gpu_peak_gib", 0.0) for p in results.values()]
+        run_facts["gpu_peak_memory_gib"] = max(peaks, default=0.0)
     data_facts = {**data.facts(), **({"path": str(config.data)} if config.data else {})}
     if interrupted is not None:
         left = names[names.index(interrupted):]
@@ -182,6 +185,8 @@ def run_probe(probe: Probe, ctx: Context) -> ProbeResult:
         return ProbeResult(status="skipped", reason=reason)
     start = time.perf_counter()
     first_batch = ctx.batch_size
+    if ctx.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(ctx.device)
     while True:
         seed_everything(ctx.seed)  # each probe sees the same random state, whatever ran before it
         try:
@@ -200,6 +205,10 @@ def run_probe(probe: Probe, ctx: Context) -> ProbeResult:
             raise
         except Exception:  # a crash is a result; the other probes still run
             return _failed(ctx, start, None)
+    if ctx.device.type == "cuda":
+        # the probe's own high-water mark on the GPU (reset below, before each probe)
+        result = replace(result, details={**result.details,
+                                          "gpu_peak_gib": round(torch.cuda.max_memory_allocated(ctx.device) / 2**30, 3)})
     if ctx.batch_size != first_batch:
         note = Finding("info", f"ran at batch size {ctx.batch_size}: batch size {first_batch} ran out of GPU memory")
         result = replace(result, findings=(*result.findings, note),
@@ -255,6 +264,14 @@ def write_outputs(results: Results, out: Path) -> dict[str, Path]:
         tmp.replace(out / name)
         paths[name] = out / name
     return paths
+
+
+def _peak_rss_gib() -> float:
+    """This process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**30 if sys.platform == "darwin" else 2**20), 2)
 
 
 def _device_name(device: torch.device) -> str:

@@ -178,3 +178,21 @@ def test_label_free_folder_and_a_chosen_layer(audit, tmp_path, digits_flat):
     probe = read_results(out)["probes"]["gradcam"]
     assert probe["details"]["layers"] == ["features.2"] and "energy_in_object" not in probe["metrics"]
     assert "cam" not in probe["details"]["aucs"] and "cam" not in probe["details"]["methods"]  # GAP reads `features`
+
+
+def test_border_attention_flags_classes_whose_maps_sit_on_the_frame():
+    from auditor.probes.gradcam import border_attention, border_findings
+
+    maps = torch.zeros(8, 20, 20)
+    maps[:4, 0:2, :] = 1.0  # class 0: all mass on the top two rows (inside the 10% band)
+    maps[4:, 8:12, 8:12] = 1.0  # class 1: a blob in the middle
+    classes = torch.tensor([0] * 4 + [1] * 4)
+    border = border_attention(maps, classes, ["<frame>", "centre"])
+    assert border["area"] == pytest.approx(1 - 0.8 ** 2)
+    assert [r["class"] for r in border["classes"]] == ["<frame>", "centre"]
+    assert border["classes"][0]["border_energy"] == pytest.approx(1.0) and border["classes"][1]["border_energy"] == 0
+    (finding,) = border_findings(border, "gradcam")
+    assert finding.severity == "medium" and finding.key and "'<frame>' 100% (4 maps)" in finding.text
+    centred = border_attention(maps[4:], classes[4:], ["<frame>", "centre"])
+    (finding,) = border_findings(centred, "gradcam")
+    assert finding.severity == "info" and "0% of the Grad-CAM mass" in finding.text

@@ -69,6 +69,8 @@ class ActMaxProbe(Probe):
     name = "actmax"
     description = "activation maximisation: optimised images for classes and hidden channels (Fourier parameterisation)"
     tasks = TASKS
+    # class_confidence, class_hit_rate, channel_gain, channel_beats_data: higher is better
+    lower_is_better = ("dead_channels",)
 
     @dataclass
     class Params:
@@ -215,7 +217,7 @@ class ActMaxProbe(Probe):
         if missed:
             listed = ", ".join(f"{d['name']} (seen as {d['predicted']})" for d in missed[:5])
             findings.append(Finding("medium", f"{len(missed)} of {n} class images are not classified as their class "
-                                              f"after {steps} steps: {listed}"))
+                                              f"after {steps} steps: {listed}", key=True))
         if class_choice == "most predicted":
             findings.append(Finding("info", f"{len(names)} classes: showing the {n} the model predicts most often on "
                                             f"the evaluation data ({', '.join(names[c] for c in classes)}); choose "

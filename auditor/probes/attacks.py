@@ -40,6 +40,8 @@ class AttacksProbe(Probe):
     description = ("L-inf FGSM and PGD over an ε grid: accuracy, mIoU or mAP50 under attack, minimal ε per image, "
                    "gradient-masking checks")
     tasks = ("classify", "segment", "detect")
+    # clean_/robust_/fgsm_ accuracy, miou and map50 and median_min_eps: higher is better
+    lower_is_better = ("disappearance_rate", "zero_gradient_share", "nonfinite_gradient_share", "suspect_masking")
 
     @dataclass
     class Params:
@@ -312,8 +314,10 @@ class AttacksProbe(Probe):
         from art.estimators.classification import PyTorchClassifier
 
         adapter = ctx.adapter
-        if ctx.device.type == "cuda":
-            torch.cuda.set_device(ctx.device)  # ART places its model on the current CUDA device
+        if ctx.device.type == "cuda" and ctx.device.index is not None:
+            # ART places its model on the current CUDA device; plain "cuda" already is it
+            # (set_device refuses a device without an index: seen on an H200 with torch 2.11)
+            torch.cuda.set_device(ctx.device)
         estimator = PyTorchClassifier(model=adapter, loss=torch.nn.CrossEntropyLoss(),
                                       input_shape=(adapter.channels, *adapter.input_size),
                                       nb_classes=adapter.num_classes, clip_values=(0.0, 1.0),
@@ -339,24 +343,26 @@ class AttacksProbe(Probe):
         half = [i for i in order if pgd[i] < 0.5 * clean]
         if clean <= 0:
             findings.append(Finding("high", f"the model scores 0 {label} on the clean images: check the data, the "
-                                            "class order and the weights; robustness figures mean nothing here"))
+                                            "class order and the weights; robustness figures mean nothing here",
+                                    key=True))
         elif half:
             i = half[0]
             sev = "high" if i == order[0] else "medium"
-            findings.append(Finding(sev, f"PGD at ε={grid[i]} cuts {label} from {clean:.1%} to {pgd[i]:.1%} "
-                                         "(below half of clean)"))
+            in_levels = "" if "/" in str(grid[i]) else f" ({values[i] * 255:.3g}/255)"
+            findings.append(Finding(sev, f"PGD at ε={grid[i]}{in_levels} cuts {label} from {clean:.1%} "
+                                         f"to {pgd[i]:.1%} (below half of clean)", key=True))
         else:
             i = order[-1]
             findings.append(Finding("low", f"at the largest budget tested, ε={grid[i]}, PGD keeps {label} at "
-                                           f"{pgd[i]:.1%} of {clean:.1%} clean"))
+                                           f"{pgd[i]:.1%} of {clean:.1%} clean", key=True))
         m = details["min_eps"]
         if m["n"]:
             if m["median_censored"]:
                 findings.append(Finding("low", f"more than half of {m['n']} images withstand PGD at the largest ε "
-                                               f"({m['largest']:.4g}): the median minimal ε is at least that"))
+                                               f"({m['largest']:.4g}): the median minimal ε is at least that", key=True))
             else:
                 findings.append(Finding("info", f"half of {m['n']} images break at ε ≤ {m['median']:.4g} "
-                                                f"(median minimal ε, {m['median'] * 255:.1f}/255)"))
+                                                f"(median minimal ε, {m['median'] * 255:.1f}/255)", key=True))
         per_class = extra.get("per_class")
         if per_class and per_class["confusions"]:
             c = per_class["confusions"][0]
@@ -367,10 +373,10 @@ class AttacksProbe(Probe):
             if d:
                 g, v = max(d, key=lambda t: t[1])
                 findings.append(Finding("medium" if v >= 0.5 else "info",
-                                        f"PGD at ε={g} makes {v:.0%} of the objects found on clean images disappear"))
+                                        f"PGD at ε={g} makes {v:.0%} of the objects found on clean images disappear", key=True))
         for c in checks:
             if c.flagged:
-                findings.append(Finding("medium", f"suspect result ({c.name}): {c.text}"))
+                findings.append(Finding("medium", f"suspect result ({c.name}): {c.text}", key=True))
         return findings
 
     def _gallery(self, ctx, figures, ops, engine, grid, values, pgd, clean, clean_pred, pgd_pred, reference) -> None:

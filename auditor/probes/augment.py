@@ -43,6 +43,8 @@ class AugmentProbe(Probe):
     name = "augment"
     description = "ImageNet-C corruptions x 5 severities, geometric and photometric shifts: metric, flip rate, mCE"
     tasks = TASKS
+    # accuracy/miou/map50 (clean_ and @SHIFT) and relative@: higher is better; ce@ and mce are error ratios
+    lower_is_better = ("flip_rate", "ce", "mce", "relative_mce")
 
     @dataclass
     class Params:
@@ -212,21 +214,22 @@ class AugmentProbe(Probe):
             findings.append(Finding("info", "label-free data: the clean prediction is the reference, so the metric is "
                                             "the share of the prediction a shift leaves unchanged"))
         if clean <= 0:
-            findings.append(Finding("high", f"the model scores 0 {label} on the clean images; shift figures mean nothing"))
+            findings.append(Finding("high", f"the model scores 0 {label} on the clean images; shift figures mean nothing",
+                                    key=True))
             return findings
         scored = [r for r in rows if r["relative"] is not None]
         hurt = [r for r in scored if r["relative"] < UNHURT][:3]
-        for r in hurt:
+        for n, r in enumerate(hurt):
             worst = min(r["cells"], key=lambda c: c["value"])
             rel = r["relative"]
             sev = "high" if rel < 0.5 else "medium" if rel < 0.8 else "low"
             findings.append(Finding(sev, f"{r['shift']} ({r['family']}) at {worst['level']} cuts {label} from "
                                          f"{clean:.1%} to {worst['value']:.1%}; over its severities the model keeps "
-                                         f"{rel:.0%} of its clean {label}"))
+                                         f"{rel:.0%} of its clean {label}", key=n == 0))
         if scored and not hurt:
             findings.append(Finding("low", f"no shift tested costs more than {1 - UNHURT:.0%} of the clean {label} on "
                                            f"average over its severities (least kept: {scored[0]['shift']}, "
-                                           f"{scored[0]['relative']:.0%})"))
+                                           f"{scored[0]['relative']:.0%})", key=True))
         if abs(scale - 1.0) > 1e-6:
             findings.append(Finding("info", f"spatial corruption parameters scaled by {scale:.3g} (the images are not "
                                             f"{REFERENCE_SIZE} px), so severities mean the same relative degradation"))

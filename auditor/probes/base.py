@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 import sys
 import types
 import typing
@@ -76,6 +77,10 @@ class Probe(abc.ABC):
     name: ClassVar[str]
     description: ClassVar[str]  # one line for `audit probes list`
     tasks: ClassVar[tuple[str, ...]]
+    # Which way a metric is better, for `drop` gates, `audit diff` and `audit compare`. Entries name a
+    # metric before any '@' (`flip_rate` covers `flip_rate@fog:3`) or one full key; the rest: higher is better.
+    lower_is_better: ClassVar[tuple[str, ...]] = ()
+    no_direction: ClassVar[tuple[str, ...]] = ()  # counts and settings, neither better nor worse
 
     @dataclass
     class Params:
@@ -114,6 +119,33 @@ def available_probes() -> dict[str, type[Probe]]:
             continue
         found[name] = cls
     return found
+
+
+HIGHER, LOWER, NEITHER = 1, -1, 0
+
+
+def metric_direction(probe: str | None, metric: str) -> int:
+    """+1 when a higher value of PROBE.METRIC is better, -1 when lower is, 0 when neither.
+
+    Every `score` is higher-better; so is a metric of a probe that is not installed. A full key
+    (`deletion_auc@random`) listed by the probe wins over its name before the '@'.
+    """
+    if metric == "score":
+        return HIGHER
+    cls = _registry().get(probe) if probe else None
+    if cls is None:
+        return HIGHER
+    for key in dict.fromkeys((metric, metric.split("@", 1)[0])):
+        if key in cls.lower_is_better:
+            return LOWER
+        if key in cls.no_direction:
+            return NEITHER
+    return HIGHER
+
+
+@functools.lru_cache(maxsize=1)
+def _registry() -> dict[str, type[Probe]]:
+    return available_probes()
 
 
 def parse_params(probe: type[Probe], values: dict[str, Any]) -> Any:

@@ -71,6 +71,9 @@ class FiltersProbe(Probe):
     name = "filters"
     description = "first conv layer's weights as an image grid (weights visualisation); dead and duplicate filters"
     tasks = TASKS
+    # filters: how many the layer has; opposite_pairs: sign-flipped pairs, usual and no defect
+    lower_is_better = ("dead_filters", "duplicate_filters", "duplicate_pairs")
+    no_direction = ("filters", "opposite_pairs")
 
     @dataclass
     class Params:
@@ -108,11 +111,11 @@ class FiltersProbe(Probe):
         if dead_ids:
             listed = ", ".join(map(str, dead_ids[:NAMED])) + (" …" if len(dead_ids) > NAMED else "")
             findings.append(Finding("medium", f"{len(dead_ids)} of {out_c} filters dead (weight norm under "
-                                              f"{DEAD_SHARE_OF_MAX_NORM:.0%} of the largest): {listed}"))
+                                              f"{DEAD_SHARE_OF_MAX_NORM:.0%} of the largest): {listed}", key=True))
         if duplicates:
             findings.append(Finding("medium", f"{_count(len(duplicates), 'pair')} of near-identical filters "
                                               f"(cosine ≥ {DUPLICATE_COSINE}; {len(paired)} of {out_c} filters): "
-                                              f"filters {_pairs_text(duplicates)}. Each pair detects one pattern twice"))
+                                              f"filters {_pairs_text(duplicates)}. Each pair detects one pattern twice", key=True))
         if opposites:
             findings.append(Finding("info", f"{_count(len(opposites), 'sign-flipped pair')} "
                                             f"(cosine ≤ -{DUPLICATE_COSINE}): filters {_pairs_text(opposites)}. "

@@ -32,6 +32,10 @@ from auditor.results import Finding, ProbeResult
 
 SIMILAR = 0.5  # mean rank correlation at or above which randomised maps count as unchanged
 CHANCE_MARGIN = 0.02  # an AUC within this of the random map's is no better than chance
+# Where the model looks: the outer BORDER share of each side (10%: 36% of the area). A class whose maps
+# put more than BORDER_FLAG of their mass there looks at the frame or background rather than the object,
+# a shortcut (watermarks, padding, photographer's framing) that robustness numbers do not show.
+BORDER, BORDER_FLAG, BORDER_MIN_ROWS = 0.10, 0.5, 3
 BASELINES = ("random", "edges")
 ROW_KIND = {"classify": "an image and a class: the predicted one, and the true one where they differ",
             "detect": "one detected box", "segment": "one class predicted in an image (background left out)"}
@@ -81,6 +85,10 @@ class GradCamProbe(Probe):
     name = "gradcam"
     description = "CAM, Grad-CAM, Grad-CAM++ maps; deletion/insertion vs random and edge maps; weight randomisation check"
     tasks = TASKS
+    # insertion_auc, energy_in_object, pointing_game: higher is better. The random and edge maps are
+    # baselines the model is measured against, not explanations, so their AUCs have no direction.
+    lower_is_better = ("deletion_auc", "randomization_similarity", "untrustworthy", "border_energy")
+    no_direction = ("deletion_auc@random", "insertion_auc@random", "deletion_auc@edges", "insertion_auc@edges")
 
     @dataclass
     class Params:
@@ -165,11 +173,14 @@ class GradCamProbe(Probe):
 
         similarity = self._randomisation(ctx, adapter, modules, layers, x, t, coarse[primary], primary, stages, bar)
         localisation = self._localisation(adapter, maps[primary], t, labels, size)
+        border = border_attention(maps[primary], t.cls, adapter.class_names)
         bar.close()
 
         metrics = self._metrics(aucs, primary, similarity, localisation)
         findings, untrusted = self._findings(aucs, primary, similarity, localisation, adapter, layers, head, t, faithful)
         metrics["untrustworthy"] = float(untrusted)
+        metrics["border_energy"] = border["mean"]
+        findings[1:1] = border_findings(border, primary)
         artifacts, captions = self._figures(ctx, x, t, maps, scored, curves, aucs, similarity, primary, picked, labels)
         details = {
             "layers": [n for n, _ in layers], "methods": methods, "primary": primary, "rows": len(t),
@@ -178,6 +189,7 @@ class GradCamProbe(Probe):
                        for s in similarity["stages"]],
             "cam": head is not None, "captions": captions, "row_kind": ROW_KIND[task],
             "localisation": {k: v for k, v in localisation.items() if k != "per_row"},
+            "border": border,
         }
         return ProbeResult(status="ok", score=None, metrics=metrics, findings=tuple(findings),
                            artifacts=tuple(artifacts), details=details)
@@ -363,24 +375,24 @@ class GradCamProbe(Probe):
             findings.append(Finding("high", f"{label[primary]} maps are no better than a random map at finding what "
                                             f"the model uses: insertion AUC {mine['insertion']:.3f} vs random "
                                             f"{rand['insertion']:.3f}, deletion AUC {mine['deletion']:.3f} vs random "
-                                            f"{rand['deletion']:.3f} ({what}, {faithful} rows)"))
+                                            f"{rand['deletion']:.3f} ({what}, {faithful} rows)", key=True))
         else:
             findings.append(Finding("info", f"{label[primary]} beats a random map: revealing its top pixels first "
                                             f"restores {what} faster (insertion AUC {mine['insertion']:.3f} vs "
                                             f"{rand['insertion']:.3f}), removing them destroys it faster (deletion AUC "
-                                            f"{mine['deletion']:.3f} vs {rand['deletion']:.3f})"))
+                                            f"{mine['deletion']:.3f} vs {rand['deletion']:.3f})", key=True))
             if edges["insertion"] >= mine["insertion"] and edges["deletion"] <= mine["deletion"]:
                 findings.append(Finding("medium", f"an edge map (Sobel) explains the model as well as {label[primary]} "
                                                   f"(insertion {edges['insertion']:.3f} vs {mine['insertion']:.3f}, "
                                                   f"deletion {edges['deletion']:.3f} vs {mine['deletion']:.3f}): the "
-                                                  "maps may show image structure more than the model's reasons"))
+                                                  "maps may show image structure more than the model's reasons", key=True))
         sim = similarity["mean"]
         first = similarity["stages"][0]
         if sim >= SIMILAR:
             untrusted = True
             findings.append(Finding("high", f"{label[primary]} maps barely change when the weights are randomised "
                                             f"(mean rank correlation {sim:.2f} over {len(similarity['stages'])} stages): "
-                                            "they show the input, not what the model learned (Adebayo et al. 2018)"))
+                                            "they show the input, not what the model learned (Adebayo et al. 2018)", key=True))
         else:
             findings.append(Finding("info", f"sanity check passed: randomising the top {'block' if adapter.task == 'detect' else 'layer'} alone brings the rank "
                                             f"correlation with the original maps to {first['similarity']:.2f}, all "
@@ -391,7 +403,7 @@ class GradCamProbe(Probe):
                 f"{localisation['energy_in_object']:.0%} of the map's mass lies inside the ground-truth object "
                 f"(objects cover {localisation['object_area']:.0%} of the image on average); the peak lands on the "
                 f"object for {localisation['pointing_game']:.0%} of {localisation['objects']} objects (pointing game, "
-                f"{localisation['tolerance_px']} px tolerance)"))
+                f"{localisation['tolerance_px']} px tolerance)", key=True))
         layer_names = ", ".join(n for n, _ in layers)
         findings.append(Finding("info", f"maps from layer{'s' if len(layers) > 1 else ''} {layer_names}; {len(t)} rows "
                                         f"explained; " + ("CAM from the GAP + linear head" if head is not None else
@@ -421,6 +433,41 @@ class GradCamProbe(Probe):
              "(left to right); a trustworthy map falls apart", cam_figures.draw_randomisation, adapter, x, t,
              maps[primary], similarity)
         return figures.artifacts, figures.captions
+
+
+def border_attention(maps: torch.Tensor, classes: torch.Tensor, names) -> dict:
+    """Share of each map's mass in the image's outer band, overall and per explained class (worst first)."""
+    h, w = maps.shape[-2:]
+    bh, bw = max(1, round(BORDER * h)), max(1, round(BORDER * w))
+    frame = torch.ones(h, w, dtype=torch.bool, device=maps.device)
+    frame[bh:h - bh, bw:w - bw] = False
+    share = energy_in_object(maps, frame.expand_as(maps))
+    rows = []
+    for c in classes.unique().tolist():
+        mine = share[(classes == c) & ~share.isnan()]
+        if len(mine):
+            rows.append({"class": str(names[c]) if c < len(names) else str(c), "rows": len(mine),
+                         "border_energy": float(mine.mean())})
+    rows.sort(key=lambda r: -r["border_energy"])
+    return {"band": BORDER, "area": float(frame.float().mean()), "mean": float(share.nanmean()) if len(share) else None,
+            "classes": rows}
+
+
+def border_findings(border: dict, method: str) -> list[Finding]:
+    label = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "cam": "CAM"}.get(method, method)
+    band = f"the outer {border['band']:.0%} of each side, {border['area']:.0%} of the area"
+    flagged = [r for r in border["classes"] if r["border_energy"] > BORDER_FLAG and r["rows"] >= BORDER_MIN_ROWS]
+    if flagged:
+        listed = "; ".join(f"'{r['class']}' {r['border_energy']:.0%} ({r['rows']} maps)" for r in flagged[:4])
+        return [Finding("medium", f"the model attends to the image border for {len(flagged)} class"
+                                  f"{'es' if len(flagged) > 1 else ''}: over half of the {label} mass lies in {band}: "
+                                  f"{listed}. Check for frames, padding or background cues", key=True)]
+    if border["mean"] is None:
+        return []
+    worst = border["classes"][0] if border["classes"] else None
+    most = f"; most: '{worst['class']}' {worst['border_energy']:.0%}" if worst else ""
+    return [Finding("info", f"the maps stay on the image's interior: {border['mean']:.0%} of the {label} mass lies in "
+                            f"{band}{most}")]
 
 
 def _gallery_caption(task: str, method: str) -> str:

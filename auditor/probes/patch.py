@@ -71,6 +71,8 @@ class PatchProbe(Probe):
     name = "patch"
     description = "adversarial patches at several sizes, trained on one split and scored on held-out images"
     tasks = TASKS
+    # clean_/patched_ recall and miou and min_scale_for_half: higher is better
+    lower_is_better = ("success_rate", "untargeted_success_rate", "recall_drop", "miou_drop")
 
     @dataclass
     class Params:
@@ -205,7 +207,7 @@ class PatchProbe(Probe):
         return [Finding("medium", f"the trained patch does {how} than a random patch of the same size "
                                   f"({trained:.0%} vs {random:.0%} success): what the model loses there is occlusion "
                                   f"rather than an attack; more steps (--set patch.steps={2 * steps}) may find a "
-                                  "stronger patch")]
+                                  "stronger patch", key=True)]
 
     def _figures(self, ctx, test, scales, scored, patches) -> tuple[list[str], dict[str, str], bool]:
         from auditor import patch_figures
@@ -555,7 +557,7 @@ class ClassifyGoal(Goal):
             findings.append(Finding(_severity(turned), f"a patch covering {scale_label(score_scale)} of the image "
                                                        f"turns {turned:.0%} of {can_turn} held-out images into "
                                                        f"{self.names[self.target]!r} (a random patch of that size: "
-                                                       f"{random_turned:.0%})"))
+                                                       f"{random_turned:.0%})", key=True))
         if changed is not None:
             which = "correctly classified " if self.labelled else ""
             findings.append(Finding("info", f"untargeted, a patch of the same size changes the prediction of "
@@ -626,7 +628,7 @@ class SegmentGoal(Goal):
         return [Finding(_severity(scored["success"][k]),
                         f"a patch covering {scale_label(score_scale)} of the image cuts mIoU outside it from "
                         f"{clean:.3f} to {after:.3f} and changes the class of {flips:.0%} of the pixels it does not "
-                        f"cover (a random patch of that size: mIoU {random_after:.3f})")]
+                        f"cover (a random patch of that size: mIoU {random_after:.3f})", key=True)]
 
     def gallery(self, adapter, patches, k, n, scored, seed, with_cam) -> Gallery | None:
         """The held-out images whose prediction outside the patch changes most."""
@@ -740,11 +742,11 @@ class DetectGoal(Goal):
         objects, found = scored["objects"]
         if hidden is None:
             return [Finding("medium", f"nothing to hide: the detector finds none of the {objects} held-out objects "
-                                      "without a patch")]
+                                      "without a patch", key=True)]
         return [Finding(_severity(hidden), f"a patch covering {scale_label(score_scale)} of each object's box hides "
                                            f"{hidden:.0%} of the {found} held-out objects the detector found (recall "
                                            f"{clean:.3f} → {recall:.3f}; a random patch of that size hides "
-                                           f"{random_hidden:.0%})")]
+                                           f"{random_hidden:.0%})", key=True)]
 
     def gallery(self, adapter, patches, k, n, scored, seed, with_cam) -> Gallery | None:
         """The held-out images that lose the most objects."""
