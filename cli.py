@@ -70,13 +70,14 @@ def cli():
 @click.option("--config", "config_file", type=click.Path(), help="audit.toml with run options and [probes.NAME] tables")
 @click.option("--set", "sets", multiple=True, help="probe parameter, PROBE.KEY=VALUE (repeatable)")
 @click.option("--gate", "gates", multiple=True, help="rule like 'attacks.score >= 0.5', or a rules .toml (repeatable)")
-@click.option("--baseline", type=click.Path(), help="results.json that `drop` gates compare with")
+@click.option("--baseline", type=click.Path(), help="results.json that `drop` gates compare with "
+              "[default: the `baseline` a gates file names]")
 @click.option("--offline", is_flag=True, default=None, help="never download: fail at once if weights are not cached")
 @click.option("--resume", is_flag=True, help="reuse probes already finished in --out by an interrupted run")
 def run(**opts):
     """Run the probes on a model and write report.html, results.json, junit.xml and summary.md."""
     from auditor.config import apply_sets, load_config
-    from auditor.gates import exit_code, parse_gate_args
+    from auditor.gates import exit_code, parse_gates
     from auditor.models import ModelSpec
     from auditor.runner import Interrupted, RunConfig, run_audit, write_outputs
 
@@ -95,12 +96,14 @@ def run(**opts):
         input_size=_size(str(size) if isinstance(size, int) else size),
         mean=_floats(opt("mean"), "--mean"), std=_floats(opt("std"), "--std"), classes_file=opt("classes"),
         trust_model=bool(opt("trust_model", False)), offline=bool(opt("offline", False)))
-    gates = list(file_opts.get("gates", [])) + list(opts["gates"])
+    gates = parse_gates(list(file_opts.get("gates", [])) + list(opts["gates"]), baseline=opts["baseline"])
+    gates.load_baseline()  # a missing or broken baseline fails now, naming the file that named it
     out = Path(opt("out", "out"))
     config = RunConfig(
         model=spec, data=opt("data"), limit=opt("limit"), batch_size=opt("batch_size", 64),
         device=opt("device", "auto"), seed=opt("seed", 0), out=out, probes=probes,
-        params=apply_sets(params, list(opts["sets"])), gates=parse_gate_args(gates), baseline=opts["baseline"],
+        params=apply_sets(params, list(opts["sets"])), gates=gates.rules,
+        baseline=str(gates.baseline) if gates.baseline else None,
         progress=sys.stderr.isatty(), resume=opts["resume"])
     try:
         results = run_audit(config)
@@ -137,20 +140,22 @@ def _print_summary(results, paths) -> None:
 
 @cli.command()
 @click.argument("results_path", type=click.Path())
-@click.option("--rules", type=click.Path(), help="TOML file with a `rules` list")
-@click.option("--gate", "gates", multiple=True, help="rule like 'attacks.score >= 0.5' (repeatable)")
-@click.option("--baseline", type=click.Path(), help="results.json that `drop` rules compare with")
+@click.option("--rules", type=click.Path(), help="TOML file with a `rules` list (and optionally a `baseline`)")
+@click.option("--gate", "gates", multiple=True, help="rule like 'attacks.score >= 0.5', or a rules .toml (repeatable)")
+@click.option("--baseline", type=click.Path(), help="results.json that `drop` rules compare with "
+              "[default: the `baseline` a gates file names]")
 @click.option("--out", type=click.Path(), help="where junit.xml and summary.md go [default: beside the results]")
 def gate(results_path, rules, gates, baseline, out):
     """Check saved results against rules; exit 1 when a rule fails."""
-    from auditor.gates import check_rules_apply, evaluate, exit_code, junit_xml, load_rules_file, parse_gate_args, summary_md
+    from auditor.gates import check_rules_apply, evaluate, exit_code, junit_xml, parse_gates, summary_md
     from auditor.results import load
 
-    parsed = (load_rules_file(rules) if rules else []) + parse_gate_args(list(gates))
+    spec = parse_gates(list(gates), [rules] if rules else None, baseline)
+    parsed = spec.rules
     if not parsed:
         raise AuditError("audit gate: no rules; pass --rules gates.toml or --gate 'attacks.score >= 0.5'")
     results = load(results_path)
-    base = load(baseline) if baseline else None
+    base = spec.load_baseline()
     check_rules_apply(parsed, list(results.probes), base)
     results = results.with_gates(evaluate(parsed, results, base))
     folder = Path(out) if out else (Path(results_path) if Path(results_path).is_dir() else Path(results_path).parent)
@@ -173,6 +178,46 @@ def report(out):
     folder = Path(out)
     results = load(folder)
     click.echo(f"report: {render_report(results, folder if folder.is_dir() else folder.parent)}")
+    return 0
+
+
+@cli.command()
+@click.argument("base", type=click.Path())
+@click.argument("new", type=click.Path())
+@click.option("--max-drop", type=float, default=0.02, show_default=True,
+              help="how much worse (by each metric's direction) a gated metric may get before exit 1")
+@click.option("--metrics", help="the gated metrics: comma-separated fnmatch patterns over PROBE.METRIC "
+              "(the run's score is `score`), e.g. 'attacks.*,*.score' [default: score,*.score]")
+@click.option("--format", "style", type=click.Choice(["plain", "md"]), default="plain", show_default=True,
+              help="plain for a terminal, md for a CI job summary")
+@click.option("--out", type=click.Path(), help="write the table to this file instead of stdout (the verdict still prints)")
+def diff(base, new, max_drop, metrics, style, out):
+    """Compare two results.json (or output folders) metric by metric; exit 1 when a gated metric got worse."""
+    from auditor.compare import diff_results, render_md, render_plain
+    from auditor.results import load
+
+    result = diff_results(load(base), load(new), max_drop=max_drop, metrics=metrics, labels=(str(base), str(new)))
+    text = render_md(result) if style == "md" else render_plain(result)
+    if out:
+        Path(out).write_text(text, encoding="utf-8")
+        click.echo(f"{result.verdict}\ndiff: {out}")
+    else:
+        click.echo(text, nl=False)
+    return result.exit_code
+
+
+@cli.command()
+@click.argument("results", nargs=-1, required=True, type=click.Path())
+@click.option("--out", type=click.Path(), default="compare.html", show_default=True, help="the HTML page to write")
+def compare(results, out):
+    """Models side by side in one HTML page: scores, then every metric, the better value marked."""
+    from auditor.compare import write_compare
+    from auditor.results import load
+
+    if len(results) < 2:
+        raise AuditError("audit compare: give two or more results.json files (or output folders)")
+    runs = [load(path) for path in results]
+    click.echo(f"compare: {write_compare(list(results), runs, out)}")
     return 0
 
 

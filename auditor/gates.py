@@ -3,7 +3,9 @@
 A rule is `PROBE.METRIC OP NUMBER` (OP in >=, >, <=, <), e.g. `attacks.score >= 0.5` or
 `attacks.robust_accuracy@linf=2/255 >= 0.3`; `score OP NUMBER` reads the run's score.
 `warn:` in front makes a rule advisory. `PROBE.METRIC drop <= NUMBER` compares with a
-baseline results.json (baseline minus current).
+baseline results.json: how much worse the metric got, by its direction (baseline minus
+current where higher is better, current minus baseline where lower is). A rules file is
+TOML: `rules = [...]` and, optionally, `baseline = "path/results.json"` relative to it.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ class Rule:
     op: str
     threshold: float
     warn: bool = False
-    drop: bool = False  # compares baseline - current
+    drop: bool = False  # how much worse than the baseline, by the metric's direction
 
     def describe(self) -> str:
         return f"{self.probe}.{self.metric}" if self.probe else self.metric
@@ -54,26 +56,88 @@ def parse_rule(text: str) -> Rule:
                 warn=bool(m["warn"]), drop=bool(m["drop"]))
 
 
-def load_rules_file(path: str | Path) -> list[Rule]:
-    """A TOML file with `rules = ["attacks.score >= 0.5", ...]`."""
+@dataclass(frozen=True)
+class Gates:
+    """Rules, and the baseline results.json that `drop` rules compare with."""
+
+    rules: list[Rule]
+    baseline: Path | None = None
+    source: str | None = None  # the gates file that named the baseline; None: the command line did
+
+    def load_baseline(self) -> Results | None:
+        """The baseline, or an AuditError naming the file (and the gates file that named it)."""
+        from auditor.results import load
+
+        if self.baseline is None:
+            return None
+        try:
+            return load(self.baseline)
+        except AuditError as exc:
+            if self.source is None:
+                raise
+            raise AuditError(f"{self.source}: baseline {exc} (a relative path is read from the gates file's folder)") from exc
+
+
+def load_gates_file(path: str | Path) -> Gates:
+    """A TOML file with `rules = ["attacks.score >= 0.5", ...]` and, optionally, `baseline = "base/results.json"`."""
     from auditor.config import read_toml
 
     doc = read_toml(path, "gates file")
     rules = doc.get("rules")
     if not isinstance(rules, list) or not all(isinstance(r, str) for r in rules):
         raise AuditError(f"{path}: expected a top-level `rules` list of strings, e.g. rules = [\"attacks.score >= 0.5\"]")
-    return [parse_rule(r) for r in rules]
+    baseline = doc.get("baseline")
+    if baseline is not None and (not isinstance(baseline, str) or not baseline.strip()):
+        raise AuditError(f"{path}: `baseline` must be the path of a results.json, e.g. baseline = \"main/results.json\"")
+    resolved = Path(path).parent / Path(baseline).expanduser() if baseline else None
+    return Gates([parse_rule(r) for r in rules], resolved, str(path) if baseline else None)
+
+
+def load_rules_file(path: str | Path) -> list[Rule]:
+    """The rules of a gates file (see load_gates_file for its baseline too)."""
+    return load_gates_file(path).rules
+
+
+def parse_gates(values: list[str], files: list[str] | None = None, baseline: str | Path | None = None) -> Gates:
+    """Rules from --gate values (a rule, or the path of a TOML rules file) and from rules files (--rules).
+
+    The baseline is `baseline` (--baseline) where given, else the one a rules file names.
+    """
+    rules: list[Rule] = []
+    named: dict[Path, Gates] = {}
+    sources = [(str(f), True) for f in files or []] + [(str(v), str(v).endswith(".toml")) for v in values]
+    for value, is_file in sources:
+        if is_file:
+            loaded = load_gates_file(value)
+            rules += loaded.rules
+            if loaded.baseline is not None:
+                named.setdefault(loaded.baseline.resolve(), loaded)
+        else:
+            rules.append(parse_rule(value))
+    if baseline is not None:  # the command line wins
+        return Gates(rules, Path(baseline))
+    if len(named) > 1:
+        listed = ", ".join(f"{g.source} ({g.baseline})" for g in named.values())
+        raise AuditError(f"gates files name different baselines: {listed}; keep one, or pass --baseline")
+    first = next(iter(named.values()), None)
+    return Gates(rules, first.baseline, first.source) if first else Gates(rules)
 
 
 def parse_gate_args(values: list[str]) -> list[Rule]:
     """--gate takes a rule or the path of a TOML rules file."""
-    rules: list[Rule] = []
-    for value in values:
-        if value.endswith(".toml"):
-            rules += load_rules_file(value)
-        else:
-            rules.append(parse_rule(value))
-    return rules
+    return parse_gates(values).rules
+
+
+def drop_direction(rule: Rule) -> int:
+    """+1 or -1: which way the metric of a drop rule gets worse; a metric with no direction is a usage error."""
+    from auditor.probes.base import metric_direction
+
+    direction = metric_direction(rule.probe, rule.metric)
+    if direction == 0:
+        raise AuditError(f"gate {rule.text!r}: {rule.describe()} is a count or a setting, neither better nor worse, "
+                         "so it cannot drop; compare it with a plain rule, e.g. "
+                         f"'{rule.describe()} <= NUMBER'")
+    return direction
 
 
 def check_rules_apply(rules: list[Rule], probes: list[str], baseline: Results | None) -> None:
@@ -82,8 +146,11 @@ def check_rules_apply(rules: list[Rule], probes: list[str], baseline: Results | 
         if rule.probe is not None and rule.probe not in probes:
             raise AuditError(f"gate {rule.text!r}: probe {rule.probe!r} is not part of this run"
                              f"{did_you_mean(rule.probe, probes)} (running: {', '.join(probes) or 'none'})")
-        if rule.drop and baseline is None:
-            raise AuditError(f"gate {rule.text!r}: a drop rule needs --baseline RESULTS.json")
+        if rule.drop:
+            drop_direction(rule)
+            if baseline is None:
+                raise AuditError(f"gate {rule.text!r}: a drop rule needs --baseline RESULTS.json "
+                                 "(or `baseline = \"...\"` in the gates file)")
 
 
 def _value(results: Results, rule: Rule) -> tuple[float | None, str]:
@@ -112,14 +179,18 @@ def evaluate(rules: list[Rule], results: Results, baseline: Results | None = Non
     out = []
     for rule in rules:
         value, why = _value(results, rule)
+        direction = drop_direction(rule) if rule.drop else 1
+        if rule.drop and baseline is None:
+            raise AuditError(f"gate {rule.text!r}: a drop rule needs a baseline results.json")
         if rule.drop and value is not None:
             base, base_why = _value(baseline, rule)
             if base is None:
                 value, why = None, f"baseline: {base_why}"
-            else:
-                value = base - value
+            else:  # rounded so that 0.45 - 0.43 is not 0.0200000000001
+                value = round((base - value) * direction, 12) + 0.0  # + 0.0: no -0
         passed = value is not None and OPS[rule.op](value, rule.threshold)
-        message = why if value is None else f"{rule.describe()}{' drop' if rule.drop else ''} = {value:.4g}"
+        what = " drop" + (" (lower is better)" if direction < 0 else "") if rule.drop else ""
+        message = why if value is None else f"{rule.describe()}{what} = {value:.4g}"
         out.append(GateResult(rule=rule.text, value=value, passed=passed, warn=rule.warn, message=message))
     return out
 
