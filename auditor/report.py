@@ -8,6 +8,7 @@ where a CI viewer blocks scripts (the report has none).
 from __future__ import annotations
 
 import base64
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,18 +20,30 @@ from auditor.results import Finding, Results
 SEVERITY_ORDER = {"high": 0, "medium": 1, "low": 2, "info": 3}
 
 
+# Robustness first (how it breaks), then explanations (where it looks), informational last;
+# probes from other packages follow in the order they ran.
+SECTION_ORDER = ("attacks", "patch", "augment", "gradcam", "actmax", "filters")
+KEY_FINDINGS = 5
+# A default run's images come to about 2 MB; past this budget every image is scaled down together,
+# so the page stays far below the 15 MB a CI artifact viewer or a mail attachment tolerates.
+IMAGE_BUDGET_BYTES = 10 * 2**20
+MAX_IMAGE_WIDTH = 1600  # px: wider than any report column; the full-size file stays beside the report
+
+
 @dataclass(frozen=True)
 class Tile:
     name: str
     status: str
     score: str
     css: str
+    note: str
 
 
 @dataclass(frozen=True)
 class Figure:
     caption: str
     src: str  # data URI
+    path: str  # the full-size artifact, relative to the report
 
 
 @dataclass(frozen=True)
@@ -61,6 +74,13 @@ class GateRow:
 
 
 @dataclass(frozen=True)
+class KeyFinding:
+    probe: str
+    severity: str
+    text: str
+
+
+@dataclass(frozen=True)
 class ReportView:
     title: str
     verdict: str
@@ -70,6 +90,8 @@ class ReportView:
     tiles: list[Tile]
     gates: list[GateRow]
     sections: list[Section]
+    key_findings: list[KeyFinding]
+    card: list[tuple[str, str]]  # the model card at the top
     model: list[tuple[str, str]]
     data: list[tuple[str, str]]
     run: list[tuple[str, str]]
@@ -111,25 +133,127 @@ def heat(ratio: float | None) -> str:
     return f"hsl({round(120 * r * r)}, 70%, {round(88 - 6 * r)}%)"
 
 
-def _data_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+def section_order(names) -> list[str]:
+    rank = {n: i for i, n in enumerate(SECTION_ORDER)}
+    return sorted(names, key=lambda n: rank.get(n, len(rank)))  # stable: others keep their run order
+
+
+def key_findings(results: Results, order: list[str], limit: int = KEY_FINDINGS) -> list[KeyFinding]:
+    """The few findings a reviewer must read: failures, then each probe's headline, then more headlines.
+
+    One per probe first (its `key` findings before others, by severity), so that three corruption
+    findings cannot crowd out the attack; then the other headlines, then other high and medium findings.
+    """
+    rank = {n: i for i, n in enumerate(order)}
+    failed = [KeyFinding(n, "high", f"the {n} probe failed: {p.error}") for n, p in results.probes.items()
+              if p.status == "failed"]
+    firsts, rest = [], []
+    for name, p in results.probes.items():
+        if p.status != "ok":
+            continue
+        ranked = sorted((f for f in p.findings if f.key or f.severity in ("high", "medium")),
+                        key=lambda f: (not f.key, SEVERITY_ORDER[f.severity]))
+        firsts += [(name, f) for f in ranked[:1]]
+        rest += [(name, f) for f in ranked[1:]]
+
+    def by_weight(pair):
+        name, f = pair
+        return not f.key, SEVERITY_ORDER[f.severity], rank.get(name, len(rank))
+
+    chosen = failed + [KeyFinding(n, f.severity, f.text) for n, f in sorted(firsts, key=by_weight)]
+    chosen += [KeyFinding(n, f.severity, f.text) for n, f in sorted(rest, key=by_weight)]
+    return chosen[:limit]
+
+
+def model_card(results: Results) -> list[tuple[str, str]]:
+    """What was audited, on what, where and with what: the rows a reviewer checks before the figures."""
+    m, d, r = results.model, results.data, results.run
+    rows = [("model", f"{m['name']} ({m['task']}, {m['source']})")]
+    if m.get("parameters") is not None:
+        rows.append(("parameters", f"{m['parameters']:,}" if isinstance(m["parameters"], int) else fact(m["parameters"])))
+    if m.get("input"):
+        rows.append(("input", fact(m["input"]) + (f", {m['classes']} classes" if m.get("classes") else "")))
+    if m.get("sha256"):
+        rows.append(("sha256", str(m["sha256"])))
+    rows.append(("data", f"{d['name']}: {d['n']} images, {'labelled' if d.get('labelled', True) else 'label-free'}"
+                 + (f", {d['skipped']} unreadable left out" if d.get("skipped") else "")))
+    memory = [f"{r[k]:.2g} GiB {what}" for k, what in (("peak_memory_gib", "RAM"), ("gpu_peak_memory_gib", "GPU"))
+              if isinstance(r.get(k), (int, float))]
+    rows.append(("device", f"{r['device']}" + (f"; peak {', '.join(memory)}" if memory else "")))
+    rows.append(("run", f"{r['seconds']:.1f} s, seed {r['seed']}" + (f", finished {r['finished']}" if r.get("finished") else "")))
+    versions = [f"auditor {r['version']}"] + [f"{k} {r[k]}" for k in ("torch", "python") if r.get(k)]
+    rows.append(("tool", ", ".join(versions)))
+    return rows
+
+
+def encode_images(paths: list[Path], budget: int = IMAGE_BUDGET_BYTES, max_width: int = MAX_IMAGE_WIDTH) -> list[str]:
+    """Data URIs for the report, under `budget` bytes together.
+
+    Each image is capped at `max_width` and kept as PNG (sharp text and edges) unless JPEG is much
+    smaller (photographic galleries); when the lot still exceeds the budget, all are scaled down by
+    one common factor and encoded again.
+    """
+    from PIL import Image
+
+    images = []
+    for path in paths:
+        with Image.open(path) as im:
+            im.load()
+            images.append(im.convert("RGBA") if im.mode in ("P", "LA") else im.copy())
+    scale = 1.0
+    for _ in range(6):
+        encoded = [_encode(im, scale, max_width) for im in images]
+        total = sum(len(e) for e in encoded)
+        if total <= budget:
+            break
+        scale *= max(0.3, min(0.9, (budget / total) ** 0.5 * 0.95))
+    return encoded
+
+
+def _encode(im, scale: float, max_width: int) -> str:
+    from PIL import Image
+
+    width = min(im.width * scale, max_width)
+    if width < im.width:
+        height = max(1, round(im.height * width / im.width))
+        im = im.resize((max(1, round(width)), height), Image.LANCZOS)
+    png = io.BytesIO()
+    im.save(png, format="PNG", optimize=True)
+    data, mime = png.getvalue(), "image/png"
+    if len(data) > 100_000:
+        flat = im
+        if im.mode in ("RGBA", "LA"):
+            flat = Image.new("RGB", im.size, "white")
+            flat.paste(im, mask=im.getchannel("A"))
+        jpeg = io.BytesIO()
+        flat.convert("RGB").save(jpeg, format="JPEG", quality=88, optimize=True)
+        if len(jpeg.getvalue()) < 0.6 * len(data):
+            data, mime = jpeg.getvalue(), "image/jpeg"
+    return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
 
 
 def build_view(results: Results, out: Path) -> ReportView:
     from auditor.probes.base import available_probes
 
     registry = available_probes()
+    order = section_order(results.probes)
+    images = [(name, rel) for name in order for rel in results.probes[name].artifacts
+              if rel.endswith(".png") and (out / rel).is_file()]
+    uris = dict(zip(images, encode_images([out / rel for _, rel in images])))
     sections, tiles = [], []
-    for name, p in results.probes.items():
+    for name in order:
+        p = results.probes[name]
         css = score_css(p.score, p.status)
         score = fmt(p.score) if p.status == "ok" else p.status
-        tiles.append(Tile(name=name, status=p.status, score=score, css=css))
+        note = {"skipped": "skipped", "failed": "failed"}.get(p.status, "informational" if p.score is None else
+                                                                 f"{p.seconds:.1f} s")
+        tiles.append(Tile(name=name, status=p.status, score=score, css=css, note=note))
         captions = p.details.get("captions", {})
         figures, files = [], []
         for rel in p.artifacts:
-            path = out / rel
-            if rel.endswith(".png") and path.is_file():
-                figures.append(Figure(caption=captions.get(rel, Path(rel).stem.replace("_", " ")), src=_data_uri(path)))
+            if (name, rel) in uris:
+                figures.append(Figure(caption=captions.get(rel, Path(rel).stem.replace("_", " ")),
+                                      src=uris[(name, rel)], path=rel))
             else:
                 files.append(rel)
         findings = sorted(p.findings, key=lambda f: SEVERITY_ORDER[f.severity])
@@ -153,6 +277,7 @@ def build_view(results: Results, out: Path) -> ReportView:
         title=f"Audit of {results.model['name']}", verdict=verdict(results),
         verdict_css="warn" if results.run.get("partial") else {0: "good", 1: "bad", 3: "warn"}[code], score=fmt(results.score),
         score_css=score_css(results.score), tiles=tiles, gates=gates, sections=sections,
+        key_findings=key_findings(results, order), card=model_card(results),
         model=[(k, fact(v)) for k, v in model.items()], data=[(k, fact(v)) for k, v in results.data.items()],
         run=[(k, fact(v)) for k, v in results.run.items()], notes=notes)
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -60,6 +64,30 @@ def read_results(out: Path) -> dict:
 def _save(image: torch.Tensor, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray((image[0] * 255).round().byte().numpy(), mode="L").save(path)
+
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory) -> Path:
+    """The true default audit, run once per session exactly as a user runs it: the installed
+    `audit` script, `audit run --out DIR` and no other option, in a fresh working directory.
+
+    Returns DIR (report.html, results.json, junit.xml, summary.md and the probes' files);
+    tests share it, so treat it as read-only. About 40 s on an idle 2-core machine; DIR/../audit.log
+    keeps the command, its exit code, how long it took and its output."""
+    base = tmp_path_factory.mktemp("default-run")
+    out = base / "out"
+    exe = Path(sys.executable).with_name("audit")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-c", "import sys, cli; sys.exit(cli.main())"]
+    started = time.perf_counter()
+    proc = subprocess.run([*cmd, "run", "--out", str(out)], cwd=base, env=dict(os.environ),
+                          capture_output=True, text=True, timeout=1200)
+    seconds = time.perf_counter() - started
+    (base / "audit.log").write_text(f"$ audit run --out {out}\nexit {proc.returncode} after {seconds:.1f} s\n"
+                                    f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
+    assert proc.returncode == 0, f"default `audit run` exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    for name in ("report.html", "results.json"):
+        assert (out / name).is_file(), f"default `audit run` wrote no {name}"
+    return out
 
 
 @pytest.fixture(scope="session")

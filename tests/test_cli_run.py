@@ -34,8 +34,9 @@ def test_default_run_writes_every_output(audit, tmp_path):
         assert (out / rel).is_file()
     html = (out / "report.html").read_text()
     assert 'id="scorecard"' in html and 'id="probe-attacks"' in html and 'id="probe-filters"' in html
-    assert html.count("data:image/png;base64,") >= 3  # filters grid, accuracy curve, examples inlined
-    assert "http://" not in html and "https://" not in html and "<script" not in html  # self-contained
+    assert html.count('src="data:image/') >= 3  # filters grid, accuracy curve, examples inlined
+    assert "http://" not in html and "https://" not in html  # self-contained
+    assert html.count("<script") == 1 and "<script src" not in html  # only the inline table sorter
     assert "digits-cnn" in r.out and "report:" in r.out
 
 

@@ -27,7 +27,7 @@ def test_hostile_class_names_paths_and_file_names_stay_text(audit, tmp_path, dig
               "augment.shifts=contrast", "--gate", "augment.score >= 0.99", "--out", out)
     assert r.code == 1, r  # the gate fails: contrast breaks digits-cnn
     html = (out / "report.html").read_text(encoding="utf-8")
-    assert "<script>" not in html and "<img src=x" not in html and "<b>{{" not in html
+    assert "<script>alert" not in html and "<script>x" not in html and "<img src=x" not in html and "<b>{{" not in html
     assert "&lt;script&gt;x.png" in html and "{{7*7}}" in html
     summary = (out / "summary.md").read_text(encoding="utf-8")
     assert "<b>" not in summary and "&lt;b&gt;" in summary  # GitHub renders raw tags in a job summary

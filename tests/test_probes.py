@@ -21,7 +21,7 @@ def test_autoescaped_report(audit, tmp_path):
               "--gate", "warn: score >= 0")
     assert r.code == 0, r
     html = (out / "report.html").read_text()
-    assert "<script>" not in html
+    assert "<script>alert(1)" not in html
 
 
 def test_out_of_gpu_memory_halves_the_batch_and_retries(digits_model, digits_test, tmp_path, capsys):
