@@ -18,6 +18,7 @@ from pathlib import Path
 from xml.etree import ElementTree as ET
 
 from auditor.errors import AuditError, did_you_mean
+from auditor.headlines import key_findings, section_order
 from auditor.results import GateResult, Results
 
 EXIT_OK, EXIT_GATE_FAILED, EXIT_USAGE, EXIT_PROBE_FAILED = 0, 1, 2, 3
@@ -243,7 +244,8 @@ def summary_md(results: Results, report_name: str = "report.html") -> str:
              f"**{_md(results.data['name'])}** ({results.data['n']} images"
              f"{'' if results.data['labelled'] else ', label-free'}); overall score **{fmt(results.score)}**.", "",
              "| probe | status | score |", "|---|---|---|"]
-    for name, p in results.probes.items():
+    for name in section_order(results.probes):
+        p = results.probes[name]
         lines.append(f"| {name} | {p.status} | {fmt(p.score)} |")
     if results.gates:
         lines += ["", "| gate | value | result |", "|---|---|---|"]
@@ -253,6 +255,9 @@ def summary_md(results: Results, report_name: str = "report.html") -> str:
     failed = [(n, p.error) for n, p in results.probes.items() if p.status == "failed"]
     if failed:
         lines += [""] + [f"- probe **{n}** failed: {_md(e or '')}" for n, e in failed]
+    keys = key_findings(results, section_order(results.probes), failures=False)  # failures are listed above
+    if keys:
+        lines += ["", "Key findings:", ""] + [f"{i}. **{k.severity}** · {k.probe}: {_md(k.text)}" for i, k in enumerate(keys, 1)]
     lines += ["", f"Full report: `{report_name}`", ""]
     return "\n".join(lines)
 

@@ -15,15 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from auditor.gates import exit_code, verdict
+from auditor.headlines import SEVERITY_ORDER, KeyFinding, key_findings, section_order
 from auditor.results import Finding, Results
 
-SEVERITY_ORDER = {"high": 0, "medium": 1, "low": 2, "info": 3}
 
 
-# Robustness first (how it breaks), then explanations (where it looks), informational last;
-# probes from other packages follow in the order they ran.
-SECTION_ORDER = ("attacks", "patch", "augment", "gradcam", "actmax", "filters")
-KEY_FINDINGS = 5
 # A default run's images come to about 2 MB; past this budget every image is scaled down together,
 # so the page stays far below the 15 MB a CI artifact viewer or a mail attachment tolerates.
 IMAGE_BUDGET_BYTES = 10 * 2**20
@@ -71,13 +67,6 @@ class GateRow:
     result: str
     css: str
     message: str
-
-
-@dataclass(frozen=True)
-class KeyFinding:
-    probe: str
-    severity: str
-    text: str
 
 
 @dataclass(frozen=True)
@@ -131,38 +120,6 @@ def heat(ratio: float | None) -> str:
         return "transparent"
     r = min(max(float(ratio), 0.0), 1.0)
     return f"hsl({round(120 * r * r)}, 70%, {round(88 - 6 * r)}%)"
-
-
-def section_order(names) -> list[str]:
-    rank = {n: i for i, n in enumerate(SECTION_ORDER)}
-    return sorted(names, key=lambda n: rank.get(n, len(rank)))  # stable: others keep their run order
-
-
-def key_findings(results: Results, order: list[str], limit: int = KEY_FINDINGS) -> list[KeyFinding]:
-    """The few findings a reviewer must read: failures, then each probe's headline, then more headlines.
-
-    One per probe first (its `key` findings before others, by severity), so that three corruption
-    findings cannot crowd out the attack; then the other headlines, then other high and medium findings.
-    """
-    rank = {n: i for i, n in enumerate(order)}
-    failed = [KeyFinding(n, "high", f"the {n} probe failed: {p.error}") for n, p in results.probes.items()
-              if p.status == "failed"]
-    firsts, rest = [], []
-    for name, p in results.probes.items():
-        if p.status != "ok":
-            continue
-        ranked = sorted((f for f in p.findings if f.key or f.severity in ("high", "medium")),
-                        key=lambda f: (not f.key, SEVERITY_ORDER[f.severity]))
-        firsts += [(name, f) for f in ranked[:1]]
-        rest += [(name, f) for f in ranked[1:]]
-
-    def by_weight(pair):
-        name, f = pair
-        return not f.key, SEVERITY_ORDER[f.severity], rank.get(name, len(rank))
-
-    chosen = failed + [KeyFinding(n, f.severity, f.text) for n, f in sorted(firsts, key=by_weight)]
-    chosen += [KeyFinding(n, f.severity, f.text) for n, f in sorted(rest, key=by_weight)]
-    return chosen[:limit]
 
 
 def model_card(results: Results) -> list[tuple[str, str]]:

@@ -9,7 +9,8 @@ import re
 import numpy as np
 from PIL import Image
 
-from auditor.report import encode_images, key_findings, render_report, section_order
+from auditor.headlines import key_findings, section_order
+from auditor.report import encode_images, render_report
 from auditor.results import Finding, ProbeResult, Results
 
 MAX_REPORT_BYTES = 15 * 2**20  # issue 7: a default run's report stays under 15 MB
@@ -91,3 +92,15 @@ def test_default_run_report_is_self_contained_and_small(default_run):
     for part in ('id="scorecard"', 'id="key-findings"', 'id="model-card"', "PGD at ε=", "sklearn-digits-test"):
         assert part in top, part  # verdict, scorecard, model card and key findings come before any section
     assert html.index('id="probe-attacks"') < html.index('id="probe-gradcam"') < html.index('id="probe-filters"')
+
+
+def test_summary_md_carries_the_key_findings_escaped():
+    from auditor.gates import summary_md
+
+    attacks = ProbeResult(status="ok", score=0.2, findings=(
+        Finding("medium", "PGD turns class '<script>x' into '7'", key=True), Finding("info", "setup note")))
+    patch = ProbeResult(status="failed", error="RuntimeError: boom")
+    md = summary_md(_results({"patch": patch, "attacks": attacks}))
+    assert md.index("| attacks |") < md.index("| patch |")  # robustness order, as in the report
+    assert "1. **medium** · attacks: PGD turns class '&lt;script&gt;x' into '7'" in md
+    assert "setup note" not in md and md.count("boom") == 1  # a failure is listed once, not again as a finding

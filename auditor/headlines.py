@@ -1,0 +1,55 @@
+"""What a reader must see first, whatever the medium (report, summary.md): the order of the
+probes and the few findings that matter most."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from auditor.results import Results
+
+SEVERITY_ORDER = {"high": 0, "medium": 1, "low": 2, "info": 3}
+# Robustness first (how it breaks), then explanations (where it looks), informational last;
+# probes from other packages follow in the order they ran.
+SECTION_ORDER = ("attacks", "patch", "augment", "gradcam", "actmax", "filters")
+KEY_FINDINGS = 5
+
+
+@dataclass(frozen=True)
+class KeyFinding:
+    probe: str
+    severity: str
+    text: str
+
+
+def section_order(names) -> list[str]:
+    rank = {n: i for i, n in enumerate(SECTION_ORDER)}
+    return sorted(names, key=lambda n: rank.get(n, len(rank)))  # stable: others keep their run order
+
+
+def key_findings(results: Results, order: list[str], limit: int = KEY_FINDINGS,
+                 failures: bool = True) -> list[KeyFinding]:
+    """The few findings a reviewer must read: failures, then each probe's headline, then more headlines.
+
+    Failed probes lead unless `failures` is off (a medium that lists them already). Then one per
+    probe (its `key` findings before others, by severity), so that three corruption
+    findings cannot crowd out the attack; then the other headlines, then other high and medium findings.
+    """
+    rank = {n: i for i, n in enumerate(order)}
+    failed = [KeyFinding(n, "high", f"the {n} probe failed: {p.error}") for n, p in results.probes.items()
+              if p.status == "failed" and failures]
+    firsts, rest = [], []
+    for name, p in results.probes.items():
+        if p.status != "ok":
+            continue
+        ranked = sorted((f for f in p.findings if f.key or f.severity in ("high", "medium")),
+                        key=lambda f: (not f.key, SEVERITY_ORDER[f.severity]))
+        firsts += [(name, f) for f in ranked[:1]]
+        rest += [(name, f) for f in ranked[1:]]
+
+    def by_weight(pair):
+        name, f = pair
+        return not f.key, SEVERITY_ORDER[f.severity], rank.get(name, len(rank))
+
+    chosen = failed + [KeyFinding(n, f.severity, f.text) for n, f in sorted(firsts, key=by_weight)]
+    chosen += [KeyFinding(n, f.severity, f.text) for n, f in sorted(rest, key=by_weight)]
+    return chosen[:limit]
