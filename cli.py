@@ -132,7 +132,7 @@ def _print_summary(results, paths) -> None:
         click.echo(f"  {name:<10} {p.status:<8} score {fmt(p.score):>6}  {p.seconds:6.1f} s  {extra}".rstrip())
     for g in results.gates:
         mark = "pass" if g.passed else ("warn" if g.warn else "FAIL")
-        click.echo(f"  gate {mark}: {g.rule}  ({g.message})")
+        click.echo(f"  gate {mark}: {g.rule.removeprefix('warn:').strip()}  ({g.message})")
     click.echo(f"score {fmt(results.score)} · {verdict(results)}")
     click.echo(f"report: {paths['report']}")
     click.echo(f"results: {paths['results']}")
@@ -164,7 +164,7 @@ def gate(results_path, rules, gates, baseline, out):
     (folder / "summary.md").write_text(summary_md(results), encoding="utf-8")
     for g in results.gates:
         mark = "pass" if g.passed else ("warn" if g.warn else "FAIL")
-        click.echo(f"{mark}: {g.rule}  ({g.message})")
+        click.echo(f"{mark}: {g.rule.removeprefix('warn:').strip()}  ({g.message})")
     return exit_code(results)
 
 
