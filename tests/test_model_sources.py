@@ -57,6 +57,9 @@ def test_torchvision_name_with_weights_file(audit, tmp_path, digits_flat):
     assert res["model"]["source"] == "torchvision" and res["model"]["classes"] == 1000
     assert res["model"]["input"] == "3x224x224" and res["model"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
     assert "robust_accuracy@linf=4/255" in res["probes"]["attacks"]["metrics"]
+    # the note names the user's weights; the Weights enum gave only the preprocessing
+    assert res["model"]["notes"] == ["weights mnv3.pth, preprocessing of MobileNet_V3_Small_Weights.IMAGENET1K_V1: "
+                                     "resize 256, centre crop 224"]
 
 
 def test_torchvision_default_grid_is_imagenet(empty_torch_home):

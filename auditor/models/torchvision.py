@@ -71,9 +71,12 @@ def load_torchvision(name: str, spec) -> ModelAdapter:
         digest = None  # torchvision checks the hash prefix in the file name on download
     facts = ModelFacts(name=name, source="torchvision", sha256=digest, weights=str(weights_file))
     preset = weights.transforms()
+    # with --weights the preset only supplies the preprocessing, and the note must not claim its weights
+    origin = (f"weights {weights_file.name}, preprocessing of {weights}" if spec.weights is not None
+              else f"torchvision weights {weights}")
     if task == "detect":
         size = spec.input_size or (DETECTION_SIZE, DETECTION_SIZE)
-        facts.notes.append(f"torchvision weights {weights}: images resized to {size[0]}x{size[1]}; the model "
+        facts.notes.append(f"{origin}: images resized to {size[0]}x{size[1]}; the model "
                            "normalises and resizes inside")
         return TorchvisionDetectorAdapter(net, facts=facts, class_names=names, input_size=size, channels=3,
                                           mean=(0.0,), std=(1.0,), preprocess=Preprocess(resize=size),
@@ -81,7 +84,7 @@ def load_torchvision(name: str, spec) -> ModelAdapter:
     resize = preset.resize_size[0]
     crop = tuple(getattr(preset, "crop_size", None) or (resize,))
     crop = crop * 2 if len(crop) == 1 else crop
-    facts.notes.append(f"torchvision weights {weights}: resize {resize}, centre crop {crop[0]}")
+    facts.notes.append(f"{origin}: resize {resize}, centre crop {crop[0]}")
     adapter_class = SegmenterAdapter if task == "segment" else ClassifierAdapter
     return adapter_class(net, facts=facts, class_names=names, input_size=crop, channels=3,
                          mean=spec.mean or tuple(preset.mean), std=spec.std or tuple(preset.std),
