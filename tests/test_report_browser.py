@@ -494,3 +494,27 @@ def test_checks_catch_a_broken_page(browser, tmp_path):
     assert "request outside the report: https://example.com/x.png" in loaded
     assert "missing.png" in loaded  # another local file is not self-contained either
     assert "failed request" in loaded
+
+
+# ------------------------------------------------------------------------ on a compare page
+
+
+def test_compare_page_loads_clean_and_sorts(browser, default_run, tmp_path, audit, artifacts):
+    """`audit compare` of the default run with a second, smaller run: the same checks as the report."""
+    other = tmp_path / "other"
+    r = audit("run", "--probes", "filters,augment", "--set", "augment.shifts=contrast,fog", "--limit", "40",
+              "--out", other)
+    assert r.code == 0, r
+    page_path = tmp_path / "compare.html"
+    r = audit("compare", default_run, other, "--out", page_path)
+    assert r.code == 0, r
+    page, log = open_page(browser, page_path.as_uri())
+    try:
+        assert page.locator("table.sortable").count() > 0 and page.locator("td.better").count() > 0
+        assert no_problems(nav_problems(page))
+        assert no_problems(table_problems(page))
+        page.evaluate("window.scrollTo(0, 0)")
+        page.screenshot(path=str(artifacts / "compare-top.png"))
+        assert no_problems(log.problems())
+    finally:
+        page.context.close()
