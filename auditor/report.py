@@ -202,7 +202,7 @@ def build_view(results: Results, out: Path) -> ReportView:
         p = results.probes[name]
         css = score_css(p.score, p.status)
         score = fmt(p.score) if p.status == "ok" else p.status
-        note = {"skipped": "skipped", "failed": "failed"}.get(p.status, "informational" if p.score is None else
+        note = {"skipped": "not run: see why", "failed": "error: see section"}.get(p.status, "informational" if p.score is None else
                                                                  f"{p.seconds:.1f} s")
         tiles.append(Tile(name=name, status=p.status, score=score, css=css, note=note))
         captions = p.details.get("captions", {})
