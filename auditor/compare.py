@@ -14,6 +14,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 from auditor.errors import AuditError, did_you_mean
+from auditor.headlines import section_order
 from auditor.results import Results
 
 DEFAULT_GATED = "score,*.score"  # the run's score and every probe's
@@ -351,7 +352,7 @@ def build_compare(paths: list[str], runs: list[Results]) -> CompareView:
     from auditor.report import fact, fmt
 
     labels = run_labels(paths, runs)
-    probes = list(dict.fromkeys(name for r in runs for name in r.probes))
+    probes = section_order(dict.fromkeys(name for r in runs for name in r.probes))  # the report's order
     score_rows = [_row("overall score", None, "score", [r.score for r in runs])]
     tables = []
     for name in probes:
