@@ -97,13 +97,12 @@ def run(**opts):
         mean=_floats(opt("mean"), "--mean"), std=_floats(opt("std"), "--std"), classes_file=opt("classes"),
         trust_model=bool(opt("trust_model", False)), offline=bool(opt("offline", False)))
     gates = parse_gates(list(file_opts.get("gates", [])) + list(opts["gates"]), baseline=opts["baseline"])
-    gates.load_baseline()  # a missing or broken baseline fails now, naming the file that named it
     out = Path(opt("out", "out"))
     config = RunConfig(
         model=spec, data=opt("data"), limit=opt("limit"), batch_size=opt("batch_size", 64),
         device=opt("device", "auto"), seed=opt("seed", 0), out=out, probes=probes,
         params=apply_sets(params, list(opts["sets"])), gates=gates.rules,
-        baseline=str(gates.baseline) if gates.baseline else None,
+        baseline=gates.load_baseline(),  # a missing or broken one fails now, naming the file that named it
         progress=sys.stderr.isatty(), resume=opts["resume"])
     try:
         results = run_audit(config)

@@ -8,14 +8,14 @@ files, picks a renderer and turns the verdict into an exit code.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 
 from auditor.errors import AuditError, did_you_mean
+from auditor.gates import md_text
 from auditor.headlines import section_order
-from auditor.results import Results
+from auditor.results import Results, write_text_atomic
 
 DEFAULT_GATED = "score,*.score"  # the run's score and every probe's
 MD_ROWS = 1000  # rows a Markdown diff shows at most: a CI job summary must stay well under 1 MiB
@@ -244,13 +244,11 @@ def render_plain(diff: Diff) -> str:
 
 def render_md(diff: Diff) -> str:
     """GitHub-flavoured Markdown for a CI job summary: verdict, gated and changed rows, the rest folded."""
-    from auditor.gates import _md
-
-    lines = [f"## auditor diff: {_md(diff.verdict)}", "",
-             f"- base: {_md(diff.base_label)}: {_md(diff.base_about)}",
-             f"- new: {_md(diff.new_label)}: {_md(diff.new_about)}"]
-    lines += [f"- note: {_md(n)}" for n in diff.notes]
-    lines += ["", f"{diff.tally}; gated: {_md(', '.join(diff.patterns))}, at most {diff.max_drop:g} worse.", ""]
+    lines = [f"## auditor diff: {md_text(diff.verdict)}", "",
+             f"- base: {md_text(diff.base_label)}: {md_text(diff.base_about)}",
+             f"- new: {md_text(diff.new_label)}: {md_text(diff.new_about)}"]
+    lines += [f"- note: {md_text(n)}" for n in diff.notes]
+    lines += ["", f"{diff.tally}; gated: {md_text(', '.join(diff.patterns))}, at most {diff.max_drop:g} worse.", ""]
     shown = [r for r in diff.rows if r.gated or r.result not in ("same", "n/a")]
     folded = [r for r in diff.rows if r not in shown]
     budget = MD_ROWS
@@ -262,7 +260,7 @@ def render_md(diff: Diff) -> str:
         for r in rows[:budget]:
             gate = "**FAIL**" if r.failed else r.gate
             result = f"**{r.result}**" if r.failed else r.result
-            out.append(f"| {_md(r.key)} | {DIRECTION_MARK[r.direction]} | {_num(r.base)} | {_num(r.new)} | "
+            out.append(f"| {md_text(r.key)} | {DIRECTION_MARK[r.direction]} | {_num(r.base)} | {_num(r.new)} | "
                        f"{_change(r)} | {result} | {gate} |")
         if len(rows) > budget:
             out.append(f"\n{len(rows) - budget} more rows left out; `audit diff` without `--format md` lists them all.")
@@ -388,10 +386,4 @@ def write_compare(paths: list[str], runs: list[Results], out: str | Path) -> Pat
     """Render compare.html atomically (no half-written page on error) and return its path."""
     from auditor.report import environment
 
-    html = environment().get_template("compare.html.j2").render(view=build_compare(paths, runs))
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(html, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(out, environment().get_template("compare.html.j2").render(view=build_compare(paths, runs)))

@@ -240,8 +240,8 @@ def summary_md(results: Results, report_name: str = "report.html") -> str:
         return "—" if v is None else f"{v:.3f}"
 
     lines = [f"## auditor: {verdict(results)}", "",
-             f"Model **{_md(results.model['name'])}** ({results.model['task']}, {results.model['source']}) on "
-             f"**{_md(results.data['name'])}** ({results.data['n']} images"
+             f"Model **{md_text(results.model['name'])}** ({results.model['task']}, {results.model['source']}) on "
+             f"**{md_text(results.data['name'])}** ({results.data['n']} images"
              f"{'' if results.data['labelled'] else ', label-free'}); overall score **{fmt(results.score)}**.", "",
              "| probe | status | score |", "|---|---|---|"]
     for name in section_order(results.probes):
@@ -254,15 +254,15 @@ def summary_md(results: Results, report_name: str = "report.html") -> str:
             lines.append(f"| `{g.rule}` | {fmt(g.value)} | {result} |")
     failed = [(n, p.error) for n, p in results.probes.items() if p.status == "failed"]
     if failed:
-        lines += [""] + [f"- probe **{n}** failed: {_md(e or '')}" for n, e in failed]
+        lines += [""] + [f"- probe **{n}** failed: {md_text(e or '')}" for n, e in failed]
     keys = key_findings(results, section_order(results.probes), failures=False)  # failures are listed above
     if keys:
-        lines += ["", "Key findings:", ""] + [f"{i}. **{k.severity}** · {k.probe}: {_md(k.text)}" for i, k in enumerate(keys, 1)]
+        lines += ["", "Key findings:", ""] + [f"{i}. **{k.severity}** · {k.probe}: {md_text(k.text)}" for i, k in enumerate(keys, 1)]
     lines += ["", f"Full report: `{report_name}`", ""]
     return "\n".join(lines)
 
 
-def _md(text: str) -> str:
+def md_text(text: str) -> str:
     """User-controlled text as literal Markdown: HTML escaped (CI viewers render tags), Markdown marks backslashed."""
     text = html.escape(str(text).replace("\n", " ")[:300], quote=False)
     return re.sub(r"([\\`*_\[\]|#{}])", r"\\\1", text)

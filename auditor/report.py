@@ -2,23 +2,21 @@
 
 Templates only read the view model. Images are inlined as data URIs so the file opens
 anywhere, offline; tables are rendered here, on the server, so the report reads even
-where a CI viewer blocks scripts (the report has none).
+where a CI viewer blocks scripts (its one inline script only sorts tables and opens folded
+ones for printing).
 """
 
 from __future__ import annotations
 
 import base64
 import io
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from auditor.gates import exit_code, verdict
 from auditor.headlines import SEVERITY_ORDER, KeyFinding, key_findings, section_order
-from auditor.results import Finding, Results
-
-
+from auditor.results import Finding, Results, write_text_atomic
 
 # A default run's images come to about 2 MB; past this budget every image is scaled down together,
 # so the page stays far below the 15 MB a CI artifact viewer or a mail attachment tolerates.
@@ -202,8 +200,8 @@ def build_view(results: Results, out: Path) -> ReportView:
         p = results.probes[name]
         css = score_css(p.score, p.status)
         score = fmt(p.score) if p.status == "ok" else p.status
-        note = {"skipped": "not run: see why", "failed": "error: see section"}.get(p.status, "informational" if p.score is None else
-                                                                 f"{p.seconds:.1f} s")
+        note = {"skipped": "not run: see why", "failed": "error: see section"}.get(
+            p.status, "informational" if p.score is None else f"{p.seconds:.1f} s")
         tiles.append(Tile(name=name, status=p.status, score=score, css=css, note=note))
         captions = p.details.get("captions", {})
         figures, files = [], []
@@ -251,8 +249,4 @@ def render_report(results: Results, out: Path) -> Path:
     """Write <out>/report.html atomically and return its path."""
     out = Path(out)
     html = environment().get_template("report.html.j2").render(view=build_view(results, out), fmt=fmt, heat=heat)
-    path = out / "report.html"
-    tmp = out / "report.html.tmp"
-    tmp.write_text(html, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(out / "report.html", html)

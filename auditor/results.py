@@ -135,13 +135,18 @@ def _clean(obj):
     return obj
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Atomic: a crash never leaves a half-written file behind."""
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write via a temporary file and a rename: a crash never leaves a half-written file behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_clean(obj), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+    return path
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(_clean(obj), indent=2, allow_nan=False) + "\n")
 
 
 def save(results: Results, path: Path) -> None:

@@ -28,7 +28,7 @@ from auditor.errors import AuditError, did_you_mean
 from auditor.gates import Rule, check_rules_apply, evaluate, junit_xml, summary_md
 from auditor.models import ModelAdapter, ModelSpec, load_model
 from auditor.probes.base import Context, Probe, available_probes, parse_params
-from auditor.results import Finding, ProbeResult, Results, load, save, write_json
+from auditor.results import Finding, ProbeResult, Results, save, write_json, write_text_atomic
 
 
 @dataclass
@@ -43,7 +43,7 @@ class RunConfig:
     probes: list[str] | None = None  # None: all
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
     gates: list[Rule] = field(default_factory=list)
-    baseline: str | None = None
+    baseline: Results | None = None  # what `drop` gates compare with, loaded by the caller
     progress: bool = False
     resume: bool = False
 
@@ -116,8 +116,7 @@ def run_audit(config: RunConfig) -> Results:
         raise AuditError(f"parameters for unknown probe(s) {', '.join(sorted(stray))}{did_you_mean(first, registry)} "
                          f"(available: {', '.join(registry)})")
     params = {n: parse_params(registry[n], config.params.get(n, {})) for n in names}
-    baseline = load(config.baseline) if config.baseline else None
-    check_rules_apply(config.gates, names, baseline)
+    check_rules_apply(config.gates, names, config.baseline)
     if config.batch_size < 1:
         raise AuditError("--batch-size must be at least 1")
     if config.limit is not None and config.limit < 1:
@@ -176,7 +175,7 @@ def run_audit(config: RunConfig) -> Results:
         # gates are not judged on a partial run: a missing probe would read as a failure
         raise Interrupted(Results(model=model_facts, data=data_facts, run=run_facts, probes=results))
     res = Results(model=model_facts, data=data_facts, run=run_facts, probes=results)
-    return res.with_gates(evaluate(config.gates, res, baseline))
+    return res.with_gates(evaluate(config.gates, res, config.baseline))
 
 
 def run_probe(probe: Probe, ctx: Context) -> ProbeResult:
@@ -206,7 +205,7 @@ def run_probe(probe: Probe, ctx: Context) -> ProbeResult:
         except Exception:  # a crash is a result; the other probes still run
             return _failed(ctx, start, None)
     if ctx.device.type == "cuda":
-        # the probe's own high-water mark on the GPU (reset below, before each probe)
+        # the probe's own high-water mark on the GPU (reset above, before the probe ran)
         result = replace(result, details={**result.details,
                                           "gpu_peak_gib": round(torch.cuda.max_memory_allocated(ctx.device) / 2**30, 3)})
     if ctx.batch_size != first_batch:
@@ -259,10 +258,7 @@ def write_outputs(results: Results, out: Path) -> dict[str, Path]:
     save(results, out / "results.json")
     paths = {"results": out / "results.json", "report": render_report(results, out)}
     for name, text in (("junit.xml", junit_xml(results)), ("summary.md", summary_md(results))):
-        tmp = out / (name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(out / name)
-        paths[name] = out / name
+        paths[name] = write_text_atomic(out / name, text)
     return paths
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
+from auditor.cam_figures import LABELS as METHOD_LABELS
 from auditor.errors import did_you_mean
 from auditor.explain import (METHODS, auc, box_masks, cam_maps, cascade_stages, class_activation_maps,
                              deletion_insertion, energy_in_object, gap_linear_head, parametrised_layers,
@@ -364,7 +365,7 @@ class GradCamProbe(Probe):
         return metrics
 
     def _findings(self, aucs, primary, similarity, localisation, adapter, layers, head, t, faithful):
-        label = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "cam": "CAM"}
+        label = METHOD_LABELS
         findings, untrusted = [], False
         mine, rand, edges = aucs[primary], aucs["random"], aucs["edges"]
         ins_gain, del_gain = mine["insertion"] - rand["insertion"], rand["deletion"] - mine["deletion"]
@@ -454,7 +455,7 @@ def border_attention(maps: torch.Tensor, classes: torch.Tensor, names) -> dict:
 
 
 def border_findings(border: dict, method: str) -> list[Finding]:
-    label = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "cam": "CAM"}.get(method, method)
+    label = METHOD_LABELS.get(method, method)
     band = f"the outer {border['band']:.0%} of each side, {border['area']:.0%} of the area"
     flagged = [r for r in border["classes"] if r["border_energy"] > BORDER_FLAG and r["rows"] >= BORDER_MIN_ROWS]
     if flagged:
@@ -471,7 +472,7 @@ def border_findings(border: dict, method: str) -> list[Finding]:
 
 
 def _gallery_caption(task: str, method: str) -> str:
-    name = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "cam": "CAM"}[method]
+    name = METHOD_LABELS[method]
     return {"classify": f"{name} per predicted class: a column per class, titles the prediction (red where it is "
                         "wrong, with the true class)",
             "segment": f"{name} per class present: the map of the class's logits over its predicted mask (outlined)",
