@@ -49,14 +49,27 @@ def cli():
 
 
 @cli.command()
-@click.option("--model", help="zoo name, torchvision name, ultralytics name/.pt/.yaml, .ts/.pt2 file or "
-              f"package.module:callable [default: {DEFAULT_MODEL}]")
-@click.option("--data", type=click.Path(), help="classify: class sub-folders or a flat folder; segment: images/ + "
-              "masks/; detect: ultralytics data.yaml or images/ + labels/ [default: the zoo model's own set]")
-@click.option("--task", type=click.Choice(["classify", "detect", "segment"]), help="what the model does, where it cannot say")
+@click.option(
+    "--model",
+    help="zoo name, torchvision name, ultralytics name/.pt/.yaml, .ts/.pt2 file or "
+    f"package.module:callable [default: {DEFAULT_MODEL}]",
+)
+@click.option(
+    "--data",
+    type=click.Path(),
+    help="classify: class sub-folders or a flat folder; segment: images/ + "
+    "masks/; detect: ultralytics data.yaml or images/ + labels/ [default: the zoo model's own set]",
+)
+@click.option(
+    "--task", type=click.Choice(["classify", "detect", "segment"]), help="what the model does, where it cannot say"
+)
 @click.option("--weights", type=click.Path(), help="state dict for the architecture (loaded with weights_only)")
-@click.option("--trust-model", is_flag=True, default=None,
-              help="allow pickled code in --weights or an ultralytics .pt (only for files you trust)")
+@click.option(
+    "--trust-model",
+    is_flag=True,
+    default=None,
+    help="allow pickled code in --weights or an ultralytics .pt (only for files you trust)",
+)
 @click.option("--input-size", help="model input, N or HxW, where the model cannot say")
 @click.option("--mean", help="normalisation mean, comma-separated, where the model cannot say")
 @click.option("--std", help="normalisation std, comma-separated, where the model cannot say")
@@ -70,8 +83,11 @@ def cli():
 @click.option("--config", "config_file", type=click.Path(), help="audit.toml with run options and [probes.NAME] tables")
 @click.option("--set", "sets", multiple=True, help="probe parameter, PROBE.KEY=VALUE (repeatable)")
 @click.option("--gate", "gates", multiple=True, help="rule like 'attacks.score >= 0.5', or a rules .toml (repeatable)")
-@click.option("--baseline", type=click.Path(), help="results.json that `drop` gates compare with "
-              "[default: the `baseline` a gates file names]")
+@click.option(
+    "--baseline",
+    type=click.Path(),
+    help="results.json that `drop` gates compare with [default: the `baseline` a gates file names]",
+)
 @click.option("--offline", is_flag=True, default=None, help="never download: fail at once if weights are not cached")
 @click.option("--resume", is_flag=True, help="reuse probes already finished in --out by an interrupted run")
 def run(**opts):
@@ -92,24 +108,40 @@ def run(**opts):
         probes = [p.strip() for p in probes.split(",") if p.strip()]
     size = opt("input_size")
     spec = ModelSpec(
-        model=opt("model", DEFAULT_MODEL), weights=opt("weights"), task=opt("task"),
+        model=opt("model", DEFAULT_MODEL),
+        weights=opt("weights"),
+        task=opt("task"),
         input_size=_size(str(size) if isinstance(size, int) else size),
-        mean=_floats(opt("mean"), "--mean"), std=_floats(opt("std"), "--std"), classes_file=opt("classes"),
-        trust_model=bool(opt("trust_model", False)), offline=bool(opt("offline", False)))
+        mean=_floats(opt("mean"), "--mean"),
+        std=_floats(opt("std"), "--std"),
+        classes_file=opt("classes"),
+        trust_model=bool(opt("trust_model", False)),
+        offline=bool(opt("offline", False)),
+    )
     gates = parse_gates(list(file_opts.get("gates", [])) + list(opts["gates"]), baseline=opts["baseline"])
     out = Path(opt("out", "out"))
     config = RunConfig(
-        model=spec, data=opt("data"), limit=opt("limit"), batch_size=opt("batch_size", 64),
-        device=opt("device", "auto"), seed=opt("seed", 0), out=out, probes=probes,
-        params=apply_sets(params, list(opts["sets"])), gates=gates.rules,
+        model=spec,
+        data=opt("data"),
+        limit=opt("limit"),
+        batch_size=opt("batch_size", 64),
+        device=opt("device", "auto"),
+        seed=opt("seed", 0),
+        out=out,
+        probes=probes,
+        params=apply_sets(params, list(opts["sets"])),
+        gates=gates.rules,
         baseline=gates.load_baseline(),  # a missing or broken one fails now, naming the file that named it
-        progress=sys.stderr.isatty(), resume=opts["resume"])
+        progress=sys.stderr.isatty(),
+        resume=opts["resume"],
+    )
     try:
         results = run_audit(config)
     except Interrupted as stop:
         paths = write_outputs(stop.results, out)
-        click.echo(f"interrupted: {stop.results.run['partial']}; report of the finished probes: {paths['report']}",
-                   err=True)
+        click.echo(
+            f"interrupted: {stop.results.run['partial']}; report of the finished probes: {paths['report']}", err=True
+        )
         sys.exit(130)
     except KeyboardInterrupt:
         click.echo(f"interrupted before any probe finished; rerun with --resume (output folder {out})", err=True)
@@ -124,8 +156,10 @@ def _print_summary(results, paths) -> None:
     from auditor.report import fmt
 
     d = results.data
-    click.echo(f"{results.model['name']} on {d['name']} ({d['n']} images{'' if d['labelled'] else ', label-free'}), "
-               f"{results.run['device']}, {results.run['seconds']:.1f} s")
+    click.echo(
+        f"{results.model['name']} on {d['name']} ({d['n']} images{'' if d['labelled'] else ', label-free'}), "
+        f"{results.run['device']}, {results.run['seconds']:.1f} s"
+    )
     for name, p in results.probes.items():
         extra = p.error or p.reason or ""
         click.echo(f"  {name:<10} {p.status:<8} score {fmt(p.score):>6}  {p.seconds:6.1f} s  {extra}".rstrip())
@@ -141,8 +175,11 @@ def _print_summary(results, paths) -> None:
 @click.argument("results_path", type=click.Path())
 @click.option("--rules", type=click.Path(), help="TOML file with a `rules` list (and optionally a `baseline`)")
 @click.option("--gate", "gates", multiple=True, help="rule like 'attacks.score >= 0.5', or a rules .toml (repeatable)")
-@click.option("--baseline", type=click.Path(), help="results.json that `drop` rules compare with "
-              "[default: the `baseline` a gates file names]")
+@click.option(
+    "--baseline",
+    type=click.Path(),
+    help="results.json that `drop` rules compare with [default: the `baseline` a gates file names]",
+)
 @click.option("--out", type=click.Path(), help="where junit.xml and summary.md go [default: beside the results]")
 def gate(results_path, rules, gates, baseline, out):
     """Check saved results against rules; exit 1 when a rule fails."""
@@ -183,13 +220,29 @@ def report(out):
 @cli.command()
 @click.argument("base", type=click.Path())
 @click.argument("new", type=click.Path())
-@click.option("--max-drop", type=float, default=0.02, show_default=True,
-              help="how much worse (by each metric's direction) a gated metric may get before exit 1")
-@click.option("--metrics", help="the gated metrics: comma-separated fnmatch patterns over PROBE.METRIC "
-              "(the run's score is `score`), e.g. 'attacks.*,*.score' [default: score,*.score]")
-@click.option("--format", "style", type=click.Choice(["plain", "md"]), default="plain", show_default=True,
-              help="plain for a terminal, md for a CI job summary")
-@click.option("--out", type=click.Path(), help="write the table to this file instead of stdout (the verdict still prints)")
+@click.option(
+    "--max-drop",
+    type=float,
+    default=0.02,
+    show_default=True,
+    help="how much worse (by each metric's direction) a gated metric may get before exit 1",
+)
+@click.option(
+    "--metrics",
+    help="the gated metrics: comma-separated fnmatch patterns over PROBE.METRIC "
+    "(the run's score is `score`), e.g. 'attacks.*,*.score' [default: score,*.score]",
+)
+@click.option(
+    "--format",
+    "style",
+    type=click.Choice(["plain", "md"]),
+    default="plain",
+    show_default=True,
+    help="plain for a terminal, md for a CI job summary",
+)
+@click.option(
+    "--out", type=click.Path(), help="write the table to this file instead of stdout (the verdict still prints)"
+)
 def diff(base, new, max_drop, metrics, style, out):
     """Compare two results.json (or output folders) metric by metric; exit 1 when a gated metric got worse."""
     from auditor.compare import diff_results, render_md, render_plain
@@ -244,7 +297,9 @@ def _zoo_entry(verb: str, name: str):
     entry = get_entry(name)
     if entry is None:
         names = [x.name for x in list_entries()]
-        raise AuditError(f"zoo {verb} {name}: no such zoo model{did_you_mean(name, names)} (available: {', '.join(names)})")
+        raise AuditError(
+            f"zoo {verb} {name}: no such zoo model{did_you_mean(name, names)} (available: {', '.join(names)})"
+        )
     return entry
 
 
@@ -253,12 +308,21 @@ def _zoo_entry(verb: str, name: str):
 def zoo_info(name):
     """Everything the registry knows about one model."""
     e = _zoo_entry("info", name)
-    rows = [("name", e.name), ("task", e.task), ("description", e.description),
-            ("input", f"{e.channels}x{e.input_size[0]}x{e.input_size[1]}"), ("mean / std", f"{e.mean} / {e.std}"),
-            ("classes", ", ".join(e.categories)), ("checkpoint", str(e.checkpoint_path)), ("sha256", e.sha256),
-            ("evaluation set", e.eval_set), ("held-out metrics", ", ".join(f"{k} {v}" for k, v in e.metrics.items())),
-            ("attack grid (L-inf)", ", ".join(e.epsilons)),
-            ("recipe", "; ".join(f"{k}={v}" for k, v in e.recipe.items())), ("retrain", f"audit zoo train {e.name}")]
+    rows = [
+        ("name", e.name),
+        ("task", e.task),
+        ("description", e.description),
+        ("input", f"{e.channels}x{e.input_size[0]}x{e.input_size[1]}"),
+        ("mean / std", f"{e.mean} / {e.std}"),
+        ("classes", ", ".join(e.categories)),
+        ("checkpoint", str(e.checkpoint_path)),
+        ("sha256", e.sha256),
+        ("evaluation set", e.eval_set),
+        ("held-out metrics", ", ".join(f"{k} {v}" for k, v in e.metrics.items())),
+        ("attack grid (L-inf)", ", ".join(e.epsilons)),
+        ("recipe", "; ".join(f"{k}={v}" for k, v in e.recipe.items())),
+        ("retrain", f"audit zoo train {e.name}"),
+    ]
     for k, v in rows:
         click.echo(f"{k:>20}: {v}")
     return 0

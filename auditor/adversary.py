@@ -29,8 +29,15 @@ def _per_image(eps: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 class LinfAttack:
     """FGSM and PGD against `adapter` on batches of pixel-space images in [0, 1]."""
 
-    def __init__(self, adapter, steps: int = 20, step_factor: float = 2.5, restarts: int = 1,
-                 generator: torch.Generator | None = None, early_stop: bool = True):
+    def __init__(
+        self,
+        adapter,
+        steps: int = 20,
+        step_factor: float = 2.5,
+        restarts: int = 1,
+        generator: torch.Generator | None = None,
+        early_stop: bool = True,
+    ):
         self.adapter, self.steps, self.step_factor, self.restarts = adapter, steps, step_factor, restarts
         self.generator = generator
         self.classify = adapter.task == "classify"
@@ -48,7 +55,7 @@ class LinfAttack:
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
             loss, wrong = self._loss(x, y)
-            grad, = torch.autograd.grad(loss.sum(), x)
+            (grad,) = torch.autograd.grad(loss.sum(), x)
         return grad, loss.detach(), wrong
 
     def fgsm_from_gradient(self, x: torch.Tensor, grad: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
@@ -58,8 +65,9 @@ class LinfAttack:
     def fgsm(self, x: torch.Tensor, y: Any, eps: float | torch.Tensor) -> torch.Tensor:
         return self.fgsm_from_gradient(x, self.gradient(x, y)[0], eps)
 
-    def pgd(self, x: torch.Tensor, y: Any, eps: float | torch.Tensor, steps: int | None = None,
-            restarts: int | None = None) -> torch.Tensor:
+    def pgd(
+        self, x: torch.Tensor, y: Any, eps: float | torch.Tensor, steps: int | None = None, restarts: int | None = None
+    ) -> torch.Tensor:
         """The strongest of `restarts` PGD runs per image (ε: one value, or one per image).
 
         Classifiers: an image leaves the batch as soon as it is misclassified (its adversarial is

@@ -37,8 +37,13 @@ def min_eps_histogram(min_eps: np.ndarray, censored: np.ndarray, values, grid, p
     width = bins[1] - bins[0]
     ax.hist(found, bins=bins, color="#c0392b", alpha=0.85, label="broken at this ε")
     if censored.any():
-        ax.bar(top + 1.5 * width, int(censored.sum()), width=width, color="#7f8c8d",
-               label=f"withstand ε={grid[int(np.argmax(values))]}")
+        ax.bar(
+            top + 1.5 * width,
+            int(censored.sum()),
+            width=width,
+            color="#7f8c8d",
+            label=f"withstand ε={grid[int(np.argmax(values))]}",
+        )
     median = float(np.median(min_eps))
     ax.axvline(median, color="#2c3e50", linestyle="--", label=f"median {median:.3g} ({median * 255:.1f}/255)")
     ticks = [v for v in sorted(values) if v <= top * 1.0001]
@@ -68,8 +73,15 @@ def confusion_heatmap(matrix, class_names, eps: str, path: Path) -> None:
     for i in range(k):
         for j in range(k):
             if m[i, j]:
-                ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if shares[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(m[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if shares[i, j] > 0.5 else "black",
+                )
     ax.set_xlabel(f"predicted under PGD at ε={eps}")
     ax.set_ylabel("true class")
     save_figure(fig, path)

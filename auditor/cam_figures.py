@@ -9,8 +9,13 @@ import torch
 
 from auditor.figures import _short, draw_boxes, pyplot, save_figure, to_display
 
-LABELS = {"cam": "CAM", "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "random": "random map",
-          "edges": "edges (Sobel)"}
+LABELS = {
+    "cam": "CAM",
+    "gradcam": "Grad-CAM",
+    "gradcam++": "Grad-CAM++",
+    "random": "random map",
+    "edges": "edges (Sobel)",
+}
 
 
 def overlay_heat(image: torch.Tensor, heat: torch.Tensor, alpha: float = 0.5) -> np.ndarray:
@@ -26,7 +31,7 @@ def overlay_heat(image: torch.Tensor, heat: torch.Tensor, alpha: float = 0.5) ->
 def _mark_target(ax, adapter, t, r: int) -> None:
     """The row's box (detectors) or the outline of its mask (segmenters)."""
     if t.box is not None:
-        draw_boxes(ax, {"boxes": t.box[r:r + 1].cpu(), "labels": t.cls[r:r + 1].cpu()}, adapter.class_names)
+        draw_boxes(ax, {"boxes": t.box[r : r + 1].cpu(), "labels": t.cls[r : r + 1].cpu()}, adapter.class_names)
     elif t.mask is not None:
         ax.contour(t.mask[r].cpu().float().numpy(), levels=[0.5], colors="white", linewidths=0.8)
 
@@ -46,8 +51,9 @@ def draw_methods(adapter, x, t, maps: dict[str, torch.Tensor], set_index: list[i
         arr, cmap = to_display(image)
         axes[r, 0].imshow(arr, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
         _mark_target(axes[r, 0], adapter, t, r)
-        axes[r, 0].set_title(f"{_short(names[int(t.cls[r])], 14)}" + (" (true)" if t.role[r] == "true" else ""),
-                             fontsize=7)
+        axes[r, 0].set_title(
+            f"{_short(names[int(t.cls[r])], 14)}" + (" (true)" if t.role[r] == "true" else ""), fontsize=7
+        )
         axes[r, 0].set_ylabel(f"image {set_index[r]}", fontsize=7)
         for c, (method, m) in enumerate(maps.items(), start=1):
             axes[r, c].imshow(overlay_heat(image, m[r]), interpolation="bilinear")
@@ -70,13 +76,15 @@ def draw_gallery(adapter, x, t, maps: torch.Tensor, labels, set_index: list[int]
                 by_class.setdefault(int(t.cls[r]), []).append(r)
         classes = sorted(sorted(by_class, key=lambda c: -len(by_class[c]))[:12])
         # A column per class, its examples down the column: ten classes fit the report's width.
-        grid = [[by_class[c][k] if k < len(by_class[c]) else None for c in classes]
-                for k in range(min(per_class, max(len(by_class[c]) for c in classes)))]
+        grid = [
+            [by_class[c][k] if k < len(by_class[c]) else None for c in classes]
+            for k in range(min(per_class, max(len(by_class[c]) for c in classes)))
+        ]
         cols = len(classes)
     else:
         cols = 4
         cells = list(range(min(len(t), 12)))
-        grid = [cells[i:i + cols] for i in range(0, len(cells), cols)]
+        grid = [cells[i : i + cols] for i in range(0, len(cells), cols)]
     fig, axes = plt.subplots(len(grid), cols, figsize=(1.45 * cols + 0.3, 1.55 * len(grid) + 0.2), squeeze=False)
     for g, rows in enumerate(grid):
         for c in range(cols):
@@ -105,8 +113,13 @@ def draw_curves(curves: dict, aucs: dict, path: Path) -> None:
         for name, modes in curves.items():
             mean = modes[mode].mean(dim=0).cpu().numpy()
             share = np.linspace(0, 1, len(mean))
-            ax.plot(share, mean, styles.get(name, "-"), label=f"{LABELS[name]} ({aucs[name][mode]:.3f})",
-                    linewidth=1.4 if name not in styles else 1.1)
+            ax.plot(
+                share,
+                mean,
+                styles.get(name, "-"),
+                label=f"{LABELS[name]} ({aucs[name][mode]:.3f})",
+                linewidth=1.4 if name not in styles else 1.1,
+            )
         ax.set_title(f"{mode} ({'lower' if mode == 'deletion' else 'higher'} is better)", fontsize=9)
         ax.set_xlabel(f"share of pixels {'removed' if mode == 'deletion' else 'revealed'}", fontsize=8)
         ax.set_ylabel("score of the explained target", fontsize=8)
@@ -133,8 +146,9 @@ def draw_randomisation(adapter, x, t, maps: torch.Tensor, similarity: dict, path
         axes[a, 1].imshow(overlay_heat(image, maps[r]), interpolation="bilinear")
         axes[a, 1].set_title("trained", fontsize=7)
         for c, stage in enumerate(stages, start=2):
-            m = torch.nn.functional.interpolate(stage["maps"][r:r + 1, None].float(), size=size, mode="bilinear",
-                                                align_corners=False)[0, 0]
+            m = torch.nn.functional.interpolate(
+                stage["maps"][r : r + 1, None].float(), size=size, mode="bilinear", align_corners=False
+            )[0, 0]
             axes[a, c].imshow(overlay_heat(image, m), interpolation="bilinear")
             axes[a, c].set_title(f"top {stage['top']} random\nρ̄ {stage['similarity']:.2f}", fontsize=6.5)
         for ax in axes[a]:

@@ -119,8 +119,9 @@ class Diff:
         scope = f"{len(gated)} gated metric{'s' if len(gated) != 1 else ''} ({', '.join(self.patterns)})"
         if not self.failures:
             return f"PASSED: none of {scope} got worse by more than {self.max_drop:g}"
-        worst = ", ".join(f"{r.key} {_signed(r.change)}" if r.result != "missing" else f"{r.key} missing"
-                          for r in self.failures[:3])
+        worst = ", ".join(
+            f"{r.key} {_signed(r.change)}" if r.result != "missing" else f"{r.key} missing" for r in self.failures[:3]
+        )
         more = f" and {len(self.failures) - 3} more" if len(self.failures) > 3 else ""
         return f"FAILED: {len(self.failures)} of {scope} got worse by more than {self.max_drop:g}: {worst}{more}"
 
@@ -130,8 +131,11 @@ class Diff:
         for r in self.rows:
             counts[r.result] = counts.get(r.result, 0) + 1
         words = {"same": "unchanged", "n/a": "without a value"}
-        parts = [f"{counts[k]} {words.get(k, k)}" for k in ("better", "worse", "changed", "same", "missing", "n/a")
-                 if k in counts]
+        parts = [
+            f"{counts[k]} {words.get(k, k)}"
+            for k in ("better", "worse", "changed", "same", "missing", "n/a")
+            if k in counts
+        ]
         return f"{', '.join(parts)} of {len(self.rows)} shared metrics"
 
 
@@ -142,8 +146,14 @@ def parse_patterns(text: str | None) -> tuple[str, ...]:
     return patterns
 
 
-def diff_results(base: Results, new: Results, *, max_drop: float = 0.02, metrics: str | None = None,
-                 labels: tuple[str, str] = ("base", "new")) -> Diff:
+def diff_results(
+    base: Results,
+    new: Results,
+    *,
+    max_drop: float = 0.02,
+    metrics: str | None = None,
+    labels: tuple[str, str] = ("base", "new"),
+) -> Diff:
     """Every metric the two runs share, with its change and which way that is; `metrics` patterns are gated.
 
     A pattern the user gave that matches no shared metric is a usage error; the default ones may match none.
@@ -158,13 +168,23 @@ def diff_results(base: Results, new: Results, *, max_drop: float = 0.02, metrics
             if not any(fnmatchcase(k, pattern) for k in shared):
                 hint = did_you_mean(pattern, shared)
                 examples = ", ".join(shared[:6]) + (", …" if len(shared) > 6 else "")
-                raise AuditError(f"--metrics {pattern!r} matches no metric the two runs share{hint} "
-                                 f"(patterns over PROBE.METRIC, e.g. 'attacks.*'; shared: {examples})")
+                raise AuditError(
+                    f"--metrics {pattern!r} matches no metric the two runs share{hint} "
+                    f"(patterns over PROBE.METRIC, e.g. 'attacks.*'; shared: {examples})"
+                )
     rows = []
     for key in shared:
         probe, metric, old = old_values[key]
-        rows.append(DiffRow(key=key, base=old, new=new_values[key][2], direction=_direction(probe, metric),
-                            gated=any(fnmatchcase(key, p) for p in patterns), max_drop=max_drop))
+        rows.append(
+            DiffRow(
+                key=key,
+                base=old,
+                new=new_values[key][2],
+                direction=_direction(probe, metric),
+                gated=any(fnmatchcase(key, p) for p in patterns),
+                max_drop=max_drop,
+            )
+        )
     rows.sort(key=lambda r: 0 if r.gated else 1 if r.result not in ("same", "n/a") else 2)  # stable: keeps order
     notes = _differences(base, new, labels)
     only_base = [k for k in old_values if k not in new_values]
@@ -173,8 +193,16 @@ def diff_results(base: Results, new: Results, *, max_drop: float = 0.02, metrics
         if keys:
             named = ", ".join(keys[:4]) + (", …" if len(keys) > 4 else "")
             notes.append(f"{len(keys)} metric{'s' if len(keys) != 1 else ''} only in {where}, not compared: {named}")
-    return Diff(base_label=labels[0], new_label=labels[1], base_about=_about(base), new_about=_about(new), rows=rows,
-                patterns=patterns, max_drop=max_drop, notes=notes)
+    return Diff(
+        base_label=labels[0],
+        new_label=labels[1],
+        base_about=_about(base),
+        new_about=_about(new),
+        rows=rows,
+        patterns=patterns,
+        max_drop=max_drop,
+        notes=notes,
+    )
 
 
 def _about(r: Results) -> str:
@@ -225,14 +253,18 @@ def _change(row: DiffRow) -> str:
 
 def render_plain(diff: Diff) -> str:
     """For a terminal: the verdict, what was compared, then aligned columns (gated failures marked FAIL)."""
-    lines = [_plain(diff.verdict),
-             f"base: {_plain(diff.base_label)}  {_plain(diff.base_about)}",
-             f"new:  {_plain(diff.new_label)}  {_plain(diff.new_about)}"]
+    lines = [
+        _plain(diff.verdict),
+        f"base: {_plain(diff.base_label)}  {_plain(diff.base_about)}",
+        f"new:  {_plain(diff.new_label)}  {_plain(diff.new_about)}",
+    ]
     lines += [f"note: {_plain(n)}" for n in diff.notes]
     lines += [diff.tally, ""]
     table = [("metric", "", "base", "new", "change", "result", "gate")]
-    table += [(_plain(r.key), DIRECTION_MARK[r.direction], _num(r.base), _num(r.new), _change(r), r.result, r.gate)
-              for r in diff.rows]
+    table += [
+        (_plain(r.key), DIRECTION_MARK[r.direction], _num(r.base), _num(r.new), _change(r), r.result, r.gate)
+        for r in diff.rows
+    ]
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     right = {2, 3, 4}
     for row in table:
@@ -244,9 +276,12 @@ def render_plain(diff: Diff) -> str:
 
 def render_md(diff: Diff) -> str:
     """GitHub-flavoured Markdown for a CI job summary: verdict, gated and changed rows, the rest folded."""
-    lines = [f"## auditor diff: {md_text(diff.verdict)}", "",
-             f"- base: {md_text(diff.base_label)}: {md_text(diff.base_about)}",
-             f"- new: {md_text(diff.new_label)}: {md_text(diff.new_about)}"]
+    lines = [
+        f"## auditor diff: {md_text(diff.verdict)}",
+        "",
+        f"- base: {md_text(diff.base_label)}: {md_text(diff.base_about)}",
+        f"- new: {md_text(diff.new_label)}: {md_text(diff.new_about)}",
+    ]
     lines += [f"- note: {md_text(n)}" for n in diff.notes]
     lines += ["", f"{diff.tally}; gated: {md_text(', '.join(diff.patterns))}, at most {diff.max_drop:g} worse.", ""]
     shown = [r for r in diff.rows if r.gated or r.result not in ("same", "n/a")]
@@ -260,8 +295,10 @@ def render_md(diff: Diff) -> str:
         for r in rows[:budget]:
             gate = "**FAIL**" if r.failed else r.gate
             result = f"**{r.result}**" if r.failed else r.result
-            out.append(f"| {md_text(r.key)} | {DIRECTION_MARK[r.direction]} | {_num(r.base)} | {_num(r.new)} | "
-                       f"{_change(r)} | {result} | {gate} |")
+            out.append(
+                f"| {md_text(r.key)} | {DIRECTION_MARK[r.direction]} | {_num(r.base)} | {_num(r.new)} | "
+                f"{_change(r)} | {result} | {gate} |"
+            )
         if len(rows) > budget:
             out.append(f"\n{len(rows) - budget} more rows left out; `audit diff` without `--format md` lists them all.")
         budget = max(0, budget - len(rows))
@@ -335,15 +372,20 @@ def _best(values: list[float | None], direction: int) -> list[bool]:
     return [v is not None and _same(v, best) for v in values]
 
 
-def _row(name: str, probe: str | None, metric: str, values: list[float | None], texts: list[str] | None = None) -> CompareRow:
+def _row(
+    name: str, probe: str | None, metric: str, values: list[float | None], texts: list[str] | None = None
+) -> CompareRow:
     from auditor.report import fmt
 
     direction = _direction(probe, metric)
     texts = texts or [fmt(v) for v in values]
-    cells = [Cell(text=t, value="" if v is None else repr(v), better=b)
-             for t, v, b in zip(texts, values, _best(values, direction))]
-    return CompareRow(name=name, direction=DIRECTION_MARK[direction], direction_text=DIRECTION_TEXT[direction],
-                      cells=cells)
+    cells = [
+        Cell(text=t, value="" if v is None else repr(v), better=b)
+        for t, v, b in zip(texts, values, _best(values, direction))
+    ]
+    return CompareRow(
+        name=name, direction=DIRECTION_MARK[direction], direction_text=DIRECTION_TEXT[direction], cells=cells
+    )
 
 
 def build_compare(paths: list[str], runs: list[Results]) -> CompareView:
@@ -365,21 +407,41 @@ def build_compare(paths: list[str], runs: list[Results]) -> CompareView:
 
     def facts_of(r: Results, path: str) -> dict[str, str]:
         m, d, run = r.model, r.data, r.run
-        items = {"results": path, "model": m.get("name"), "task": m.get("task"), "source": m.get("source"),
-                 "sha256": (m.get("sha256") or "")[:16], "data set": d.get("name"), "data path": d.get("path"),
-                 "images": d.get("n"), "labelled": d.get("labelled"), "device": run.get("device"),
-                 "seed": run.get("seed"), "version": run.get("version"), "finished": run.get("finished")}
+        items = {
+            "results": path,
+            "model": m.get("name"),
+            "task": m.get("task"),
+            "source": m.get("source"),
+            "sha256": (m.get("sha256") or "")[:16],
+            "data set": d.get("name"),
+            "data path": d.get("path"),
+            "images": d.get("n"),
+            "labelled": d.get("labelled"),
+            "device": run.get("device"),
+            "seed": run.get("seed"),
+            "version": run.get("version"),
+            "finished": run.get("finished"),
+        }
         return {k: fact(v) for k, v in items.items()}
 
     table = [facts_of(r, p) for r, p in zip(runs, paths)]
     keys = [k for k in table[0] if any(t[k] not in ("—", "") for t in table)]
     facts = [(k, [t[k] for t in table]) for k in keys]
-    differ = [label for key, label in (("task", "task"), ("data set", "data set"), ("images", "number of images"))
-              if len({t[key] for t in table}) > 1]
+    differ = [
+        label
+        for key, label in (("task", "task"), ("data set", "data set"), ("images", "number of images"))
+        if len({t[key] for t in table}) > 1
+    ]
     listed = ", ".join(differ[:-1]) + " and " + differ[-1] if len(differ) > 1 else "".join(differ)
     notes = [f"The runs differ in {listed}: the values below are not measured like for like."] if differ else []
-    return CompareView(title="Audit comparison: " + " vs ".join(labels), labels=labels, facts=facts,
-                       scores=CompareTable(name="", rows=score_rows), tables=tables, notes=notes)
+    return CompareView(
+        title="Audit comparison: " + " vs ".join(labels),
+        labels=labels,
+        facts=facts,
+        scores=CompareTable(name="", rows=score_rows),
+        tables=tables,
+        notes=notes,
+    )
 
 
 def write_compare(paths: list[str], runs: list[Results], out: str | Path) -> Path:

@@ -13,8 +13,24 @@ from typing import Any
 
 from auditor.errors import AuditError
 
-RUN_KEYS = {"model", "data", "limit", "batch_size", "device", "seed", "out", "select", "gates", "task",
-            "weights", "input_size", "mean", "std", "classes", "offline"}
+RUN_KEYS = {
+    "model",
+    "data",
+    "limit",
+    "batch_size",
+    "device",
+    "seed",
+    "out",
+    "select",
+    "gates",
+    "task",
+    "weights",
+    "input_size",
+    "mean",
+    "std",
+    "classes",
+    "offline",
+}
 
 
 def read_toml(path: str | Path, label: str) -> dict[str, Any]:
@@ -34,8 +50,10 @@ def load_config(path: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, A
     probes = doc.pop("probes", {})
     unknown = set(doc) - RUN_KEYS
     if unknown:
-        raise AuditError(f"--config {path}: unknown option(s) {', '.join(sorted(unknown))} "
-                         f"(valid: {', '.join(sorted(RUN_KEYS))}, and [probes.NAME] tables)")
+        raise AuditError(
+            f"--config {path}: unknown option(s) {', '.join(sorted(unknown))} "
+            f"(valid: {', '.join(sorted(RUN_KEYS))}, and [probes.NAME] tables)"
+        )
     if not isinstance(probes, dict) or not all(isinstance(v, dict) for v in probes.values()):
         raise AuditError(f"--config {path}: probe parameters go in tables, e.g. [probes.attacks]")
     return doc, probes

@@ -26,12 +26,29 @@ import math
 import torch
 import torch.nn.functional as F
 
-CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise",
-               "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
-               "snow", "frost", "fog", "brightness",
-               "contrast", "elastic_transform", "pixelate", "jpeg_compression")
-FAMILIES = {"noise": CORRUPTIONS[0:3], "blur": CORRUPTIONS[3:7], "weather": CORRUPTIONS[7:11],
-            "digital": CORRUPTIONS[11:15]}
+CORRUPTIONS = (
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "defocus_blur",
+    "glass_blur",
+    "motion_blur",
+    "zoom_blur",
+    "snow",
+    "frost",
+    "fog",
+    "brightness",
+    "contrast",
+    "elastic_transform",
+    "pixelate",
+    "jpeg_compression",
+)
+FAMILIES = {
+    "noise": CORRUPTIONS[0:3],
+    "blur": CORRUPTIONS[3:7],
+    "weather": CORRUPTIONS[7:11],
+    "digital": CORRUPTIONS[11:15],
+}
 REFERENCE_SIZE = 224
 
 # Published parameters, severity 1..5 (pixel values at 224 x 224).
@@ -42,22 +59,33 @@ DEFOCUS_BLUR = ((3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5))  # disk radiu
 GLASS_BLUR = ((0.7, 1, 2), (0.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2))  # sigma, max shift, iterations
 MOTION_BLUR = ((10, 3), (15, 5), (15, 8), (15, 12), (20, 15))  # radius, sigma
 ZOOM_BLUR = ((1.0, 1.11, 0.01), (1.0, 1.16, 0.01), (1.0, 1.21, 0.02), (1.0, 1.26, 0.02), (1.0, 1.31, 0.03))
-SNOW = ((0.1, 0.3, 3, 0.5, 10, 4, 0.8), (0.2, 0.3, 2, 0.5, 12, 4, 0.7), (0.55, 0.3, 4, 0.9, 12, 8, 0.7),
-        (0.55, 0.3, 4.5, 0.85, 12, 8, 0.65), (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55))
+SNOW = (
+    (0.1, 0.3, 3, 0.5, 10, 4, 0.8),
+    (0.2, 0.3, 2, 0.5, 12, 4, 0.7),
+    (0.55, 0.3, 4, 0.9, 12, 8, 0.7),
+    (0.55, 0.3, 4.5, 0.85, 12, 8, 0.65),
+    (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55),
+)
 FROST = ((1, 0.4), (0.8, 0.6), (0.7, 0.7), (0.65, 0.7), (0.6, 0.75))  # image weight, frost weight
 FOG = ((1.5, 2), (2.0, 2), (2.5, 1.7), (2.5, 1.5), (3.0, 1.4))  # strength, fractal decay
 BRIGHTNESS = (0.1, 0.2, 0.3, 0.4, 0.5)
 CONTRAST = (0.4, 0.3, 0.2, 0.1, 0.05)
-ELASTIC = ((244 * 2, 244 * 0.7, 244 * 0.1), (244 * 2, 244 * 0.08, 244 * 0.2), (244 * 0.05, 244 * 0.01, 244 * 0.02),
-           (244 * 0.07, 244 * 0.01, 244 * 0.02), (244 * 0.12, 244 * 0.01, 244 * 0.02))  # alpha, sigma, affine
+ELASTIC = (
+    (244 * 2, 244 * 0.7, 244 * 0.1),
+    (244 * 2, 244 * 0.08, 244 * 0.2),
+    (244 * 0.05, 244 * 0.01, 244 * 0.02),
+    (244 * 0.07, 244 * 0.01, 244 * 0.02),
+    (244 * 0.12, 244 * 0.01, 244 * 0.02),
+)  # alpha, sigma, affine
 PIXELATE = (0.6, 0.5, 0.4, 0.3, 0.25)
 JPEG_QUALITY = (25, 18, 15, 10, 7)
 
 GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as OpenCV's RGB2GRAY
 
 
-def corrupt(x: torch.Tensor, name: str, severity: int, generator: torch.Generator | None = None,
-            scale: float | None = None) -> torch.Tensor:
+def corrupt(
+    x: torch.Tensor, name: str, severity: int, generator: torch.Generator | None = None, scale: float | None = None
+) -> torch.Tensor:
     """`name` at `severity` (1..5) applied to every image of the batch x (B x C x H x W in [0, 1])."""
     if name not in _FUNCTIONS:
         raise ValueError(f"unknown corruption {name!r} (known: {', '.join(CORRUPTIONS)})")
@@ -92,6 +120,7 @@ class _Rng:
 
 
 # ---------------------------------------------------------------- helpers
+
 
 def _pad_index(n: int, before: int, after: int, mode: str, device) -> torch.Tensor:
     """Source indices for padding a length-n axis by any amount (wider than the axis, too).
@@ -149,7 +178,7 @@ def _convolve_axis(x: torch.Tensor, kernel: torch.Tensor, dim: int, mode: str) -
     padded = x.index_select(dim, _pad_index(n, r, r, mode, x.device))
     length = padded.shape[dim]
     k = torch.zeros(length, device=x.device, dtype=torch.float32)
-    k[:len(kernel)] = kernel
+    k[: len(kernel)] = kernel
     shape = [1] * x.dim()
     shape[dim] = length // 2 + 1
     spectrum = torch.fft.rfft(k.roll(-r)).view(shape)
@@ -173,7 +202,7 @@ def _convolve(x: torch.Tensor, kernels: torch.Tensor, mode: str) -> torch.Tensor
     k[:, :kh, :kw] = kernels
     k = k.roll((-ph, -pw), (-2, -1))  # kernel centre at the origin
     out = torch.fft.irfft2(torch.fft.rfft2(padded) * torch.fft.rfft2(k)[:, None], s=size)
-    return out[..., ph:ph + h, pw:pw + w]
+    return out[..., ph : ph + h, pw : pw + w]
 
 
 def _filter2d(x: torch.Tensor, kernel: torch.Tensor, mode: str = "reflect101") -> torch.Tensor:
@@ -198,11 +227,11 @@ def _clipped_zoom(x: torch.Tensor, factor: float) -> torch.Tensor:
     h, w = x.shape[-2:]
     ch, cw = math.ceil(h / factor), math.ceil(w / factor)
     top, left = (h - ch) // 2, (w - cw) // 2
-    crop = x[..., top:top + ch, left:left + cw]
+    crop = x[..., top : top + ch, left : left + cw]
     oh, ow = max(round(ch * factor), h), max(round(cw * factor), w)
     big = F.interpolate(crop, size=(oh, ow), mode="bilinear", align_corners=True)
     th, tw = (oh - h) // 2, (ow - w) // 2
-    return big[..., th:th + h, tw:tw + w]
+    return big[..., th : th + h, tw : tw + w]
 
 
 def _motion_blur(x: torch.Tensor, radius: float, sigma: float, angles: torch.Tensor) -> torch.Tensor:
@@ -215,7 +244,7 @@ def _motion_blur(x: torch.Tensor, radius: float, sigma: float, angles: torch.Ten
     width = 2 * int(round(radius)) + 1
     if width <= 1 or sigma <= 0:
         return x
-    weights = _gaussian_1d(sigma, width - 1, x.device)[width - 1:]
+    weights = _gaussian_1d(sigma, width - 1, x.device)[width - 1 :]
     weights = weights / weights.sum()
     rad = torch.deg2rad(angles.to(x.device, torch.float32))
     i = torch.arange(width, device=x.device, dtype=torch.float32)
@@ -290,6 +319,7 @@ def _box_resize(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 # ---------------------------------------------------------------- the corruptions
 
+
 def _gaussian_noise(x, s, rng, scale):
     return x + rng.normal(x.shape, std=GAUSSIAN_NOISE[s])
 
@@ -314,7 +344,7 @@ def defocus_kernel(radius: float, alias_sigma: float, device=None) -> torch.Tens
         # where the anti-aliasing reflects at the grid's edge for radius 8, as OpenCV does there)
         half = 8 if small else int(radius)
         t = torch.arange(-half, half + 1, device=device, dtype=torch.float32)
-        disk = ((t[:, None] ** 2 + t[None] ** 2) <= radius ** 2).float()
+        disk = ((t[:, None] ** 2 + t[None] ** 2) <= radius**2).float()
     else:
         half = math.ceil(radius) + 2
         t = torch.arange(-half, half + 1, device=device, dtype=torch.float32)
@@ -322,7 +352,7 @@ def defocus_kernel(radius: float, alias_sigma: float, device=None) -> torch.Tens
         # 0.6 and 0.99 would both be one pixel): use the share of each pixel the disk covers
         sub = (torch.arange(16, device=device, dtype=torch.float32) + 0.5) / 16 - 0.5
         u = (t[:, None] + sub[None]).flatten()
-        inside = ((u[:, None] ** 2 + u[None] ** 2) <= radius ** 2).float()
+        inside = ((u[:, None] ** 2 + u[None] ** 2) <= radius**2).float()
         disk = inside.view(len(t), 16, len(t), 16).mean((1, 3))
     disk = disk / disk.sum()
     k1 = _gaussian_1d(alias_sigma, 1 if small else 2, device)
@@ -441,8 +471,11 @@ def _elastic_transform(x, s, rng, scale):
     ones = torch.ones(b, 3, 1, device=dev)
     # dst -> src (the inverse warp), solved per image from the three pairs
     inverse = torch.linalg.solve(torch.cat([dst, ones], 2), src[None].expand(b, 3, 2))  # B x 3 x 2
-    ys, xs = torch.meshgrid(torch.arange(h, device=dev, dtype=torch.float32),
-                            torch.arange(w, device=dev, dtype=torch.float32), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(h, device=dev, dtype=torch.float32),
+        torch.arange(w, device=dev, dtype=torch.float32),
+        indexing="ij",
+    )
     pts = torch.stack([xs, ys, torch.ones_like(xs)], -1).view(1, h * w, 3)
     srcs = (pts @ inverse).view(b, h, w, 2)
     x = _sample(x, srcs[..., 0], srcs[..., 1], centres_reflect=True)
@@ -483,9 +516,19 @@ def _jpeg_compression(x, s, rng, scale):
 
 
 _FUNCTIONS = {
-    "gaussian_noise": _gaussian_noise, "shot_noise": _shot_noise, "impulse_noise": _impulse_noise,
-    "defocus_blur": _defocus_blur, "glass_blur": _glass_blur, "motion_blur": _motion_blur_corruption,
-    "zoom_blur": _zoom_blur, "snow": _snow, "frost": _frost, "fog": _fog, "brightness": _brightness,
-    "contrast": _contrast, "elastic_transform": _elastic_transform, "pixelate": _pixelate,
+    "gaussian_noise": _gaussian_noise,
+    "shot_noise": _shot_noise,
+    "impulse_noise": _impulse_noise,
+    "defocus_blur": _defocus_blur,
+    "glass_blur": _glass_blur,
+    "motion_blur": _motion_blur_corruption,
+    "zoom_blur": _zoom_blur,
+    "snow": _snow,
+    "frost": _frost,
+    "fog": _fog,
+    "brightness": _brightness,
+    "contrast": _contrast,
+    "elastic_transform": _elastic_transform,
+    "pixelate": _pixelate,
     "jpeg_compression": _jpeg_compression,
 }

@@ -65,8 +65,13 @@ class EvalData:
         return as_unit_float(self.images[index].to(device))
 
     def facts(self) -> dict:
-        facts = {"name": self.name, "n": len(self), "labelled": self.labelled, "layout": self.source,
-                 "available": self.total}
+        facts = {
+            "name": self.name,
+            "n": len(self),
+            "labelled": self.labelled,
+            "layout": self.source,
+            "available": self.total,
+        }
         if self.skipped:
             facts["skipped"] = len(self.skipped)
             facts["skipped_files"] = self.skipped[:SKIPPED_LISTED]
@@ -173,23 +178,37 @@ def load_data(adapter: ModelAdapter, path: str | None, *, limit: int | None, see
             print(f"  {line}", file=sys.stderr)
     if adapter.task == "detect" and masks:
         targets = masks
-        _check_class_ids(torch.cat([t[:, 0] for t in targets]).long(), adapter.num_classes, root, "labels",
-                         "; a data set YAML with `names` maps its ids to the model's by name")
+        _check_class_ids(
+            torch.cat([t[:, 0] for t in targets]).long(),
+            adapter.num_classes,
+            root,
+            "labels",
+            "; a data set YAML with `names` maps its ids to the model's by name",
+        )
     else:
         targets = torch.stack(masks) if masks else torch.tensor(kept_labels, dtype=torch.long)
         if masks:
             _check_class_ids(targets[targets != 255].long(), adapter.num_classes, root, "masks", "; 255 = ignore")
     default_name = f"{root.parent.name}/{root.name}" if root.is_file() else root.name
-    return EvalData(name=name or default_name, images=torch.stack(images), labels=targets, labelled=labelled,
-                    source=layout, total=total, skipped=skipped)
+    return EvalData(
+        name=name or default_name,
+        images=torch.stack(images),
+        labels=targets,
+        labelled=labelled,
+        source=layout,
+        total=total,
+        skipped=skipped,
+    )
 
 
 def _check_class_ids(ids: torch.Tensor, num_classes: int, root: Path, what: str, hint: str) -> None:
     """Exit 2 on class ids the model does not have (a metric would fail on them, or silently miscount)."""
     extra = [int(v) for v in torch.unique(ids) if not 0 <= int(v) < num_classes]
     if extra:
-        raise AuditError(f"--data {root}: {what} hold class id(s) {', '.join(map(str, extra[:8]))}, but the model has "
-                         f"{num_classes} classes (0..{num_classes - 1}{hint})")
+        raise AuditError(
+            f"--data {root}: {what} hold class id(s) {', '.join(map(str, extra[:8]))}, but the model has "
+            f"{num_classes} classes (0..{num_classes - 1}{hint})"
+        )
 
 
 def as_unit_float(x: torch.Tensor) -> torch.Tensor:
@@ -217,7 +236,9 @@ def _zoo_data(adapter: ModelAdapter) -> EvalData | tuple[str, Path]:
     """The zoo model's own set: tensors, or the folder its generator wrote."""
     if adapter.eval_set is None:
         layout = "images/ + masks/" if adapter.task == "segment" else "class sub-folders, or a flat folder of images"
-        raise AuditError(f"--model {adapter.facts.name}: this model names no evaluation set; pass --data DIR ({layout})")
+        raise AuditError(
+            f"--model {adapter.facts.name}: this model names no evaluation set; pass --data DIR ({layout})"
+        )
     name, load, _ = adapter.eval_set
     loaded = load(0)
     if isinstance(loaded, (str, Path)):
@@ -234,8 +255,10 @@ def _scan_folder(root: Path, adapter: ModelAdapter) -> tuple[list[Path], list[in
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     loose = _images_in(root)
     if class_dirs and loose:
-        raise AuditError(f"--data {root}: holds both images and sub-folders; use class sub-folders (labelled) "
-                         "or a flat folder of images (label-free), not both")
+        raise AuditError(
+            f"--data {root}: holds both images and sub-folders; use class sub-folders (labelled) "
+            "or a flat folder of images (label-free), not both"
+        )
     if not class_dirs:
         return loose, [UNLABELLED] * len(loose), False, "flat"
     mapping = map_folders_to_classes([d.name for d in class_dirs], adapter.class_names, root)
@@ -258,8 +281,10 @@ def _scan_segmentation(root: Path, adapter: ModelAdapter) -> tuple[list[Path], l
     missing = [f.name for f in files if f.stem not in masks]
     if missing:
         shown = ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else "")
-        raise AuditError(f"--data {root}: no mask in masks/ for {len(missing)} image(s) ({shown}); each image needs "
-                         "a PNG of the same name whose pixels are class ids")
+        raise AuditError(
+            f"--data {root}: no mask in masks/ for {len(missing)} image(s) ({shown}); each image needs "
+            "a PNG of the same name whose pixels are class ids"
+        )
     return files, [masks[f.stem] for f in files], True, "images+masks"
 
 
@@ -288,8 +313,10 @@ def _map_names(names: list[str], class_names: list[str], source: Path) -> dict[i
     unknown = [n for n in names if n.lower() not in by_name]
     if unknown:
         shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-        raise AuditError(f"--data {source}: class names [{shown}] are not among the model's {len(class_names)} "
-                         "classes; pass --classes FILE naming the model's outputs, or fix `names:`")
+        raise AuditError(
+            f"--data {source}: class names [{shown}] are not among the model's {len(class_names)} "
+            "classes; pass --classes FILE naming the model's outputs, or fix `names:`"
+        )
     return {i: by_name[n.lower()] for i, n in enumerate(names)}
 
 
@@ -319,8 +346,10 @@ def _yaml_split_dir(path: Path) -> tuple[Path, list[str]]:
         base = path.parent / base
     folder = base / doc[split]
     if not folder.is_dir():
-        raise AuditError(f"--data {path}: its {split} images folder {folder} does not exist (download the data set "
-                         "with ultralytics first, or point `path:` at it)")
+        raise AuditError(
+            f"--data {path}: its {split} images folder {folder} does not exist (download the data set "
+            "with ultralytics first, or point `path:` at it)"
+        )
     names = doc.get("names") or []
     if isinstance(names, dict):
         names = [names[k] for k in sorted(names)]
@@ -364,6 +393,8 @@ def map_folders_to_classes(folders: list[str], class_names: list[str], root: Pat
             unknown.append(f)
     if unknown:
         shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-        raise AuditError(f"--data {root}: class folders [{shown}] match none of the model's {len(class_names)} class "
-                         "names or indices; rename them, or pass --classes FILE with the model's classes in output order")
+        raise AuditError(
+            f"--data {root}: class folders [{shown}] match none of the model's {len(class_names)} class "
+            "names or indices; rename them, or pass --classes FILE with the model's classes in output order"
+        )
     return mapping

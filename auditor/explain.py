@@ -16,7 +16,7 @@ inside the object and the pointing game (Zhang et al. 2016) where objects are kn
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +26,9 @@ METHODS = ("cam", "gradcam", "gradcam++")
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]  # rows of images -> one score per row
 
 
-def cam_maps(score_fn: ScoreFn, layers: Sequence[nn.Module], x: torch.Tensor,
-             methods: Sequence[str] = ("gradcam", "gradcam++")) -> dict[str, torch.Tensor]:
+def cam_maps(
+    score_fn: ScoreFn, layers: Sequence[nn.Module], x: torch.Tensor, methods: Sequence[str] = ("gradcam", "gradcam++")
+) -> dict[str, torch.Tensor]:
     """method -> N x h x w maps (ReLU applied, not normalised) at the first layer's resolution.
 
     One forward and one backward for the whole batch: score_fn(x) returns each row's target
@@ -67,8 +68,9 @@ def _gradient_cam(method: str, g: torch.Tensor, a: torch.Tensor) -> torch.Tensor
     return (weights * a).sum(dim=1).clamp_min(0)
 
 
-def gap_linear_head(net: nn.Module, layer: nn.Module, example: torch.Tensor,
-                    forward: Callable[[torch.Tensor], torch.Tensor]) -> nn.Linear | None:
+def gap_linear_head(
+    net: nn.Module, layer: nn.Module, example: torch.Tensor, forward: Callable[[torch.Tensor], torch.Tensor]
+) -> nn.Linear | None:
     """The linear layer that reads the global average of `layer`'s output and gives the logits, if any.
 
     Checked on an example rather than by architecture names: the layer's output, averaged
@@ -86,16 +88,24 @@ def gap_linear_head(net: nn.Module, layer: nn.Module, example: torch.Tensor,
         return None
     pooled = a.float().mean(dim=(2, 3))
     for module in net.modules():
-        if isinstance(module, nn.Linear) and module.in_features == pooled.shape[1] \
-                and module.out_features == logits.shape[1]:
+        if (
+            isinstance(module, nn.Linear)
+            and module.in_features == pooled.shape[1]
+            and module.out_features == logits.shape[1]
+        ):
             with torch.no_grad():
                 if torch.allclose(module(pooled), logits.float(), rtol=1e-3, atol=1e-4):
                     return module
     return None
 
 
-def class_activation_maps(head: nn.Linear, layer: nn.Module, x: torch.Tensor, classes: torch.Tensor,
-                          forward: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+def class_activation_maps(
+    head: nn.Linear,
+    layer: nn.Module,
+    x: torch.Tensor,
+    classes: torch.Tensor,
+    forward: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
     """CAM: the head's weights for each row's class over the layer's channels (no gradient needed)."""
     seen: dict[str, torch.Tensor] = {}
     handle = layer.register_forward_hook(lambda _m, _i, out: seen.__setitem__("a", out))
@@ -127,6 +137,7 @@ def normalise(maps: torch.Tensor) -> torch.Tensor:
 
 # ---- baselines -------------------------------------------------------------------------------------
 
+
 def random_maps(n: int, coarse: tuple[int, int], size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
     """Uniform noise as coarse as the CAM itself, upsampled: chance with the same granularity."""
     noise = torch.rand(n, *coarse, generator=generator, device=generator.device)
@@ -143,6 +154,7 @@ def sobel_maps(x: torch.Tensor) -> torch.Tensor:
 
 
 # ---- faithfulness ----------------------------------------------------------------------------------
+
 
 def blur_for_insertion(x: torch.Tensor) -> torch.Tensor:
     """The insertion canvas: a Gaussian blur with sigma a tenth of the image side.
@@ -171,9 +183,15 @@ def pixel_order(maps: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 @torch.no_grad()
-def deletion_insertion(prob_fn: ScoreFn, x: torch.Tensor, maps: dict[str, torch.Tensor], steps: int,
-                       generator: torch.Generator, batch_size: int,
-                       progress: Callable[[int], None] = lambda n: None) -> dict[str, dict[str, torch.Tensor]]:
+def deletion_insertion(
+    prob_fn: ScoreFn,
+    x: torch.Tensor,
+    maps: dict[str, torch.Tensor],
+    steps: int,
+    generator: torch.Generator,
+    batch_size: int,
+    progress: Callable[[int], None] = lambda n: None,
+) -> dict[str, dict[str, torch.Tensor]]:
     """name -> {"deletion": N x (steps+1), "insertion": N x (steps+1)} curves of each row's score.
 
     Deletion sets the top-ranked pixels to 0 (black), insertion reveals them on the blurred
@@ -202,14 +220,14 @@ def deletion_insertion(prob_fn: ScoreFn, x: torch.Tensor, maps: dict[str, torch.
     all_rows = torch.arange(n, device=x.device)
     if rows_per_job > 1:  # several whole jobs in one batch
         for start in range(0, len(jobs), rows_per_job):
-            group = jobs[start:start + rows_per_job]
+            group = jobs[start : start + rows_per_job]
             batch = torch.cat([image(j, all_rows) for j in group])
-            scores[start:start + len(group)] = prob_fn_rows(prob_fn, batch, n).view(len(group), n)
+            scores[start : start + len(group)] = prob_fn_rows(prob_fn, batch, n).view(len(group), n)
             progress(len(group))
     else:  # one job in several batches
         for j, job in enumerate(jobs):
             for start in range(0, n, batch_size):
-                rows = all_rows[start:start + batch_size]
+                rows = all_rows[start : start + batch_size]
                 scores[j, rows] = prob_fn_rows(prob_fn, image(job, rows), len(rows), rows)
             progress(1)
     out: dict[str, dict[str, torch.Tensor]] = {name: {} for name in maps}
@@ -232,14 +250,18 @@ def auc(curves: torch.Tensor) -> torch.Tensor:
 
 # ---- sanity check ----------------------------------------------------------------------------------
 
+
 def parametrised_layers(net: nn.Module, example: torch.Tensor, forward) -> list[tuple[str, nn.Module]]:
     """Modules with their own weights, in the order they run (hooks), so the top comes last."""
     order: list[tuple[str, nn.Module]] = []
     handles = []
     for name, module in net.named_modules():
         if any(True for _ in module.parameters(recurse=False)):
-            handles.append(module.register_forward_hook(
-                lambda m, _i, _o, name=name: order.append((name, m)) if all(m is not o for _, o in order) else None))
+            handles.append(
+                module.register_forward_hook(
+                    lambda m, _i, _o, name=name: order.append((name, m)) if all(m is not o for _, o in order) else None
+                )
+            )
     try:
         with torch.no_grad():
             forward(example)
@@ -280,12 +302,14 @@ def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     ra = torch.from_numpy(rankdata(a.flatten(1).cpu().double().numpy(), axis=1))
     rb = torch.from_numpy(rankdata(b.flatten(1).cpu().double().numpy(), axis=1))
     ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
-    denominator = (ra.norm(dim=1) * rb.norm(dim=1))
-    return torch.where(denominator > 0, (ra * rb).sum(1) / denominator.clamp_min(1e-12),
-                       torch.full_like(denominator, float("nan")))
+    denominator = ra.norm(dim=1) * rb.norm(dim=1)
+    return torch.where(
+        denominator > 0, (ra * rb).sum(1) / denominator.clamp_min(1e-12), torch.full_like(denominator, float("nan"))
+    )
 
 
 # ---- localisation ----------------------------------------------------------------------------------
+
 
 def energy_in_object(maps: torch.Tensor, objects: torch.Tensor) -> torch.Tensor:
     """Share of each (non-negative) map's mass inside its object mask (N x H x W bool); NaN for an empty map."""

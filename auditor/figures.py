@@ -32,8 +32,15 @@ def to_display(image: torch.Tensor):
     return image.permute(1, 2, 0).numpy(), None
 
 
-def save_tile_grid(tiles: torch.Tensor, path: Path, *, tile_px: int = 40, nrow: int | None = None,
-                   labels: list[str] | None = None, frames: list[tuple[int, int, int] | None] | None = None) -> None:
+def save_tile_grid(
+    tiles: torch.Tensor,
+    path: Path,
+    *,
+    tile_px: int = 40,
+    nrow: int | None = None,
+    labels: list[str] | None = None,
+    frames: list[tuple[int, int, int] | None] | None = None,
+) -> None:
     """N x C x H x W tiles in [0, 1] as one PNG, upscaled with nearest-neighbour so small kernels stay crisp.
 
     labels: a short text under each tile; frames: an RGB colour (or None) per tile, drawn as a
@@ -88,28 +95,35 @@ def draw_attack_gallery(columns, adapter, labelled: bool, path: Path) -> None:
     segment = adapter.task == "segment"
     detect = adapter.task == "detect"
     rows = ["clean", "adversarial", "perturbation"] + (["reference"] if (segment or detect) and labelled else [])
-    fig, axes = plt.subplots(len(rows), len(columns), figsize=(1.45 * len(columns) + 0.3, 1.55 * len(rows)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(rows), len(columns), figsize=(1.45 * len(columns) + 0.3, 1.55 * len(rows)), squeeze=False
+    )
     for col, (clean, adv, out_clean, out_adv, eps_label, eps, ref) in enumerate(columns):
         delta = (adv - clean) / (2 * eps) + 0.5  # the full budget maps to black / white
         if segment:
             k = adapter.num_classes
-            panels = [(overlay_mask(clean, out_clean, k), None, "prediction"),
-                      (overlay_mask(adv, out_adv, k), None, f"ε={eps_label}"),
-                      (*to_display(delta), f"δ ×{0.5 / eps:.0f}")]
+            panels = [
+                (overlay_mask(clean, out_clean, k), None, "prediction"),
+                (overlay_mask(adv, out_adv, k), None, f"ε={eps_label}"),
+                (*to_display(delta), f"δ ×{0.5 / eps:.0f}"),
+            ]
             if labelled:
                 panels.append((overlay_mask(clean, ref, k), None, "ground truth"))
         elif detect:
-            panels = [(*to_display(clean), f"{len(out_clean['boxes'])} boxes", out_clean),
-                      (*to_display(adv), f"ε={eps_label}: {len(out_adv['boxes'])} boxes", out_adv),
-                      (*to_display(delta), f"δ ×{0.5 / eps:.0f}")]
+            panels = [
+                (*to_display(clean), f"{len(out_clean['boxes'])} boxes", out_clean),
+                (*to_display(adv), f"ε={eps_label}: {len(out_adv['boxes'])} boxes", out_adv),
+                (*to_display(delta), f"δ ×{0.5 / eps:.0f}"),
+            ]
             if labelled:
                 panels.append((*to_display(clean), "ground truth", {"boxes": ref[:, 1:5], "labels": ref[:, 0].long()}))
         else:
             truth = f"\n(ref {_short(names[int(ref)], 12)})" if labelled else ""
-            panels = [(*to_display(clean), f"{_short(names[int(out_clean)], 14)}{truth}"),
-                      (*to_display(adv), f"ε={eps_label}:\n{_short(names[int(out_adv)], 14)}"),
-                      (*to_display(delta), f"δ ×{0.5 / eps:.0f}")]
+            panels = [
+                (*to_display(clean), f"{_short(names[int(out_clean)], 14)}{truth}"),
+                (*to_display(adv), f"ε={eps_label}:\n{_short(names[int(out_adv)], 14)}"),
+                (*to_display(delta), f"δ ×{0.5 / eps:.0f}"),
+            ]
         for row, (arr, cmap, title, *boxes) in enumerate(panels):
             ax = axes[row, col]
             ax.imshow(arr, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
@@ -122,7 +136,9 @@ def draw_attack_gallery(columns, adapter, labelled: bool, path: Path) -> None:
         axes[row, 0].set_ylabel(label, fontsize=8)
     if segment or detect:
         first = 1 if segment else 0  # a segmenter's class 0 is the background, never drawn
-        legend = ", ".join(f"{_short(n, 12)}" + (f"={i}" if segment else "") for i, n in enumerate(names[first:], start=first))
+        legend = ", ".join(
+            f"{_short(n, 12)}" + (f"={i}" if segment else "") for i, n in enumerate(names[first:], start=first)
+        )
         fig.suptitle(f"classes (colour order of tab10): {legend}", fontsize=7, y=1.0)
     fig.tight_layout()
     save_figure(fig, path)
@@ -136,8 +152,15 @@ def draw_boxes(ax, boxes: dict, names) -> None:
     for (x0, y0, x1, y1), label in zip(boxes["boxes"].tolist(), boxes["labels"].tolist()):
         c = colours(int(label) % 10)
         ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=c, linewidth=1.2))
-        ax.text(x0, y0, _short(names[int(label)], 10), color="white", fontsize=5, va="bottom",
-                bbox={"facecolor": c, "edgecolor": "none", "pad": 0.5})
+        ax.text(
+            x0,
+            y0,
+            _short(names[int(label)], 10),
+            color="white",
+            fontsize=5,
+            va="bottom",
+            bbox={"facecolor": c, "edgecolor": "none", "pad": 0.5},
+        )
 
 
 def _short(text: str, n: int = 34) -> str:

@@ -24,7 +24,9 @@ from auditor.results import GateResult, Results
 EXIT_OK, EXIT_GATE_FAILED, EXIT_USAGE, EXIT_PROBE_FAILED = 0, 1, 2, 3
 OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
-_RULE = re.compile(rf"^(?P<warn>warn:)?\s*(?P<target>\S+?)\s*(?P<drop>\s+drop\s+)?(?P<op>>=|<=|>|<)\s*(?P<num>{_NUMBER})\s*$")
+_RULE = re.compile(
+    rf"^(?P<warn>warn:)?\s*(?P<target>\S+?)\s*(?P<drop>\s+drop\s+)?(?P<op>>=|<=|>|<)\s*(?P<num>{_NUMBER})\s*$"
+)
 
 
 @dataclass(frozen=True)
@@ -44,8 +46,9 @@ class Rule:
 def parse_rule(text: str) -> Rule:
     m = _RULE.match(text.strip())
     if not m:
-        raise AuditError(f"gate {text!r}: expected PROBE.METRIC OP NUMBER (OP one of >= > <= <), "
-                         "e.g. 'attacks.score >= 0.5'")
+        raise AuditError(
+            f"gate {text!r}: expected PROBE.METRIC OP NUMBER (OP one of >= > <= <), e.g. 'attacks.score >= 0.5'"
+        )
     target = m["target"]
     if target == "score":
         probe, metric = None, "score"
@@ -53,8 +56,15 @@ def parse_rule(text: str) -> Rule:
         probe, dot, metric = target.partition(".")
         if not dot or not probe or not metric:
             raise AuditError(f"gate {text!r}: {target!r} is not PROBE.METRIC (or 'score' for the run's score)")
-    return Rule(text=text.strip(), probe=probe, metric=metric, op=m["op"], threshold=float(m["num"]),
-                warn=bool(m["warn"]), drop=bool(m["drop"]))
+    return Rule(
+        text=text.strip(),
+        probe=probe,
+        metric=metric,
+        op=m["op"],
+        threshold=float(m["num"]),
+        warn=bool(m["warn"]),
+        drop=bool(m["drop"]),
+    )
 
 
 @dataclass(frozen=True)
@@ -76,7 +86,9 @@ class Gates:
         except AuditError as exc:
             if self.source is None:
                 raise
-            raise AuditError(f"{self.source}: baseline {exc} (a relative path is read from the gates file's folder)") from exc
+            raise AuditError(
+                f"{self.source}: baseline {exc} (a relative path is read from the gates file's folder)"
+            ) from exc
 
 
 def load_gates_file(path: str | Path) -> Gates:
@@ -86,10 +98,10 @@ def load_gates_file(path: str | Path) -> Gates:
     doc = read_toml(path, "gates file")
     rules = doc.get("rules")
     if not isinstance(rules, list) or not all(isinstance(r, str) for r in rules):
-        raise AuditError(f"{path}: expected a top-level `rules` list of strings, e.g. rules = [\"attacks.score >= 0.5\"]")
+        raise AuditError(f'{path}: expected a top-level `rules` list of strings, e.g. rules = ["attacks.score >= 0.5"]')
     baseline = doc.get("baseline")
     if baseline is not None and (not isinstance(baseline, str) or not baseline.strip()):
-        raise AuditError(f"{path}: `baseline` must be the path of a results.json, e.g. baseline = \"main/results.json\"")
+        raise AuditError(f'{path}: `baseline` must be the path of a results.json, e.g. baseline = "main/results.json"')
     resolved = Path(path).parent / Path(baseline).expanduser() if baseline else None
     return Gates([parse_rule(r) for r in rules], resolved, str(path) if baseline else None)
 
@@ -135,9 +147,11 @@ def drop_direction(rule: Rule) -> int:
 
     direction = metric_direction(rule.probe, rule.metric)
     if direction == 0:
-        raise AuditError(f"gate {rule.text!r}: {rule.describe()} is a count or a setting, neither better nor worse, "
-                         "so it cannot drop; compare it with a plain rule, e.g. "
-                         f"'{rule.describe()} <= NUMBER'")
+        raise AuditError(
+            f"gate {rule.text!r}: {rule.describe()} is a count or a setting, neither better nor worse, "
+            "so it cannot drop; compare it with a plain rule, e.g. "
+            f"'{rule.describe()} <= NUMBER'"
+        )
     return direction
 
 
@@ -145,13 +159,17 @@ def check_rules_apply(rules: list[Rule], probes: list[str], baseline: Results | 
     """Usage errors found before any work: a rule on a probe that will not run, a drop with no baseline."""
     for rule in rules:
         if rule.probe is not None and rule.probe not in probes:
-            raise AuditError(f"gate {rule.text!r}: probe {rule.probe!r} is not part of this run"
-                             f"{did_you_mean(rule.probe, probes)} (running: {', '.join(probes) or 'none'})")
+            raise AuditError(
+                f"gate {rule.text!r}: probe {rule.probe!r} is not part of this run"
+                f"{did_you_mean(rule.probe, probes)} (running: {', '.join(probes) or 'none'})"
+            )
         if rule.drop:
             drop_direction(rule)
             if baseline is None:
-                raise AuditError(f"gate {rule.text!r}: a drop rule needs --baseline RESULTS.json "
-                                 "(or `baseline = \"...\"` in the gates file)")
+                raise AuditError(
+                    f"gate {rule.text!r}: a drop rule needs --baseline RESULTS.json "
+                    '(or `baseline = "..."` in the gates file)'
+                )
 
 
 def _value(results: Results, rule: Rule) -> tuple[float | None, str]:
@@ -169,7 +187,9 @@ def _value(results: Results, rule: Rule) -> tuple[float | None, str]:
     if rule.metric not in probe.metrics:
         names = ["score"] + sorted(probe.metrics)
         # augment alone has hundreds of metrics: name a few, the file has them all
-        known = ", ".join(names) if len(names) <= 16 else f"{', '.join(names[:12])}, … {len(names)} in all, in results.json"
+        known = (
+            ", ".join(names) if len(names) <= 16 else f"{', '.join(names[:12])}, … {len(names)} in all, in results.json"
+        )
         hint = did_you_mean(rule.metric, ["score", *probe.metrics])
         raise AuditError(f"gate {rule.text!r}: {rule.probe} has no metric {rule.metric!r}{hint} (it has: {known})")
     value = probe.metrics[rule.metric]
@@ -208,8 +228,11 @@ def exit_code(results: Results) -> int:
 def verdict(results: Results) -> str:
     if results.run.get("partial"):
         return "INTERRUPTED: partial results"
-    return {EXIT_OK: "PASSED", EXIT_GATE_FAILED: "FAILED: a gate failed",
-            EXIT_PROBE_FAILED: "INCOMPLETE: a probe failed"}[exit_code(results)]
+    return {
+        EXIT_OK: "PASSED",
+        EXIT_GATE_FAILED: "FAILED: a gate failed",
+        EXIT_PROBE_FAILED: "INCOMPLETE: a probe failed",
+    }[exit_code(results)]
 
 
 def junit_xml(results: Results) -> str:
@@ -236,14 +259,20 @@ def junit_xml(results: Results) -> str:
 
 def summary_md(results: Results, report_name: str = "report.html") -> str:
     """A short Markdown summary for a CI job page: verdict, scores, gates (well under 1 MiB)."""
+
     def fmt(v):
         return "—" if v is None else f"{v:.3f}"
 
-    lines = [f"## auditor: {verdict(results)}", "",
-             f"Model **{md_text(results.model['name'])}** ({results.model['task']}, {results.model['source']}) on "
-             f"**{md_text(results.data['name'])}** ({results.data['n']} images"
-             f"{'' if results.data['labelled'] else ', label-free'}); overall score **{fmt(results.score)}**.", "",
-             "| probe | status | score |", "|---|---|---|"]
+    lines = [
+        f"## auditor: {verdict(results)}",
+        "",
+        f"Model **{md_text(results.model['name'])}** ({results.model['task']}, {results.model['source']}) on "
+        f"**{md_text(results.data['name'])}** ({results.data['n']} images"
+        f"{'' if results.data['labelled'] else ', label-free'}); overall score **{fmt(results.score)}**.",
+        "",
+        "| probe | status | score |",
+        "|---|---|---|",
+    ]
     for name in section_order(results.probes):
         p = results.probes[name]
         lines.append(f"| {name} | {p.status} | {fmt(p.score)} |")
@@ -257,7 +286,9 @@ def summary_md(results: Results, report_name: str = "report.html") -> str:
         lines += [""] + [f"- probe **{n}** failed: {md_text(e or '')}" for n, e in failed]
     keys = key_findings(results, section_order(results.probes), failures=False)  # failures are listed above
     if keys:
-        lines += ["", "Key findings:", ""] + [f"{i}. **{k.severity}** · {k.probe}: {md_text(k.text)}" for i, k in enumerate(keys, 1)]
+        lines += ["", "Key findings:", ""] + [
+            f"{i}. **{k.severity}** · {k.probe}: {md_text(k.text)}" for i, k in enumerate(keys, 1)
+        ]
     lines += ["", f"Full report: `{report_name}`", ""]
     return "\n".join(lines)
 

@@ -26,8 +26,9 @@ def section_order(names) -> list[str]:
     return sorted(names, key=lambda n: rank.get(n, len(rank)))  # stable: others keep their run order
 
 
-def key_findings(results: Results, order: list[str], limit: int = KEY_FINDINGS,
-                 failures: bool = True) -> list[KeyFinding]:
+def key_findings(
+    results: Results, order: list[str], limit: int = KEY_FINDINGS, failures: bool = True
+) -> list[KeyFinding]:
     """The few findings a reviewer must read: failures, then each probe's headline, then more headlines.
 
     Failed probes lead unless `failures` is off (a medium that lists them already). Then one per
@@ -35,14 +36,19 @@ def key_findings(results: Results, order: list[str], limit: int = KEY_FINDINGS,
     findings cannot crowd out the attack; then the other headlines, then other high and medium findings.
     """
     rank = {n: i for i, n in enumerate(order)}
-    failed = [KeyFinding(n, "high", f"the {n} probe failed: {p.error}") for n, p in results.probes.items()
-              if p.status == "failed" and failures]
+    failed = [
+        KeyFinding(n, "high", f"the {n} probe failed: {p.error}")
+        for n, p in results.probes.items()
+        if p.status == "failed" and failures
+    ]
     firsts, rest = [], []
     for name, p in results.probes.items():
         if p.status != "ok":
             continue
-        ranked = sorted((f for f in p.findings if f.key or f.severity in ("high", "medium")),
-                        key=lambda f: (not f.key, SEVERITY_ORDER[f.severity]))
+        ranked = sorted(
+            (f for f in p.findings if f.key or f.severity in ("high", "medium")),
+            key=lambda f: (not f.key, SEVERITY_ORDER[f.severity]),
+        )
         firsts += [(name, f) for f in ranked[:1]]
         rest += [(name, f) for f in ranked[1:]]
 

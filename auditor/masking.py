@@ -33,24 +33,33 @@ def monotone(grid: list[str], values: list[float], pgd: list[float]) -> Check:
     rises = [(grid[a], grid[b]) for a, b in zip(order, order[1:]) if pgd[b] > pgd[a] + MARGIN]
     if rises:
         pairs = ", ".join(f"{a} → {b}" for a, b in rises)
-        return Check("monotone in ε", True, f"the metric under PGD rises with ε ({pairs}): a larger budget can "
-                                             "always do what a smaller one did, so the attack is not finding them")
+        return Check(
+            "monotone in ε",
+            True,
+            f"the metric under PGD rises with ε ({pairs}): a larger budget can "
+            "always do what a smaller one did, so the attack is not finding them",
+        )
     return Check("monotone in ε", False, "the metric under PGD never rises with ε")
 
 
 def fgsm_weaker(grid: list[str], pgd: list[float], fgsm: list[float], steps: int) -> Check:
     stronger = [g for g, a, f in zip(grid, pgd, fgsm) if f < a - MARGIN]
     if stronger:
-        return Check("FGSM no stronger than PGD", True,
-                     f"one-step FGSM beats {steps}-step PGD at ε={', '.join(stronger)}: PGD is under-converged or "
-                     "the loss surface is masked")
+        return Check(
+            "FGSM no stronger than PGD",
+            True,
+            f"one-step FGSM beats {steps}-step PGD at ε={', '.join(stronger)}: PGD is under-converged or "
+            "the loss surface is masked",
+        )
     return Check("FGSM no stronger than PGD", False, "PGD is at least as strong as FGSM at every ε")
 
 
 def stronger_pgd(eps: str, base: float, stronger: float, steps: int, restarts: int, n: int) -> Check:
     name = "more steps and restarts"
-    detail = (f"at ε={eps} on {n} images: {base:.3f} with the probe's PGD, {stronger:.3f} with {steps} steps "
-              f"× {restarts} restarts")
+    detail = (
+        f"at ε={eps} on {n} images: {base:.3f} with the probe's PGD, {stronger:.3f} with {steps} steps "
+        f"× {restarts} restarts"
+    )
     if stronger < base - max(STRONGER_MARGIN, 2 / max(n, 1)):  # two images can differ by chance on a small set
         return Check(name, True, detail + ": the attack has not converged; raise attacks.steps / attacks.restarts")
     return Check(name, False, detail)
@@ -60,26 +69,31 @@ def unbounded(value: float, clean: float, n: int) -> Check:
     name = "unbounded ε reaches zero"
     detail = f"at ε=1 (any image allowed) on {n} images the metric is {value:.3f} (clean {clean:.3f})"
     if value > UNBOUNDED_SHARE * clean + MARGIN:
-        return Check(name, True, detail + ": an attack that may replace the whole image should reach (near) "
-                                          "zero; the gradients do not lead anywhere")
+        return Check(
+            name,
+            True,
+            detail + ": an attack that may replace the whole image should reach (near) "
+            "zero; the gradients do not lead anywhere",
+        )
     return Check(name, False, detail)
 
 
 def gradients(zero_share: float, nonfinite_share: float) -> Check:
     name = "input gradients usable"
-    detail = (f"{zero_share:.1%} of the images have an all-zero input gradient, {nonfinite_share:.1%} a non-finite "
-              "one")
+    detail = f"{zero_share:.1%} of the images have an all-zero input gradient, {nonfinite_share:.1%} a non-finite one"
     if nonfinite_share > 0 or zero_share > BAD_GRADIENT_SHARE:
-        return Check(name, True, detail + ": gradient attacks cannot move these images, so their robustness is "
-                                          "not measured")
+        return Check(
+            name, True, detail + ": gradient attacks cannot move these images, so their robustness is not measured"
+        )
     return Check(name, False, detail)
 
 
 def gradient_free(eps: str, tried: int, broken: int, queries: int) -> Check:
     name = "gradient-free attack finds nothing PGD missed"
     if tried == 0:
-        return Check(name, False, f"at ε={eps} PGD broke every image tried, so there was nothing left for the "
-                                  "Square attack")
+        return Check(
+            name, False, f"at ε={eps} PGD broke every image tried, so there was nothing left for the Square attack"
+        )
     detail = f"at ε={eps} the Square attack ({queries} queries) broke {broken} of {tried} images that PGD did not"
     if broken > 0:
         return Check(name, True, detail + ": a black-box attack beating a white-box one points at masked gradients")

@@ -11,7 +11,9 @@ def accuracy(pred: torch.Tensor, target: torch.Tensor) -> float:
     return (pred == target).double().mean().item()
 
 
-def mean_iou_score(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> float:
+def mean_iou_score(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX
+) -> float:
     """Mean over classes of IoU on all pixels of all images together (ignore_index excluded).
 
     Classes absent from both prediction and target are left out of the mean rather than
@@ -19,8 +21,9 @@ def mean_iou_score(pred: torch.Tensor, target: torch.Tensor, num_classes: int, i
     """
     from torchmetrics.classification import MulticlassJaccardIndex
 
-    metric = MulticlassJaccardIndex(num_classes=num_classes, ignore_index=ignore_index, average="none",
-                                    zero_division=float("nan")).to(pred.device)
+    metric = MulticlassJaccardIndex(
+        num_classes=num_classes, ignore_index=ignore_index, average="none", zero_division=float("nan")
+    ).to(pred.device)
     per_class = metric(pred, target)
     present = ~torch.isnan(per_class)
     return per_class[present].mean().item() if present.any() else float("nan")
@@ -37,9 +40,13 @@ def detection_map(preds: list[dict], targets: list[torch.Tensor], *, map50_only:
 
     metric = MeanAveragePrecision(iou_type="bbox", box_format="xyxy", iou_thresholds=[0.5] if map50_only else None)
     metric.warn_on_many_detections = False  # COCO's 100 boxes per image, lowest scores dropped: intended
-    metric.update([{"boxes": p["boxes"].float().cpu(), "scores": p["scores"].float().cpu(),
-                    "labels": p["labels"].long().cpu()} for p in preds],
-                  [{"boxes": t[:, 1:5].float().cpu(), "labels": t[:, 0].long().cpu()} for t in targets])
+    metric.update(
+        [
+            {"boxes": p["boxes"].float().cpu(), "scores": p["scores"].float().cpu(), "labels": p["labels"].long().cpu()}
+            for p in preds
+        ],
+        [{"boxes": t[:, 1:5].float().cpu(), "labels": t[:, 0].long().cpu()} for t in targets],
+    )
     result = metric.compute()
     if map50_only:
         return {"map50": max(float(result["map_50"]), 0.0)}

@@ -79,16 +79,21 @@ def draw_examples(adapter, gallery, path: Path) -> None:
     fig, axes = plt.subplots(len(rows), n, figsize=(1.6 * n + 0.5, 1.7 * len(rows) + 0.2), squeeze=False)
     for i in range(n):
         clean_title, patched_title, changed = gallery.titles[i]
-        for r, (image, out, title) in enumerate([(gallery.clean[i], gallery.clean_out[i], clean_title),
-                                                 (gallery.patched[i], gallery.patched_out[i], patched_title)]):
+        for r, (image, out, title) in enumerate(
+            [
+                (gallery.clean[i], gallery.clean_out[i], clean_title),
+                (gallery.patched[i], gallery.patched_out[i], patched_title),
+            ]
+        ):
             ax = axes[r, i]
             _show_output(ax, adapter, image, out)
             if r == 1 and adapter.task != "classify":  # masks and boxes hide the patch: outline it
                 ax.contour(gallery.cover[i].numpy(), levels=[0.5], colors="yellow", linewidths=0.8)
             ax.set_title(_short(title, 26), fontsize=7, color=CHANGED if r == 1 and changed else "black")
         if gallery.cams is not None:
-            for r, (image, cam) in enumerate([(gallery.clean[i], gallery.cams[0][i]),
-                                              (gallery.patched[i], gallery.cams[1][i])], start=2):
+            for r, (image, cam) in enumerate(
+                [(gallery.clean[i], gallery.cams[0][i]), (gallery.patched[i], gallery.cams[1][i])], start=2
+            ):
                 axes[r, i].imshow(overlay_heat(image, cam), interpolation="bilinear")
                 if cam.max() <= 0:
                     axes[r, i].set_title("map is zero", fontsize=6.5)
@@ -115,4 +120,3 @@ def _show_output(ax, adapter, image: torch.Tensor, out) -> None:
         h, w = image.shape[-2:]
         ax.set_xlim(-0.5, w - 0.5)  # boxes past the edge must not widen the panel
         ax.set_ylim(h - 0.5, -0.5)
-

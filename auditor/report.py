@@ -125,17 +125,32 @@ def model_card(results: Results) -> list[tuple[str, str]]:
     m, d, r = results.model, results.data, results.run
     rows = [("model", f"{m['name']} ({m['task']}, {m['source']})")]
     if m.get("parameters") is not None:
-        rows.append(("parameters", f"{m['parameters']:,}" if isinstance(m["parameters"], int) else fact(m["parameters"])))
+        rows.append(
+            ("parameters", f"{m['parameters']:,}" if isinstance(m["parameters"], int) else fact(m["parameters"]))
+        )
     if m.get("input"):
         rows.append(("input", fact(m["input"]) + (f", {m['classes']} classes" if m.get("classes") else "")))
     if m.get("sha256"):
         rows.append(("sha256", str(m["sha256"])))
-    rows.append(("data", f"{d['name']}: {d['n']} images, {'labelled' if d.get('labelled', True) else 'label-free'}"
-                 + (f", {d['skipped']} unreadable left out" if d.get("skipped") else "")))
-    memory = [f"{r[k]:.2g} GiB {what}" for k, what in (("peak_memory_gib", "RAM"), ("gpu_peak_memory_gib", "GPU"))
-              if isinstance(r.get(k), (int, float))]
+    rows.append(
+        (
+            "data",
+            f"{d['name']}: {d['n']} images, {'labelled' if d.get('labelled', True) else 'label-free'}"
+            + (f", {d['skipped']} unreadable left out" if d.get("skipped") else ""),
+        )
+    )
+    memory = [
+        f"{r[k]:.2g} GiB {what}"
+        for k, what in (("peak_memory_gib", "RAM"), ("gpu_peak_memory_gib", "GPU"))
+        if isinstance(r.get(k), (int, float))
+    ]
     rows.append(("device", f"{r['device']}" + (f"; peak {', '.join(memory)}" if memory else "")))
-    rows.append(("run", f"{r['seconds']:.1f} s, seed {r['seed']}" + (f", finished {r['finished']}" if r.get("finished") else "")))
+    rows.append(
+        (
+            "run",
+            f"{r['seconds']:.1f} s, seed {r['seed']}" + (f", finished {r['finished']}" if r.get("finished") else ""),
+        )
+    )
     versions = [f"auditor {r['version']}"] + [f"{k} {r[k]}" for k in ("torch", "python") if r.get(k)]
     rows.append(("tool", ", ".join(versions)))
     return rows
@@ -192,8 +207,12 @@ def build_view(results: Results, out: Path) -> ReportView:
 
     registry = available_probes()
     order = section_order(results.probes)
-    images = [(name, rel) for name in order for rel in results.probes[name].artifacts
-              if rel.endswith(".png") and (out / rel).is_file()]
+    images = [
+        (name, rel)
+        for name in order
+        for rel in results.probes[name].artifacts
+        if rel.endswith(".png") and (out / rel).is_file()
+    ]
     uris = dict(zip(images, encode_images([out / rel for _, rel in images])))
     sections, tiles = [], []
     for name in order:
@@ -201,48 +220,85 @@ def build_view(results: Results, out: Path) -> ReportView:
         css = score_css(p.score, p.status)
         score = fmt(p.score) if p.status == "ok" else p.status
         note = {"skipped": "not run: see why", "failed": "error: see section"}.get(
-            p.status, "informational" if p.score is None else f"{p.seconds:.1f} s")
+            p.status, "informational" if p.score is None else f"{p.seconds:.1f} s"
+        )
         tiles.append(Tile(name=name, status=p.status, score=score, css=css, note=note))
         captions = p.details.get("captions", {})
         figures, files = [], []
         for rel in p.artifacts:
             if (name, rel) in uris:
-                figures.append(Figure(caption=captions.get(rel, Path(rel).stem.replace("_", " ")),
-                                      src=uris[(name, rel)], path=rel))
+                figures.append(
+                    Figure(caption=captions.get(rel, Path(rel).stem.replace("_", " ")), src=uris[(name, rel)], path=rel)
+                )
             else:
                 files.append(rel)
         findings = sorted(p.findings, key=lambda f: SEVERITY_ORDER[f.severity])
-        sections.append(Section(
-            name=name, description=getattr(registry.get(name), "description", ""), status=p.status, score=score,
-            css=css, seconds=p.seconds, metrics=[(k, fmt(v)) for k, v in p.metrics.items()], findings=findings,
-            figures=figures, files=files, details=p.details, error=p.error, reason=p.reason,
-            template=f"probes/{name}.html.j2"))
-    gates = [GateRow(rule=g.rule, value=fmt(g.value), result="pass" if g.passed else ("warn" if g.warn else "FAIL"),
-                     css="good" if g.passed else ("warn" if g.warn else "bad"), message=g.message)
-             for g in results.gates]
+        sections.append(
+            Section(
+                name=name,
+                description=getattr(registry.get(name), "description", ""),
+                status=p.status,
+                score=score,
+                css=css,
+                seconds=p.seconds,
+                metrics=[(k, fmt(v)) for k, v in p.metrics.items()],
+                findings=findings,
+                figures=figures,
+                files=files,
+                details=p.details,
+                error=p.error,
+                reason=p.reason,
+                template=f"probes/{name}.html.j2",
+            )
+        )
+    gates = [
+        GateRow(
+            rule=g.rule,
+            value=fmt(g.value),
+            result="pass" if g.passed else ("warn" if g.warn else "FAIL"),
+            css="good" if g.passed else ("warn" if g.warn else "bad"),
+            message=g.message,
+        )
+        for g in results.gates
+    ]
     code = exit_code(results)
     model = dict(results.model)
     notes = model.pop("notes", []) or []
     if results.run.get("partial"):
         notes.insert(0, f"Partial report: {results.run['partial']}.")
     if not results.data.get("labelled", True):
-        notes.append("Label-free data: every probe measures agreement with the model's own clean predictions, "
-                     "not accuracy against ground truth.")
+        notes.append(
+            "Label-free data: every probe measures agreement with the model's own clean predictions, "
+            "not accuracy against ground truth."
+        )
     return ReportView(
-        title=f"Audit of {results.model['name']}", verdict=verdict(results),
-        verdict_css="warn" if results.run.get("partial") else {0: "good", 1: "bad", 3: "warn"}[code], score=fmt(results.score),
-        score_css=score_css(results.score), tiles=tiles, gates=gates, sections=sections,
-        key_findings=key_findings(results, order), card=model_card(results),
-        model=[(k, fact(v)) for k, v in model.items()], data=[(k, fact(v)) for k, v in results.data.items()],
-        run=[(k, fact(v)) for k, v in results.run.items()], notes=notes)
+        title=f"Audit of {results.model['name']}",
+        verdict=verdict(results),
+        verdict_css="warn" if results.run.get("partial") else {0: "good", 1: "bad", 3: "warn"}[code],
+        score=fmt(results.score),
+        score_css=score_css(results.score),
+        tiles=tiles,
+        gates=gates,
+        sections=sections,
+        key_findings=key_findings(results, order),
+        card=model_card(results),
+        model=[(k, fact(v)) for k, v in model.items()],
+        data=[(k, fact(v)) for k, v in results.data.items()],
+        run=[(k, fact(v)) for k, v in results.run.items()],
+        notes=notes,
+    )
 
 
 def environment():
     from jinja2 import ChoiceLoader, Environment, PackageLoader, StrictUndefined, select_autoescape
 
-    return Environment(loader=ChoiceLoader([PackageLoader("reports", "templates")]),
-                       autoescape=select_autoescape(default=True, default_for_string=True),
-                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    return Environment(
+        loader=ChoiceLoader([PackageLoader("reports", "templates")]),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
 
 
 def render_report(results: Results, out: Path) -> Path:

@@ -53,13 +53,14 @@ class ProbeResult:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["findings"] = [{"severity": f.severity, "text": f.text, **({"key": True} if f.key else {})}
-                         for f in self.findings]
+        d["findings"] = [
+            {"severity": f.severity, "text": f.text, **({"key": True} if f.key else {})} for f in self.findings
+        ]
         d["artifacts"] = list(self.artifacts)
         return {k: v for k, v in d.items() if v is not None or k == "score"}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ProbeResult":
+    def from_dict(cls, d: dict[str, Any]) -> ProbeResult:
         d = dict(d)
         d["findings"] = tuple(Finding(**f) for f in d.get("findings", ()))
         d["artifacts"] = tuple(d.get("artifacts", ()))
@@ -87,21 +88,29 @@ class Results:
     def score(self) -> float | None:
         return overall_score(self.probes)
 
-    def with_gates(self, gates) -> "Results":
+    def with_gates(self, gates) -> Results:
         return replace(self, gates=tuple(gates))
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "schema": SCHEMA, "model": self.model, "data": self.data, "run": self.run, "score": self.score,
+            "schema": SCHEMA,
+            "model": self.model,
+            "data": self.data,
+            "run": self.run,
+            "score": self.score,
             "probes": {name: p.to_dict() for name, p in self.probes.items()},
             "gates": [asdict(g) for g in self.gates],
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Results":
-        return cls(model=d["model"], data=d["data"], run=d["run"],
-                   probes={k: ProbeResult.from_dict(v) for k, v in d["probes"].items()},
-                   gates=tuple(GateResult(**g) for g in d.get("gates", ())))
+    def from_dict(cls, d: dict[str, Any]) -> Results:
+        return cls(
+            model=d["model"],
+            data=d["data"],
+            run=d["run"],
+            probes={k: ProbeResult.from_dict(v) for k, v in d["probes"].items()},
+            gates=tuple(GateResult(**g) for g in d.get("gates", ())),
+        )
 
 
 def overall_score(probes: dict[str, ProbeResult]) -> float | None:

@@ -15,7 +15,7 @@ import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +58,9 @@ def make_progress(enabled: bool):
     width, height = min(size.columns, 120), max(size.lines, 2)
 
     def progress(total: int, desc: str):
-        return tqdm(total=total, desc=f"{desc:>14}", disable=not enabled, file=sys.stderr, leave=True, ncols=width,
-                    nrows=height)
+        return tqdm(
+            total=total, desc=f"{desc:>14}", disable=not enabled, file=sys.stderr, leave=True, ncols=width, nrows=height
+        )
 
     return progress
 
@@ -93,8 +94,10 @@ def select_probes(requested: list[str] | None, registry: dict[str, type[Probe]])
         return list(registry)
     unknown = [n for n in requested if n not in registry]
     if unknown:
-        raise AuditError(f"--probes: unknown probe(s) {', '.join(unknown)}{did_you_mean(unknown[0], registry)} "
-                         f"(available: {', '.join(registry)})")
+        raise AuditError(
+            f"--probes: unknown probe(s) {', '.join(unknown)}{did_you_mean(unknown[0], registry)} "
+            f"(available: {', '.join(registry)})"
+        )
     return list(dict.fromkeys(requested))
 
 
@@ -113,8 +116,10 @@ def run_audit(config: RunConfig) -> Results:
     stray = set(config.params) - set(registry)
     if stray:
         first = sorted(stray)[0]
-        raise AuditError(f"parameters for unknown probe(s) {', '.join(sorted(stray))}{did_you_mean(first, registry)} "
-                         f"(available: {', '.join(registry)})")
+        raise AuditError(
+            f"parameters for unknown probe(s) {', '.join(sorted(stray))}{did_you_mean(first, registry)} "
+            f"(available: {', '.join(registry)})"
+        )
     params = {n: parse_params(registry[n], config.params.get(n, {})) for n in names}
     check_rules_apply(config.gates, names, config.baseline)
     if config.batch_size < 1:
@@ -148,30 +153,53 @@ def run_audit(config: RunConfig) -> Results:
             results[name] = saved
             continue
         try:
-            results[name] = run_probe(probe, Context(adapter=adapter, data=data, device=device, seed=config.seed,
-                                                     batch_size=config.batch_size, out_dir=out, probe_name=name,
-                                                     progress=progress, probes=tuple(names)))
+            results[name] = run_probe(
+                probe,
+                Context(
+                    adapter=adapter,
+                    data=data,
+                    device=device,
+                    seed=config.seed,
+                    batch_size=config.batch_size,
+                    out_dir=out,
+                    probe_name=name,
+                    progress=progress,
+                    probes=tuple(names),
+                ),
+            )
         except KeyboardInterrupt:
             interrupted = name
             break
         write_json(out / ".partial" / f"{name}.json", {"fingerprint": fingerprint, "result": results[name].to_dict()})
 
     facts = {**asdict(adapter.facts), **adapter.describe(), "name": adapter.facts.name}
-    model_facts = {"name": facts.pop("name"), "task": adapter.task, "source": facts.pop("source"),
-                   "sha256": facts.pop("sha256"), **facts}
-    run_facts = {"device": _device_name(device), "seed": config.seed,
-                 "seconds": round(time.perf_counter() - started, 2), "version": auditor.__version__,
-                 "torch": torch.__version__, "python": platform.python_version(),
-                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                 "batch_size": config.batch_size, "peak_memory_gib": _peak_rss_gib()}
+    model_facts = {
+        "name": facts.pop("name"),
+        "task": adapter.task,
+        "source": facts.pop("source"),
+        "sha256": facts.pop("sha256"),
+        **facts,
+    }
+    run_facts = {
+        "device": _device_name(device),
+        "seed": config.seed,
+        "seconds": round(time.perf_counter() - started, 2),
+        "version": auditor.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "batch_size": config.batch_size,
+        "peak_memory_gib": _peak_rss_gib(),
+    }
     if device.type == "cuda":
         peaks = [p.details.get("gpu_peak_gib", 0.0) for p in results.values()]
         run_facts["gpu_peak_memory_gib"] = max(peaks, default=0.0)
     data_facts = {**data.facts(), **({"path": str(config.data)} if config.data else {})}
     if interrupted is not None:
-        left = names[names.index(interrupted):]
-        run_facts["partial"] = (f"interrupted (Ctrl-C) during {interrupted}; not run: {', '.join(left)}; "
-                                f"rerun with --resume to finish")
+        left = names[names.index(interrupted) :]
+        run_facts["partial"] = (
+            f"interrupted (Ctrl-C) during {interrupted}; not run: {', '.join(left)}; rerun with --resume to finish"
+        )
         # gates are not judged on a partial run: a missing probe would read as a failure
         raise Interrupted(Results(model=model_facts, data=data_facts, run=run_facts, probes=results))
     res = Results(model=model_facts, data=data_facts, run=run_facts, probes=results)
@@ -195,8 +223,10 @@ def run_probe(probe: Probe, ctx: Context) -> ProbeResult:
             if ctx.batch_size <= 1:
                 return _failed(ctx, start, f"out of GPU memory even at batch size 1 (from {first_batch})")
             smaller = ctx.batch_size // 2
-            print(f"warning: {probe.name} ran out of GPU memory at batch size {ctx.batch_size}; "
-                  f"retrying at {smaller}", file=sys.stderr)
+            print(
+                f"warning: {probe.name} ran out of GPU memory at batch size {ctx.batch_size}; retrying at {smaller}",
+                file=sys.stderr,
+            )
             ctx = replace(ctx, batch_size=smaller)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -206,12 +236,15 @@ def run_probe(probe: Probe, ctx: Context) -> ProbeResult:
             return _failed(ctx, start, None)
     if ctx.device.type == "cuda":
         # the probe's own high-water mark on the GPU (reset above, before the probe ran)
-        result = replace(result, details={**result.details,
-                                          "gpu_peak_gib": round(torch.cuda.max_memory_allocated(ctx.device) / 2**30, 3)})
+        result = replace(
+            result,
+            details={**result.details, "gpu_peak_gib": round(torch.cuda.max_memory_allocated(ctx.device) / 2**30, 3)},
+        )
     if ctx.batch_size != first_batch:
         note = Finding("info", f"ran at batch size {ctx.batch_size}: batch size {first_batch} ran out of GPU memory")
-        result = replace(result, findings=(*result.findings, note),
-                         details={**result.details, "batch_size": ctx.batch_size})
+        result = replace(
+            result, findings=(*result.findings, note), details={**result.details, "batch_size": ctx.batch_size}
+        )
     return replace(result, seconds=round(time.perf_counter() - start, 2))
 
 
@@ -221,8 +254,7 @@ def _failed(ctx: Context, start: float, message: str | None) -> ProbeResult:
     log, rel = ctx.artifact("error.log")
     log.write_text(traceback.format_exc(), encoding="utf-8")
     message = message or f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
-    return ProbeResult(status="failed", seconds=round(time.perf_counter() - start, 2), error=message,
-                       artifacts=(rel,))
+    return ProbeResult(status="failed", seconds=round(time.perf_counter() - start, 2), error=message, artifacts=(rel,))
 
 
 def check_model_output(adapter: ModelAdapter, data: EvalData, device: torch.device) -> None:
@@ -234,8 +266,10 @@ def check_model_output(adapter: ModelAdapter, data: EvalData, device: torch.devi
     except Exception as exc:
         raise AuditError(f"{adapter.facts.name}: forward pass on {data.name} failed: {exc}".splitlines()[0]) from exc
     if not all(torch.isfinite(t).all() for t in _tensors(out)):
-        raise AuditError(f"{adapter.facts.name}: the model returns NaN or infinite outputs on {data.name}; "
-                         "check the weights and --mean/--std")
+        raise AuditError(
+            f"{adapter.facts.name}: the model returns NaN or infinite outputs on {data.name}; "
+            "check the weights and --mean/--std"
+        )
 
 
 def _tensors(out):
@@ -277,8 +311,15 @@ def _device_name(device: torch.device) -> str:
 
 
 def _fingerprint(config: RunConfig, name: str, params: Any) -> str:
-    key = {"model": asdict(config.model), "data": config.data, "limit": config.limit, "seed": config.seed,
-           "probe": name, "params": asdict(params), "version": auditor.__version__}
+    key = {
+        "model": asdict(config.model),
+        "data": config.data,
+        "limit": config.limit,
+        "seed": config.seed,
+        "probe": name,
+        "params": asdict(params),
+        "version": auditor.__version__,
+    }
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -9,8 +9,8 @@ warped with it, boxes moved by its inverse, class labels stay.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -37,8 +37,9 @@ class Shift:
     def imagenet_c(self) -> bool:
         return self.name in CORRUPTIONS
 
-    def apply(self, x: torch.Tensor, severity: int, generator: torch.Generator | None,
-              scale: float | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def apply(
+        self, x: torch.Tensor, severity: int, generator: torch.Generator | None, scale: float | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if not 1 <= severity <= len(self.levels):
             raise ValueError(f"{self.name}: severity must be 1..{len(self.levels)}, got {severity}")
         return self.fn(x, severity, generator, scale)
@@ -52,6 +53,7 @@ def _corruption(name: str) -> Callable:
 
 
 # ---------------------------------------------------------------- geometric
+
 
 def _centred(h: int, w: int, linear: torch.Tensor) -> torch.Tensor:
     """B x 3 x 3 maps applying `linear` (B x 2 x 2, output -> input) about the image centre."""
@@ -119,7 +121,9 @@ def warp_masks(masks: torch.Tensor, a: torch.Tensor, ignore: int = 255) -> torch
     return torch.where(out < 0, torch.full_like(out, ignore), out).to(masks.dtype)
 
 
-def warp_boxes(boxes: list[torch.Tensor], a: torch.Tensor, h: int, w: int, min_visible: float = 0.5) -> list[torch.Tensor]:
+def warp_boxes(
+    boxes: list[torch.Tensor], a: torch.Tensor, h: int, w: int, min_visible: float = 0.5
+) -> list[torch.Tensor]:
     """K x 5 (class, x0, y0, x1, y1; pixel edges) per image, moved with the image.
 
     A rotated box is replaced by the axis-aligned box around its corners; a box cut by the
@@ -132,8 +136,18 @@ def warp_boxes(boxes: list[torch.Tensor], a: torch.Tensor, h: int, w: int, min_v
             out.append(t)
             continue
         x0, y0, x1, y1 = (t[:, i].double().cpu() for i in range(1, 5))
-        corners = torch.stack([torch.stack([x0, y0], -1), torch.stack([x1, y0], -1),
-                               torch.stack([x0, y1], -1), torch.stack([x1, y1], -1)], 1) - 0.5  # K x 4 x 2
+        corners = (
+            torch.stack(
+                [
+                    torch.stack([x0, y0], -1),
+                    torch.stack([x1, y0], -1),
+                    torch.stack([x0, y1], -1),
+                    torch.stack([x1, y1], -1),
+                ],
+                1,
+            )
+            - 0.5
+        )  # K x 4 x 2
         moved = corners @ forward[k, :2, :2].T + forward[k, :2, 2] + 0.5
         lo, hi = moved.amin(1), moved.amax(1)
         clipped_lo = torch.stack([lo[:, 0].clamp(0, w), lo[:, 1].clamp(0, h)], -1)
@@ -147,6 +161,7 @@ def warp_boxes(boxes: list[torch.Tensor], a: torch.Tensor, h: int, w: int, min_v
 
 
 # ---------------------------------------------------------------- photometric
+
 
 def _hue(x, severity, generator, scale):
     from torchvision.transforms.v2.functional import adjust_hue
@@ -172,13 +187,15 @@ SHIFTS: dict[str, Shift] = {}
 for _family, _names in FAMILIES.items():
     for _name in _names:
         SHIFTS[_name] = Shift(_name, _family, tuple(str(s) for s in range(1, 6)), _corruption(_name))
-SHIFTS.update({
-    "rotate": Shift("rotate", "geometric", _levels(ROTATE_DEGREES, "±{}°"), _rotate),
-    "translate": Shift("translate", "geometric", _levels(TRANSLATE_SHARE, "{:.0%}"), _translate),
-    "scale": Shift("scale", "geometric", _levels(SCALE_FACTOR, "×{}"), _scale),
-    "hflip": Shift("hflip", "geometric", ("mirrored",), _hflip),
-    "hue": Shift("hue", "photometric", _levels(HUE_SHIFT, "{:+}"), _hue, colour_only=True),
-    "saturation": Shift("saturation", "photometric", _levels(SATURATION, "×{}"), _saturation, colour_only=True),
-    "gamma": Shift("gamma", "photometric", _levels(GAMMA, "γ {}"), _gamma),
-})
+SHIFTS.update(
+    {
+        "rotate": Shift("rotate", "geometric", _levels(ROTATE_DEGREES, "±{}°"), _rotate),
+        "translate": Shift("translate", "geometric", _levels(TRANSLATE_SHARE, "{:.0%}"), _translate),
+        "scale": Shift("scale", "geometric", _levels(SCALE_FACTOR, "×{}"), _scale),
+        "hflip": Shift("hflip", "geometric", ("mirrored",), _hflip),
+        "hue": Shift("hue", "photometric", _levels(HUE_SHIFT, "{:+}"), _hue, colour_only=True),
+        "saturation": Shift("saturation", "photometric", _levels(SATURATION, "×{}"), _saturation, colour_only=True),
+        "gamma": Shift("gamma", "photometric", _levels(GAMMA, "γ {}"), _gamma),
+    }
+)
 FAMILY_ORDER = ("noise", "blur", "weather", "digital", "geometric", "photometric")

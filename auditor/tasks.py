@@ -76,8 +76,11 @@ class SegmentOps(ClassifyOps):
         for c in range(num_classes):
             inter = ((p == c) & (r == c) & valid).sum(1)
             union = (((p == c) | (r == c)) & valid).sum(1)
-            ious.append(torch.where(union > 0, inter / union.clamp_min(1), torch.full_like(inter, float("nan"),
-                                                                                         dtype=torch.float64)))
+            ious.append(
+                torch.where(
+                    union > 0, inter / union.clamp_min(1), torch.full_like(inter, float("nan"), dtype=torch.float64)
+                )
+            )
         return torch.stack(ious, 1).double().nanmean(1).nan_to_num(1.0)
 
 
@@ -104,8 +107,9 @@ class DetectOps:
         return data.labels if data.labelled else self.as_reference(clean_pred)
 
     def as_reference(self, clean_pred):
-        return [torch.cat([d["labels"][:, None].float(), d["boxes"]], 1)[d["scores"] >= _show_conf()]
-                for d in clean_pred]
+        return [
+            torch.cat([d["labels"][:, None].float(), d["boxes"]], 1)[d["scores"] >= _show_conf()] for d in clean_pred
+        ]
 
     def warp(self, items, affine, size):
         from auditor.shifts import warp_boxes
@@ -117,8 +121,9 @@ class DetectOps:
 
     def agreement(self, pred, reference) -> torch.Tensor:
         """Share of reference boxes still found (IoU >= 0.5, same class, shown confidence)."""
-        return torch.tensor([f.double().mean().item() if len(f) else 1.0 for f in self.found(pred, reference)],
-                            dtype=torch.float64)
+        return torch.tensor(
+            [f.double().mean().item() if len(f) else 1.0 for f in self.found(pred, reference)], dtype=torch.float64
+        )
 
     def image_score(self, pred, reference, num_classes: int) -> torch.Tensor:
         return self.agreement(pred, reference)

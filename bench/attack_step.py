@@ -42,10 +42,17 @@ def models(device):
     yield "digits-cnn 1x28x28", load_model(ModelSpec(model="digits-cnn")), (1, 28, 28)
     torch.manual_seed(0)
     net = torchvision.models.resnet18(num_classes=1000)
-    adapter = ClassifierAdapter(net, facts=ModelFacts(name="resnet18", source="torchvision"),
-                                class_names=[str(i) for i in range(1000)], input_size=(224, 224), channels=3,
-                                mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-                                preprocess=Preprocess(resize=224), epsilons=("4/255",))
+    adapter = ClassifierAdapter(
+        net,
+        facts=ModelFacts(name="resnet18", source="torchvision"),
+        class_names=[str(i) for i in range(1000)],
+        input_size=(224, 224),
+        channels=3,
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        preprocess=Preprocess(resize=224),
+        epsilons=("4/255",),
+    )
     yield "resnet18 3x224x224 (random weights)", adapter, (3, 224, 224)
 
 
@@ -60,8 +67,10 @@ def main() -> None:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     eps, steps = 4 / 255, args.steps
     alpha = 2.5 * eps / steps
-    print(f"device {device}, batch {args.batch}, {steps} PGD steps, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} CPU threads")
+    print(
+        f"device {device}, batch {args.batch}, {steps} PGD steps, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} CPU threads"
+    )
     for name, model, shape in models(device):
         model = model.to(device).eval()
         g = torch.Generator().manual_seed(0)
@@ -82,11 +91,13 @@ def main() -> None:
             adv = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
             for _ in range(steps):
                 adv.requires_grad_(True)
-                grad, = torch.autograd.grad(F.cross_entropy(model(adv), y), adv)
+                (grad,) = torch.autograd.grad(F.cross_entropy(model(adv), y), adv)
                 adv = torch.min(torch.max(adv.detach() + alpha * grad.sign(), x - eps), x + eps).clamp(0, 1)
 
-        results = {"model fwd+bwd": timed(fwd_bwd, args.repeats, sync),
-                   "(+ weight grads)": timed(fwd_bwd_all, args.repeats, sync)}
+        results = {
+            "model fwd+bwd": timed(fwd_bwd, args.repeats, sync),
+            "(+ weight grads)": timed(fwd_bwd_all, args.repeats, sync),
+        }
         results["plain torch PGD"] = timed(plain_pgd, args.repeats, sync) / steps
 
         # the probe's engine; early stopping off, so that every image takes every step (random labels
@@ -97,17 +108,36 @@ def main() -> None:
         from captum.robust import PGD as CaptumPGD
 
         cap = CaptumPGD(model, torch.nn.CrossEntropyLoss(reduction="none"), lower_bound=0.0, upper_bound=1.0)
-        results["captum.robust PGD"] = timed(lambda: cap.perturb(x, radius=eps, step_size=alpha, step_num=steps,
-                                                                  target=y, random_start=True), args.repeats, sync) / steps
+        results["captum.robust PGD"] = (
+            timed(
+                lambda: cap.perturb(x, radius=eps, step_size=alpha, step_num=steps, target=y, random_start=True),
+                args.repeats,
+                sync,
+            )
+            / steps
+        )
 
         from art.attacks.evasion import ProjectedGradientDescent
         from art.estimators.classification import PyTorchClassifier
 
-        est = PyTorchClassifier(model=model, loss=torch.nn.CrossEntropyLoss(), input_shape=shape,
-                                nb_classes=model.num_classes, clip_values=(0.0, 1.0),
-                                device_type="gpu" if device.type == "cuda" else "cpu")
-        art_pgd = ProjectedGradientDescent(est, norm=np.inf, eps=eps, eps_step=alpha, max_iter=steps,
-                                           num_random_init=1, batch_size=args.batch, verbose=False)
+        est = PyTorchClassifier(
+            model=model,
+            loss=torch.nn.CrossEntropyLoss(),
+            input_shape=shape,
+            nb_classes=model.num_classes,
+            clip_values=(0.0, 1.0),
+            device_type="gpu" if device.type == "cuda" else "cpu",
+        )
+        art_pgd = ProjectedGradientDescent(
+            est,
+            norm=np.inf,
+            eps=eps,
+            eps_step=alpha,
+            max_iter=steps,
+            num_random_init=1,
+            batch_size=args.batch,
+            verbose=False,
+        )
         x_np, y_np = x.cpu().numpy(), y.cpu().numpy()
         results["ART PGD"] = timed(lambda: art_pgd.generate(x=x_np, y=y_np), args.repeats, sync) / steps
         try:

@@ -87,14 +87,20 @@ def timed(fn, repeats: int, sync, warmup=None, budget: float = math.inf) -> tupl
 
 # ---------------------------------------------------------------- images
 
+
 def _photos() -> tuple[list[np.ndarray], str]:
     """Natural colour photographs (H x W x 3 uint8) shipped inside installed packages."""
     try:
         import skimage.data as data
 
-        loaders = {"astronaut": data.astronaut, "chelsea": data.chelsea, "coffee": data.coffee,
-                   "rocket": data.rocket, "immunohistochemistry": data.immunohistochemistry,
-                   "motorcycle_left": lambda: data.stereo_motorcycle()[0]}
+        loaders = {
+            "astronaut": data.astronaut,
+            "chelsea": data.chelsea,
+            "coffee": data.coffee,
+            "rocket": data.rocket,
+            "immunohistochemistry": data.immunohistochemistry,
+            "motorcycle_left": lambda: data.stereo_motorcycle()[0],
+        }
         photos, names = [], []
         for name, load in loaders.items():
             try:
@@ -113,8 +119,10 @@ def _photos() -> tuple[list[np.ndarray], str]:
         assets = Path(spec.origin).parent / "assets"
         files = sorted(assets.glob("*.jpg"))
         if files:
-            return ([np.asarray(Image.open(f).convert("RGB")) for f in files],
-                    "ultralytics assets " + ", ".join(f.name for f in files))
+            return (
+                [np.asarray(Image.open(f).convert("RGB")) for f in files],
+                "ultralytics assets " + ", ".join(f.name for f in files),
+            )
     raise SystemExit("no bundled photographs found: install scikit-image (or ultralytics) for real test images")
 
 
@@ -129,7 +137,7 @@ def load_images(n: int, size: int) -> tuple[np.ndarray, str]:
         side = min(h, w)
         pos = positions[rnd % len(positions)]
         top, left = int((h - side) * pos), int((w - side) * pos)
-        crop = photo[top:top + side, left:left + side]
+        crop = photo[top : top + side, left : left + side]
         if rnd % 2:
             crop = crop[:, ::-1]
         out.append(np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize((size, size), Image.LANCZOS)))
@@ -138,6 +146,7 @@ def load_images(n: int, size: int) -> tuple[np.ndarray, str]:
 
 
 # ---------------------------------------------------------------- the reference
+
 
 def _gaussian_multichannel_shim(module) -> bool:
     """COMPATIBILITY SHIM for imagecorruptions 1.1.2 on scikit-image >= 0.20 (see the docstring).
@@ -176,14 +185,14 @@ def load_reference():
             pass
     from importlib.metadata import version
 
-    line = (f"imagecorruptions {version('imagecorruptions')} "
-            f"(numpy {np.__version__}, {', '.join(versions)})")
+    line = f"imagecorruptions {version('imagecorruptions')} (numpy {np.__version__}, {', '.join(versions)})"
     if _gaussian_multichannel_shim(module):
         line += "; SHIM: skimage gaussian(multichannel=) mapped to channel_axis (glass_blur)"
     return imagecorruptions.corrupt, line
 
 
 # ---------------------------------------------------------------- main
+
 
 def fmt_rate(v: float | None) -> str:
     return f"{v:10.1f}" if v is not None else f"{'-':>10}"
@@ -197,12 +206,20 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--severity", type=int, default=3, choices=SEVERITIES)
     ap.add_argument("--all-severities", action="store_true", help="one table row per corruption and severity")
-    ap.add_argument("--ref-budget", type=float, default=20.0,
-                    help="seconds after which the reference stops repeating one corruption and severity")
+    ap.add_argument(
+        "--ref-budget",
+        type=float,
+        default=20.0,
+        help="seconds after which the reference stops repeating one corruption and severity",
+    )
     ap.add_argument("--no-reference", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch CPU threads (default: torch's own choice); the reference is mostly single-threaded")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's own choice); the reference is mostly single-threaded",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -214,14 +231,18 @@ def main() -> None:
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).contiguous().to(device)
     reference, ref_line = (None, "reference skipped (--no-reference)") if args.no_reference else load_reference()
 
-    print(f"device {device}, batch {args.batch}, size {args.size}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} CPU threads")
+    print(
+        f"device {device}, batch {args.batch}, size {args.size}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} CPU threads"
+    )
     print(f"images: {source}")
     print(f"reference: {ref_line}")
     if hasattr(os, "getloadavg"):
         print(f"load average at start {os.getloadavg()[0]:.2f} (other work on the machine skews the figures)")
-    print(f"timing: warm-up, then best of {args.repeats} calls (project: one batched call; reference: one "
-          f"per-image pass over the same {args.batch} images, fewer passes past {args.ref_budget:g} s)")
+    print(
+        f"timing: warm-up, then best of {args.repeats} calls (project: one batched call; reference: one "
+        f"per-image pass over the same {args.batch} images, fewer passes past {args.ref_budget:g} s)"
+    )
 
     B = args.batch
     rows = {}  # (name, severity) -> dict
@@ -250,8 +271,13 @@ def main() -> None:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    t, n = timed(run_reference, args.repeats, lambda: None, budget=args.ref_budget,
-                                 warmup=lambda: reference(images[0], corruption_name=name, severity=s))
+                    t, n = timed(
+                        run_reference,
+                        args.repeats,
+                        lambda: None,
+                        budget=args.ref_budget,
+                        warmup=lambda: reference(images[0], corruption_name=name, severity=s),
+                    )
             except Exception as e:  # noqa: BLE001 - a broken reference corruption is reported, not fatal
                 row["ref_error"] = f"{type(e).__name__}: {e}"
                 continue
@@ -262,8 +288,10 @@ def main() -> None:
         print(f"  timed {name}", file=sys.stderr, flush=True)
 
     shown = SEVERITIES if args.all_severities else (args.severity,)
-    print(f"\n{'corruption':<18} {'sev':>3} {'project img/s':>14} {'imagecorr img/s':>16} {'ratio':>8} "
-          f"{'ref passes':>10}   {'strength proj':>13} {'ref':>6}   {'s for 5 sev: proj':>17} {'ref':>7}")
+    print(
+        f"\n{'corruption':<18} {'sev':>3} {'project img/s':>14} {'imagecorr img/s':>16} {'ratio':>8} "
+        f"{'ref passes':>10}   {'strength proj':>13} {'ref':>6}   {'s for 5 sev: proj':>17} {'ref':>7}"
+    )
     for name in CORRUPTIONS:
         for s in shown:
             r = rows[name, s]
@@ -273,18 +301,24 @@ def main() -> None:
             passes = f"{r['ref_n']:>10}" if "ref_n" in r else f"{'error' if 'ref_error' in r else '-':>10}"
             rs = f"{r['ref_strength']:6.3f}" if "ref_strength" in r else f"{'-':>6}"
             suite_p = sum(rows[name, v]["project_t"] for v in SEVERITIES)
-            suite_r = (f"{sum(rows[name, v]['ref_t'] for v in SEVERITIES):7.2f}"
-                       if all("ref_t" in rows[name, v] for v in SEVERITIES) else f"{'-':>7}")
-            print(f"{name:<18} {s:>3} {p:14.1f} {fmt_rate(q):>16} {ratio} {passes}   "
-                  f"{r['project_strength']:13.3f} {rs}   {suite_p:17.2f} {suite_r}")
+            suite_r = (
+                f"{sum(rows[name, v]['ref_t'] for v in SEVERITIES):7.2f}"
+                if all("ref_t" in rows[name, v] for v in SEVERITIES)
+                else f"{'-':>7}"
+            )
+            print(
+                f"{name:<18} {s:>3} {p:14.1f} {fmt_rate(q):>16} {ratio} {passes}   "
+                f"{r['project_strength']:13.3f} {rs}   {suite_p:17.2f} {suite_r}"
+            )
     for (name, s), r in rows.items():
         if "ref_error" in r:
             print(f"reference error, {name} severity {s}: {r['ref_error']}")
 
     total_p = sum(r["project_t"] for r in rows.values())
     n_images = B * len(rows)
-    print(f"\nwhole suite, {len(CORRUPTIONS)} corruptions x {len(SEVERITIES)} severities = "
-          f"{n_images} images each side:")
+    print(
+        f"\nwhole suite, {len(CORRUPTIONS)} corruptions x {len(SEVERITIES)} severities = {n_images} images each side:"
+    )
     print(f"  project          {n_images / total_p:10.1f} img/s  ({total_p:8.2f} s)")
     if reference is not None and all("ref_t" in r for r in rows.values()):
         total_r = sum(r["ref_t"] for r in rows.values())
@@ -297,16 +331,21 @@ def main() -> None:
         print(f"load average at end {os.getloadavg()[0]:.2f}")
     if reference is None:
         return
-    print("\ndeterministic corruptions, mean |project - reference| in [0, 1] (reference output is uint8, "
-          "truncated; 'floored' truncates the project's output the same way first), max in 1/255 steps:")
+    print(
+        "\ndeterministic corruptions, mean |project - reference| in [0, 1] (reference output is uint8, "
+        "truncated; 'floored' truncates the project's output the same way first), max in 1/255 steps:"
+    )
     print(f"{'corruption':<18} {'':<8}" + "".join(f"{'sev ' + str(s):>9}" for s in SEVERITIES) + f"{'max':>8}")
     for name in DETERMINISTIC:
         if not all("ref_out" in rows[name, s] for s in SEVERITIES):
             continue
         for label, q in (("raw", lambda a: a), ("floored", lambda a: np.floor(a * 255 + 1e-4) / 255)):
             diffs = [np.abs(q(rows[name, s]["project_out"]) - rows[name, s]["ref_out"]) for s in SEVERITIES]
-            print(f"{name if label == 'raw' else '':<18} {label:<8}" + "".join(f"{d.mean():9.4f}" for d in diffs)
-                  + f"{max(d.max() for d in diffs) * 255:8.1f}")
+            print(
+                f"{name if label == 'raw' else '':<18} {label:<8}"
+                + "".join(f"{d.mean():9.4f}" for d in diffs)
+                + f"{max(d.max() for d in diffs) * 255:8.1f}"
+            )
 
 
 if __name__ == "__main__":

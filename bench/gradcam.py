@@ -79,8 +79,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--min-time", type=float, default=0.3,
-                    help="a timing repeats a fast method until it lasts this many seconds, against timer noise")
+    ap.add_argument(
+        "--min-time",
+        type=float,
+        default=0.3,
+        help="a timing repeats a fast method until it lasts this many seconds, against timer noise",
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
     args = ap.parse_args()
     if args.threads:
@@ -128,12 +132,14 @@ def main() -> None:
         "model fwd+bwd": fwd_bwd,
         "(+ weight grads)": fwd_bwd_all,
         "ours gradcam": lambda: cam_maps(score_fn, [layer], x, ["gradcam"]),
-        "ours gradcam+up+norm": lambda: normalise(upsample(cam_maps(score_fn, [layer], x, ["gradcam"])["gradcam"],
-                                                           tuple(x.shape[-2:]))),
+        "ours gradcam+up+norm": lambda: normalise(
+            upsample(cam_maps(score_fn, [layer], x, ["gradcam"])["gradcam"], tuple(x.shape[-2:]))
+        ),
         "ours gradcam+gc++": lambda: cam_maps(score_fn, [layer], x, ["gradcam", "gradcam++"]),
         "captum batched": lambda: captum.attribute(x, target=targets, relu_attributions=True),
-        "captum per image": lambda: torch.cat([captum.attribute(x[i:i + 1], target=int(targets[i]),
-                                                                relu_attributions=True) for i in range(B)]),
+        "captum per image": lambda: torch.cat(
+            [captum.attribute(x[i : i + 1], target=int(targets[i]), relu_attributions=True) for i in range(B)]
+        ),
         "pgc GradCAM": lambda: pgc(GradCAM),
         "pgc GradCAM++": lambda: pgc(GradCAMPlusPlus),
     }
@@ -155,23 +161,33 @@ def main() -> None:
 
     from importlib.metadata import version
 
-    print(f"{about}\ndevice {device}, batch {B}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
-          f"captum {version('captum')}, grad-cam {version('grad-cam')}")
+    print(
+        f"{about}\ndevice {device}, batch {B}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
+        f"captum {version('captum')}, grad-cam {version('grad-cam')}"
+    )
     if hasattr(os, "getloadavg"):
         print(f"load average {os.getloadavg()[0]:.2f} (other jobs on the machine skew the figures)")
-    print(f"timing: 1 warm-up call each, then the MEDIAN of {args.repeats} rounds (methods interleaved); in a round "
-          f"a method runs back to back for >= {args.min_time:g} s (calls in all: "
-          f"{', '.join(str(c) for c in calls.values())}) and counts time per call")
-    print("ours and captum return raw h x w maps; pgc's maps are upsampled to the input size and min-max "
-          "normalised on the CPU (numpy/cv2),\npart of what its users pay; 'ours gradcam+up+norm' upsamples and "
-          "normalises (by the peak) on the device\n")
+    print(
+        f"timing: 1 warm-up call each, then the MEDIAN of {args.repeats} rounds (methods interleaved); in a round "
+        f"a method runs back to back for >= {args.min_time:g} s (calls in all: "
+        f"{', '.join(str(c) for c in calls.values())}) and counts time per call"
+    )
+    print(
+        "ours and captum return raw h x w maps; pgc's maps are upsampled to the input size and min-max "
+        "normalised on the CPU (numpy/cv2),\npart of what its users pay; 'ours gradcam+up+norm' upsamples and "
+        "normalises (by the peak) on the device\n"
+    )
     base = rate["model fwd+bwd"]
     print(f"{'method':<21} {'img/s':>9} {'ms/batch':>10} {'/ fwd+bwd':>10}   {'ms/batch min..max':>17}")
     for k, r in rate.items():
         spread = f"{min(times[k]) * 1000:.1f}..{max(times[k]) * 1000:.1f}"
         print(f"{k:<21} {r:9.1f} {B / r * 1000:10.1f} {r / base:10.2f}   {spread:>17}")
-    ratios = [("gradcam", "ours gradcam", "captum batched"), ("gradcam", "ours gradcam", "captum per image"),
-              ("gradcam", "ours gradcam", "pgc GradCAM"), ("gradcam++", "ours gradcam+gc++", "pgc GradCAM++")]
+    ratios = [
+        ("gradcam", "ours gradcam", "captum batched"),
+        ("gradcam", "ours gradcam", "captum per image"),
+        ("gradcam", "ours gradcam", "pgc GradCAM"),
+        ("gradcam++", "ours gradcam+gc++", "pgc GradCAM++"),
+    ]
     print(f"\n{'ours / peer':<46} {'ratio':>7}")
     for what, ours, peer in ratios:
         note = "   (target >= 2x)" if peer.startswith("pgc") else ""
@@ -191,12 +207,16 @@ def main() -> None:
         ok = corr[~corr.isnan()] if not corr.isnan().all() else torch.full((1,), float("nan"))
         low, high = a.min(1, keepdim=True).values, a.max(1, keepdim=True).values
         minmax = (a - low) / (high - low + 1e-7)  # their last step: min-max of the upsampled map
-        print(f"  {method:<9} vs {peer:<14} Pearson per image: min {ok.min().item():.6f}, "
-              f"mean {ok.mean().item():.6f} ({corr.isnan().sum().item()} constant maps skipped)\n"
-              f"  {'':<9}    {'':<14} max |diff|: ours normalised {(a - b).abs().max().item():.1e}, "
-              f"min-max'd as theirs {(minmax - b).abs().max().item():.1e}")
-    print("  (pgc GradCAM++ adds 1e-6 to the alpha denominator 2g^2 + sum(A) g^3, ours guards zeros only:\n"
-          "   with small gradients (g^2 ~ 1e-6) that changes its weights, so ++ agrees less closely than gradcam)")
+        print(
+            f"  {method:<9} vs {peer:<14} Pearson per image: min {ok.min().item():.6f}, "
+            f"mean {ok.mean().item():.6f} ({corr.isnan().sum().item()} constant maps skipped)\n"
+            f"  {'':<9}    {'':<14} max |diff|: ours normalised {(a - b).abs().max().item():.1e}, "
+            f"min-max'd as theirs {(minmax - b).abs().max().item():.1e}"
+        )
+    print(
+        "  (pgc GradCAM++ adds 1e-6 to the alpha denominator 2g^2 + sum(A) g^3, ours guards zeros only:\n"
+        "   with small gradients (g^2 ~ 1e-6) that changes its weights, so ++ agrees less closely than gradcam)"
+    )
 
 
 if __name__ == "__main__":

@@ -17,8 +17,22 @@ import cli
 
 # metrics the attacks probe reports on every task besides the metric under attack
 ATTACK_CHECKS = {"median_min_eps", "zero_gradient_share", "nonfinite_gradient_share", "suspect_masking"}
-FAST = ["--set", "attacks.steps=3", "--set", "attacks.gallery=2", "--set", "attacks.min_eps_images=8",
-        "--set", "attacks.bisect=2", "--set", "attacks.check_images=4", "--set", "attacks.square_queries=20", "--set", "patch.steps=2"]
+FAST = [
+    "--set",
+    "attacks.steps=3",
+    "--set",
+    "attacks.gallery=2",
+    "--set",
+    "attacks.min_eps_images=8",
+    "--set",
+    "attacks.bisect=2",
+    "--set",
+    "attacks.check_images=4",
+    "--set",
+    "attacks.square_queries=20",
+    "--set",
+    "patch.steps=2",
+]
 
 
 class Outcome:
@@ -79,12 +93,17 @@ def default_run(tmp_path_factory) -> Path:
     exe = Path(sys.executable).with_name("audit")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-c", "import sys, cli; sys.exit(cli.main())"]
     started = time.perf_counter()
-    proc = subprocess.run([*cmd, "run", "--out", str(out)], cwd=base, env=dict(os.environ),
-                          capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(
+        [*cmd, "run", "--out", str(out)], cwd=base, env=dict(os.environ), capture_output=True, text=True, timeout=1200
+    )
     seconds = time.perf_counter() - started
-    (base / "audit.log").write_text(f"$ audit run --out {out}\nexit {proc.returncode} after {seconds:.1f} s\n"
-                                    f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
-    assert proc.returncode == 0, f"default `audit run` exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    (base / "audit.log").write_text(
+        f"$ audit run --out {out}\nexit {proc.returncode} after {seconds:.1f} s\n"
+        f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+    )
+    assert proc.returncode == 0, (
+        f"default `audit run` exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
     for name in ("report.html", "results.json"):
         assert (out / name).is_file(), f"default `audit run` wrote no {name}"
     return out

@@ -23,8 +23,16 @@ def digits_model():
 
 def context(model, images, labels, tmp_path, seed: int = 0) -> Context:
     data = EvalData(name="t", images=images, labels=labels, labelled=True, source="zoo", total=len(labels))
-    return Context(adapter=model, data=data, device=torch.device("cpu"), seed=seed, batch_size=32, out_dir=tmp_path,
-                   probe_name="actmax", progress=make_progress(False))
+    return Context(
+        adapter=model,
+        data=data,
+        device=torch.device("cpu"),
+        seed=seed,
+        batch_size=32,
+        out_dir=tmp_path,
+        probe_name="actmax",
+        progress=make_progress(False),
+    )
 
 
 def probe(**params) -> ActMaxProbe:
@@ -66,8 +74,9 @@ def test_seeded_runs_repeat_exactly(digits_model, digits_test, tmp_path):
     def run(seed):
         ctx = context(digits_model, images, labels, tmp_path / str(seed), seed)
         r = probe(steps=4, channels=2, layers="features.4.0").run(ctx)
-        return [c["logit_end"] for c in r.details["classes"]] + [a for layer in r.details["layers"]
-                                                                   for a in layer["activation"]]
+        return [c["logit_end"] for c in r.details["classes"]] + [
+            a for layer in r.details["layers"] for a in layer["activation"]
+        ]
 
     first = run(0)
     assert run(0) == first
@@ -81,11 +90,25 @@ def test_bad_params(audit, digits_model, tmp_path):
     r = audit("run", "--model", "digits-cnn", "--probes", "actmax", "--set", "actmax.steps=0", "--out", tmp_path)
     assert r.code == 2 and "actmax: steps must be at least 1" in r.err, r
     # Names that need the model are checked before any probe runs: a usage error too.
-    r = audit("run", "--model", "digits-cnn", "--probes", "actmax", "--set", "actmax.layers=features.0.9",
-              "--limit", "8", "--out", tmp_path)
+    r = audit(
+        "run",
+        "--model",
+        "digits-cnn",
+        "--probes",
+        "actmax",
+        "--set",
+        "actmax.layers=features.0.9",
+        "--limit",
+        "8",
+        "--out",
+        tmp_path,
+    )
     assert r.code == 2 and not (tmp_path / "results.json").exists(), r
-    assert re.search(r"actmax: layers: no layer 'features\.0\.9' in the model \(did you mean features\.0\.\d\?\); "
-                     r"conv layers include features\.0\.0, features\.2\.0", r.err), r.err
+    assert re.search(
+        r"actmax: layers: no layer 'features\.0\.9' in the model \(did you mean features\.0\.\d\?\); "
+        r"conv layers include features\.0\.0, features\.2\.0",
+        r.err,
+    ), r.err
     with pytest.raises(ValueError, match="'eleven' is neither a class name"):
         probe(classes="eleven").check(digits_model)
 
@@ -96,8 +119,16 @@ def test_segmenter_and_detector_channel_galleries(name, tmp_path):
     images = torch.rand(4, 3, *model.input_size, generator=torch.Generator().manual_seed(0))
     labels = torch.zeros(4, *model.input_size, dtype=torch.long) if model.task == "segment" else [torch.zeros(0, 5)] * 4
     data = EvalData(name="t", images=images, labels=labels, labelled=False, source="flat", total=4)
-    ctx = Context(adapter=model, data=data, device=torch.device("cpu"), seed=0, batch_size=4, out_dir=tmp_path,
-                  probe_name="actmax", progress=make_progress(False))
+    ctx = Context(
+        adapter=model,
+        data=data,
+        device=torch.device("cpu"),
+        seed=0,
+        batch_size=4,
+        out_dir=tmp_path,
+        probe_name="actmax",
+        progress=make_progress(False),
+    )
     with pytest.raises(ValueError, match="size: the model does not run on a 100x100 canvas"):
         probe(size=100).check(model)  # 100 px does not halve down to the coarsest grid and back
     result = probe(steps=2, channels=2, size=64).run(ctx)
@@ -147,12 +178,26 @@ def test_many_classes_show_the_most_predicted(tmp_path):
     from auditor.models.base import ClassifierAdapter, ModelFacts, Preprocess
 
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
-                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 120))
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 120),
+    )
     names = [f"c{i}" for i in range(120)]
-    model = ClassifierAdapter(net, facts=ModelFacts(name="many", source="import"), class_names=names,
-                              input_size=(16, 16), channels=1, mean=(0.5,), std=(0.5,),
-                              preprocess=Preprocess(resize=16), epsilons=()).eval()
+    model = ClassifierAdapter(
+        net,
+        facts=ModelFacts(name="many", source="import"),
+        class_names=names,
+        input_size=(16, 16),
+        channels=1,
+        mean=(0.5,),
+        std=(0.5,),
+        preprocess=Preprocess(resize=16),
+        epsilons=(),
+    ).eval()
     images = torch.rand(200, 1, 16, 16)
     with torch.no_grad():
         counts = torch.bincount(model(images).argmax(1), minlength=120)

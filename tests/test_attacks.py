@@ -24,8 +24,16 @@ def digits_model():
 
 def context(model, images, labels, tmp_path) -> Context:
     data = EvalData(name="t", images=images, labels=labels, labelled=True, source="zoo", total=len(labels))
-    return Context(adapter=model, data=data, device=torch.device("cpu"), seed=0, batch_size=32, out_dir=tmp_path,
-                   probe_name="attacks", progress=make_progress(False))
+    return Context(
+        adapter=model,
+        data=data,
+        device=torch.device("cpu"),
+        seed=0,
+        batch_size=32,
+        out_dir=tmp_path,
+        probe_name="attacks",
+        progress=make_progress(False),
+    )
 
 
 def run_probe(model, images, labels, tmp_path, **params):
@@ -50,7 +58,11 @@ def test_adversarials_stay_in_the_budget(digits_model, digits_test):
     x, y = digits_test[0][:16], digits_test[1][:16]
     engine = LinfAttack(digits_model, steps=5, restarts=2, generator=torch.Generator().manual_seed(0))
     per_image = torch.linspace(0.01, 0.2, 16)
-    for adv, eps in ((engine.fgsm(x, y, 0.1), 0.1), (engine.pgd(x, y, 0.1), 0.1), (engine.pgd(x, y, per_image), per_image)):
+    for adv, eps in (
+        (engine.fgsm(x, y, 0.1), 0.1),
+        (engine.pgd(x, y, 0.1), 0.1),
+        (engine.pgd(x, y, per_image), per_image),
+    ):
         bound = torch.as_tensor(eps).reshape(-1, 1, 1, 1)
         assert ((adv - x).abs() <= bound + 1e-6).all() and adv.min() >= 0 and adv.max() <= 1
 
@@ -66,21 +78,32 @@ def test_pgd_is_as_strong_as_torchattacks_and_art(digits_model, digits_test):
     ours = LinfAttack(digits_model, steps=steps, generator=torch.Generator().manual_seed(0)).pgd(x, y, eps)
     torch.manual_seed(0)
     ta = torchattacks.PGD(digits_model, eps=eps, alpha=2.5 * eps / steps, steps=steps, random_start=True)(x, y)
-    est = PyTorchClassifier(model=digits_model, loss=torch.nn.CrossEntropyLoss(), input_shape=(1, 28, 28),
-                            nb_classes=10, clip_values=(0.0, 1.0), device_type="cpu")
+    est = PyTorchClassifier(
+        model=digits_model,
+        loss=torch.nn.CrossEntropyLoss(),
+        input_shape=(1, 28, 28),
+        nb_classes=10,
+        clip_values=(0.0, 1.0),
+        device_type="cpu",
+    )
     np.random.seed(0)
-    art = ProjectedGradientDescent(est, norm=np.inf, eps=eps, eps_step=2.5 * eps / steps, max_iter=steps,
-                                   num_random_init=1, verbose=False).generate(x=x.numpy(), y=y.numpy())
-    rates = {"ours": accuracy(digits_model, ours, y), "torchattacks": accuracy(digits_model, ta, y),
-             "art": accuracy(digits_model, torch.from_numpy(art), y)}
+    art = ProjectedGradientDescent(
+        est, norm=np.inf, eps=eps, eps_step=2.5 * eps / steps, max_iter=steps, num_random_init=1, verbose=False
+    ).generate(x=x.numpy(), y=y.numpy())
+    rates = {
+        "ours": accuracy(digits_model, ours, y),
+        "torchattacks": accuracy(digits_model, ta, y),
+        "art": accuracy(digits_model, torch.from_numpy(art), y),
+    }
     assert 0.05 < rates["torchattacks"] < 0.9, rates  # the comparison means something at this ε
     assert rates["ours"] <= min(rates["torchattacks"], rates["art"]) + 0.02, rates
 
 
 def test_probe_curve_is_monotone_reaches_zero_at_03_and_beats_fgsm(digits_model, digits_test, tmp_path):
     images, labels = digits_test[0][:64], digits_test[1][:64]
-    result = run_probe(digits_model, images, labels, tmp_path, eps="0.01,0.02,0.05,0.3", steps=20, check_images=0,
-                       min_eps_images=0)
+    result = run_probe(
+        digits_model, images, labels, tmp_path, eps="0.01,0.02,0.05,0.3", steps=20, check_images=0, min_eps_images=0
+    )
     m = result.metrics
     assert m["clean_accuracy"] >= 0.95
     assert m["robust_accuracy@linf=0.3"] <= 0.02
@@ -95,7 +118,7 @@ def test_bisection_finds_each_threshold():
     thresholds = torch.tensor([0.013, 0.05, 0.019, 0.3])
     lo, hi = torch.tensor([0.01, 0.02, 0.01, 0.1]), torch.tensor([0.02, 0.05, 0.02, 0.3])
     found = bisect_min_eps(lambda eps: eps >= thresholds, lo, hi, rounds=6)
-    assert (found >= thresholds).all() and (found - thresholds <= (hi - lo) / 2 ** 6 + 1e-9).all()
+    assert (found >= thresholds).all() and (found - thresholds <= (hi - lo) / 2**6 + 1e-9).all()
 
 
 def test_min_eps_agrees_with_the_grid(digits_model, digits_test, tmp_path):
@@ -112,8 +135,9 @@ def test_min_eps_agrees_with_the_grid(digits_model, digits_test, tmp_path):
 
 def test_per_class_table_and_confusion(digits_model, digits_test, tmp_path):
     images, labels = digits_test[0][:60], digits_test[1][:60]
-    result = run_probe(digits_model, images, labels, tmp_path, eps="0.02,0.05", steps=10, check_images=0,
-                       min_eps_images=0)
+    result = run_probe(
+        digits_model, images, labels, tmp_path, eps="0.02,0.05", steps=10, check_images=0, min_eps_images=0
+    )
     pc = result.details["per_class"]
     assert sum(r["n"] for r in pc["rows"]) == 60
     assert {r["class"] for r in pc["rows"]} == {str(int(c)) for c in labels.unique()}
@@ -127,14 +151,32 @@ def test_per_class_table_and_confusion(digits_model, digits_test, tmp_path):
 def test_honest_model_is_not_flagged_and_masked_one_is(digits_model, digits_test, tmp_path):
     """Quantising the input to 8 bits inside the model (round() has a zero gradient) masks PGD; the probe says so."""
     images, labels = digits_test[0][:48], digits_test[1][:48]
-    honest = run_probe(digits_model, images, labels, tmp_path / "a", eps="0.02,0.05", steps=10, check_images=16,
-                       square_queries=100, min_eps_images=0)
+    honest = run_probe(
+        digits_model,
+        images,
+        labels,
+        tmp_path / "a",
+        eps="0.02,0.05",
+        steps=10,
+        check_images=16,
+        square_queries=100,
+        min_eps_images=0,
+    )
     assert honest.metrics["suspect_masking"] == 0, [c for c in honest.details["checks"] if c["flagged"]]
 
     masked = copy.deepcopy(digits_model)
     masked.net = torch.nn.Sequential(_Quantise(), masked.net)
-    result = run_probe(masked, images, labels, tmp_path / "b", eps="0.02,0.05", steps=10, check_images=16,
-                       square_queries=100, min_eps_images=0)
+    result = run_probe(
+        masked,
+        images,
+        labels,
+        tmp_path / "b",
+        eps="0.02,0.05",
+        steps=10,
+        check_images=16,
+        square_queries=100,
+        min_eps_images=0,
+    )
     assert result.metrics["zero_gradient_share"] == 1.0
     assert result.metrics["suspect_masking"] == 1
     flagged = {c["name"] for c in result.details["checks"] if c["flagged"]}
@@ -155,8 +197,10 @@ def test_disappearance_counts_objects_found_clean_and_lost():
         b = torch.tensor([list(x) for x in boxes], dtype=torch.float32).reshape(-1, 4)
         return {"boxes": b, "scores": torch.ones(len(b)), "labels": torch.zeros(len(b), dtype=torch.long)}
 
-    reference = [torch.tensor([[0, 0, 0, 10, 10], [0, 20, 20, 30, 30]], dtype=torch.float32),
-                 torch.tensor([[0, 0, 0, 10, 10]], dtype=torch.float32)]
+    reference = [
+        torch.tensor([[0, 0, 0, 10, 10], [0, 20, 20, 30, 30]], dtype=torch.float32),
+        torch.tensor([[0, 0, 0, 10, 10]], dtype=torch.float32),
+    ]
     clean = [det((0, 0, 10, 10), (20, 20, 30, 30)), det()]  # 2 of 3 objects found clean
     attacked = [det((0, 0, 10, 10)), det((0, 0, 10, 10))]  # one of them lost; one never found now appears
     rates = AttacksProbe._disappearance(ops_for("detect"), clean, [attacked, clean], reference)

@@ -32,7 +32,9 @@ def photos() -> torch.Tensor:
     from torchvision.transforms.v2.functional import center_crop, resize
 
     assets = Path(ultralytics.__file__).parent / "assets"
-    images = [center_crop(resize(_tensor(Image.open(f).convert("RGB")), 224), 224) for f in sorted(assets.glob("*.jpg"))]
+    images = [
+        center_crop(resize(_tensor(Image.open(f).convert("RGB")), 224), 224) for f in sorted(assets.glob("*.jpg"))
+    ]
     return torch.stack(images).clamp(0, 1)
 
 
@@ -134,7 +136,7 @@ def test_defocus_blur_matches_opencv(photos):
     for severity, (radius, alias) in enumerate(((3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5)), start=1):
         span = np.arange(-8, 9) if radius <= 8 else np.arange(-radius, radius + 1)
         xx, yy = np.meshgrid(span, span)
-        disk = ((xx ** 2 + yy ** 2) <= radius ** 2).astype(np.float32)
+        disk = ((xx**2 + yy**2) <= radius**2).astype(np.float32)
         kernel = cv2.GaussianBlur(disk / disk.sum(), ksize=(3, 3) if radius <= 8 else (5, 5), sigmaX=alias)
         expected = np.clip(np.stack([cv2.filter2D(x[..., d], -1, kernel) for d in range(3)], -1), 0, 1)
         got = corrupt(photos[:1], "defocus_blur", severity)[0].permute(1, 2, 0).numpy()
@@ -150,9 +152,9 @@ def test_zoom_blur_matches_scipy_zoom(photos):
     for f in factors:
         ch = int(np.ceil(224 / f))
         top = (224 - ch) // 2
-        big = zoom(x[top:top + ch, top:top + ch], (f, f, 1), order=1)
+        big = zoom(x[top : top + ch, top : top + ch], (f, f, 1), order=1)
         trim = (big.shape[0] - 224) // 2
-        out += big[trim:trim + 224, trim:trim + 224]
+        out += big[trim : trim + 224, trim : trim + 224]
     expected = (x + out) / (len(factors) + 1)
     got = corrupt(photos[:1], "zoom_blur", 1)[0].permute(1, 2, 0).numpy()
     assert np.abs(got - expected).mean() < 2e-3
@@ -169,6 +171,7 @@ def test_spatial_parameters_scale_with_the_image():
 
 
 # ---------------------------------------------------------------- geometric shifts and their reference maps
+
 
 def test_hflip_moves_masks_and_boxes_with_the_image():
     x = torch.zeros(1, 3, 20, 30)
@@ -189,7 +192,9 @@ def test_rotation_matches_rot90_for_images_masks_and_boxes():
     affine = _centred(16, 16, quarter)
     rotated = warp_images(x, affine)
     expected = torch.rot90(x, k=1, dims=(-2, -1))
-    assert torch.allclose(rotated, expected, atol=1e-5) or torch.allclose(rotated, torch.rot90(x, -1, (-2, -1)), atol=1e-5)
+    assert torch.allclose(rotated, expected, atol=1e-5) or torch.allclose(
+        rotated, torch.rot90(x, -1, (-2, -1)), atol=1e-5
+    )
     same = torch.allclose(rotated, expected, atol=1e-5)
     mask = (x[:, 0] > 0.5).long()
     assert torch.equal(warp_masks(mask, affine), torch.rot90(mask, 1 if same else -1, (-2, -1)))
@@ -220,8 +225,20 @@ SMALL = ["--set", "augment.shifts=contrast,gaussian_noise,hflip,rotate"]
 
 def test_probe_metrics_score_and_gate(audit, tmp_path):
     out = tmp_path / "run"
-    r = audit("run", "--model", "digits-cnn", "--probes", "augment", "--limit", "60", *SMALL, "--out", out,
-              "--gate", "augment.relative@hflip >= 0.9")
+    r = audit(
+        "run",
+        "--model",
+        "digits-cnn",
+        "--probes",
+        "augment",
+        "--limit",
+        "60",
+        *SMALL,
+        "--out",
+        out,
+        "--gate",
+        "augment.relative@hflip >= 0.9",
+    )
     assert r.code == 1, r  # digits are not mirror-symmetric: the gate must fail
     res = read_results(out)["probes"]["augment"]
     m = res["metrics"]
@@ -229,7 +246,10 @@ def test_probe_metrics_score_and_gate(audit, tmp_path):
         for lv in range(1, 6):
             assert 0 <= m[f"accuracy@{shift}:{lv}"] <= 1 and 0 <= m[f"flip_rate@{shift}:{lv}"] <= 1
     assert "accuracy@hflip:1" in m and "accuracy@hflip:2" not in m
-    rel = [np.mean([m[f"accuracy@{c}:{lv}"] for lv in range(1, 6)]) / m["clean_accuracy"] for c in ("contrast", "gaussian_noise")]
+    rel = [
+        np.mean([m[f"accuracy@{c}:{lv}"] for lv in range(1, 6)]) / m["clean_accuracy"]
+        for c in ("contrast", "gaussian_noise")
+    ]
     assert m["relative@contrast"] == pytest.approx(rel[0])
     assert res["score"] == pytest.approx(np.mean([min(v, 1) for v in rel]))  # ImageNet-C corruptions only
     assert {"augment/examples_digital.png", "augment/examples_geometric.png"} <= set(res["artifacts"])
@@ -239,8 +259,10 @@ def test_probe_metrics_score_and_gate(audit, tmp_path):
 
 def test_flip_rate_is_the_complement_of_label_free_agreement(audit, tmp_path, digits_flat):
     out = tmp_path / "run"
-    assert audit("run", "--model", "digits-cnn", "--data", digits_flat, "--probes", "augment", *SMALL,
-                 "--out", out).code == 0
+    assert (
+        audit("run", "--model", "digits-cnn", "--data", digits_flat, "--probes", "augment", *SMALL, "--out", out).code
+        == 0
+    )
     m = read_results(out)["probes"]["augment"]["metrics"]
     assert "clean_accuracy" not in m
     for lv in range(1, 6):
@@ -249,14 +271,14 @@ def test_flip_rate_is_the_complement_of_label_free_agreement(audit, tmp_path, di
 
 def test_corruption_error_against_a_reference_run(audit, tmp_path):
     base = tmp_path / "base"
-    args = ["--model", "digits-cnn", "--probes", "augment", "--limit", "40",
-            "--set", "augment.shifts=contrast,fog"]
+    args = ["--model", "digits-cnn", "--probes", "augment", "--limit", "40", "--set", "augment.shifts=contrast,fog"]
     assert audit("run", *args, "--out", base).code == 0
     again = tmp_path / "again"
     assert audit("run", *args, "--set", f"augment.reference={base / 'results.json'}", "--out", again).code == 0
     first, second = read_results(base)["probes"]["augment"], read_results(again)["probes"]["augment"]
-    assert {k: v for k, v in second["metrics"].items() if "@" in k and not k.startswith("ce@")} == \
-        {k: v for k, v in first["metrics"].items() if "@" in k}, "same seed, same metrics"
+    assert {k: v for k, v in second["metrics"].items() if "@" in k and not k.startswith("ce@")} == {
+        k: v for k, v in first["metrics"].items() if "@" in k
+    }, "same seed, same metrics"
     assert second["metrics"]["ce@contrast"] == pytest.approx(1.0) and second["metrics"]["mce"] == pytest.approx(1.0)
 
 
@@ -267,8 +289,9 @@ def test_alexnet_reference_uses_the_published_errors():
         task, num_classes = "classify", 1000
 
     values = {c: {s: 0.5 for s in range(1, 6)} for c in CORRUPTIONS}
-    metrics, described, note = AugmentProbe()._corruption_errors(values, 0.8, "accuracy", [1, 2, 3, 4, 5],
-                                                                 Thousand(), True)
+    metrics, described, note = AugmentProbe()._corruption_errors(
+        values, 0.8, "accuracy", [1, 2, 3, 4, 5], Thousand(), True
+    )
     assert "AlexNet" in described and note is None
     assert metrics["ce@fog"] == pytest.approx(0.5 / 0.819324)
     assert metrics["mce"] == pytest.approx(np.mean([0.5 / e for e in ALEXNET_ERRORS.values()]))
@@ -279,8 +302,21 @@ def test_segmenter_and_detector_follow_geometric_shifts(audit, tmp_path):
     """A flip moves masks and boxes with the image: models of symmetric shapes keep their score."""
     for model, metric in (("shapes-unet", "miou"), ("shapes-yolov8n", "map50")):
         out = tmp_path / model
-        r = audit("run", "--model", model, "--probes", "augment", "--limit", "8",
-                  "--set", "augment.shifts=hflip,fog", "--set", "augment.severities=5", "--out", out)
+        r = audit(
+            "run",
+            "--model",
+            model,
+            "--probes",
+            "augment",
+            "--limit",
+            "8",
+            "--set",
+            "augment.shifts=hflip,fog",
+            "--set",
+            "augment.severities=5",
+            "--out",
+            out,
+        )
         assert r.code == 0, r
         res = read_results(out)["probes"]["augment"]
         m = res["metrics"]
@@ -290,11 +326,21 @@ def test_segmenter_and_detector_follow_geometric_shifts(audit, tmp_path):
 
 
 def test_unknown_shift_and_bad_severity_are_one_line_before_anything_runs(audit, tmp_path):
-    r = audit("run", "--model", "digits-cnn", "--probes", "augment", "--set", "augment.shifts=fogg",
-              "--out", tmp_path / "o")
+    r = audit(
+        "run", "--model", "digits-cnn", "--probes", "augment", "--set", "augment.shifts=fogg", "--out", tmp_path / "o"
+    )
     assert r.code == 2 and "did you mean fog?" in r.err and "Traceback" not in r.err
-    r = audit("run", "--model", "digits-cnn", "--probes", "augment", "--set", "augment.severities=0,6",
-              "--out", tmp_path / "o")
+    r = audit(
+        "run",
+        "--model",
+        "digits-cnn",
+        "--probes",
+        "augment",
+        "--set",
+        "augment.severities=0,6",
+        "--out",
+        tmp_path / "o",
+    )
     assert r.code == 2 and "1..5" in r.err
     assert not (tmp_path / "o" / "results.json").exists()
 
@@ -306,8 +352,15 @@ def test_findings_name_the_worst_shifts_or_say_none_hurt():
         return {"shift": name, "family": "noise", "relative": rel, "cells": [{"level": "5", "value": worst}]}
 
     probe = AugmentProbe()
-    hurt = probe._findings([row("fog", 0.4, 0.1), row("snow", 0.7, 0.5), row("rotate", 0.99, 0.97)], 0.9,
-                           "accuracy", 1.0, True, [], ({}, None, None))
+    hurt = probe._findings(
+        [row("fog", 0.4, 0.1), row("snow", 0.7, 0.5), row("rotate", 0.99, 0.97)],
+        0.9,
+        "accuracy",
+        1.0,
+        True,
+        [],
+        ({}, None, None),
+    )
     assert [(f.severity, f.text.split()[0]) for f in hurt] == [("high", "fog"), ("medium", "snow")]
     calm = probe._findings([row("rotate", 0.99, 0.97)], 0.9, "accuracy", 1.0, True, [], ({}, None, None))
     assert len(calm) == 1 and "no shift tested" in calm[0].text and "rotate, 99%" in calm[0].text

@@ -7,7 +7,7 @@ import pytest
 from tests.conftest import read_results
 from zoo import shapes
 
-MODELS = '''
+MODELS = """
 import torch
 class Out(torch.nn.Module):
     def __init__(self, make):
@@ -20,14 +20,15 @@ def flat():
     return Out(lambda y: y.mean(dim=(1, 2, 3)))  # N, not N x classes
 def infinite():
     return Out(lambda y: y.mean(dim=(2, 3)) / 0.0)
-'''
+"""
 
 
 @pytest.mark.parametrize("name, says", [("flat", "must return N x classes"), ("infinite", "NaN or infinite")])
 def test_models_with_wrong_or_infinite_outputs(audit, tmp_path, digits_flat, python_module, name, says):
     python_module("badmodels", MODELS)
-    r = audit("run", "--model", f"badmodels:{name}", "--input-size", "28", "--data", digits_flat,
-              "--out", tmp_path / "out")
+    r = audit(
+        "run", "--model", f"badmodels:{name}", "--input-size", "28", "--data", digits_flat, "--out", tmp_path / "out"
+    )
     assert r.code == 2 and says in r.err and "Traceback" not in r.err, r
     assert not (tmp_path / "out" / "results.json").exists()
 

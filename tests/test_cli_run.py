@@ -51,8 +51,12 @@ def test_same_seed_same_metrics(audit, tmp_path):
 def test_installed_command_is_quiet_when_not_a_terminal(tmp_path):
     """The `audit` script on PATH: no progress bars in a pipe, a short summary on stdout."""
     exe = Path(sys.executable).with_name("audit")
-    proc = subprocess.run([str(exe), "run", "--limit", "16", "--probes", "filters", "--out", str(tmp_path / "o")],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [str(exe), "run", "--limit", "16", "--probes", "filters", "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "it/s" not in proc.stderr and "\r" not in proc.stderr
     assert "report:" in proc.stdout
@@ -80,8 +84,12 @@ def test_progress_bars_on_a_terminal(tmp_path):
 
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
-    proc = subprocess.run([str(exe), "run", "--limit", "16", "--out", str(tmp_path / "o"), *FAST],
-                          stdout=subprocess.PIPE, stderr=slave, timeout=300)
+    proc = subprocess.run(
+        [str(exe), "run", "--limit", "16", "--out", str(tmp_path / "o"), *FAST],
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        timeout=300,
+    )
     os.close(slave)
     reader.join(timeout=10)
     os.close(master)
@@ -114,29 +122,34 @@ def test_probe_selection_config_and_set(audit, tmp_path):
     res = read_results(out)
     assert list(res["probes"]) == ["attacks"] and res["data"]["n"] == 12
     assert res["probes"]["attacks"]["details"]["steps"] == 4  # --set overrides the file
-    assert set(res["probes"]["attacks"]["metrics"]) == {"clean_accuracy", "robust_accuracy@linf=0.1",
-                                                        "fgsm_accuracy@linf=0.1"} | ATTACK_CHECKS
+    assert (
+        set(res["probes"]["attacks"]["metrics"])
+        == {"clean_accuracy", "robust_accuracy@linf=0.1", "fgsm_accuracy@linf=0.1"} | ATTACK_CHECKS
+    )
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--probes", "nope"], "unknown probe"),
-    (["--set", "attacks.nope=1"], "unknown parameter"),
-    (["--set", "attacks.steps=many"], "attacks.steps"),
-    (["--set", "broken"], "PROBE.KEY=VALUE"),
-    (["--model", "no_such_model"], "unknown model"),
-    (["--device", "tpu"], "--device"),
-    (["--limit", "0"], "--limit"),
-    (["--data", "/nonexistent/folder"], "no such folder"),
-    (["--gate", "attacks.score >= lots"], "expected PROBE.METRIC OP NUMBER"),
-    (["--batch-size", "0"], "--batch-size must be at least 1"),
-    # misspelt names get the closest valid one
-    (["--model", "digits-cnm"], "did you mean digits-cnn?"),
-    (["--model", "resnt50"], "did you mean resnet50?"),
-    (["--probes", "atacks"], "did you mean attacks?"),
-    (["--set", "attacks.step=3"], "did you mean steps?"),
-    (["--set", "augmnt.shifts=fog"], "did you mean augment?"),
-    (["--probes", "filters", "--gate", "filter.score >= 0"], "did you mean filters?"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--probes", "nope"], "unknown probe"),
+        (["--set", "attacks.nope=1"], "unknown parameter"),
+        (["--set", "attacks.steps=many"], "attacks.steps"),
+        (["--set", "broken"], "PROBE.KEY=VALUE"),
+        (["--model", "no_such_model"], "unknown model"),
+        (["--device", "tpu"], "--device"),
+        (["--limit", "0"], "--limit"),
+        (["--data", "/nonexistent/folder"], "no such folder"),
+        (["--gate", "attacks.score >= lots"], "expected PROBE.METRIC OP NUMBER"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        # misspelt names get the closest valid one
+        (["--model", "digits-cnm"], "did you mean digits-cnn?"),
+        (["--model", "resnt50"], "did you mean resnet50?"),
+        (["--probes", "atacks"], "did you mean attacks?"),
+        (["--set", "attacks.step=3"], "did you mean steps?"),
+        (["--set", "augmnt.shifts=fog"], "did you mean augment?"),
+        (["--probes", "filters", "--gate", "filter.score >= 0"], "did you mean filters?"),
+    ],
+)
 def test_usage_errors_exit_2_with_one_line(audit, tmp_path, args, message):
     r = audit("run", "--out", tmp_path / "out", *args)
     assert r.code == 2, r

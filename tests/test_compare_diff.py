@@ -18,20 +18,36 @@ from auditor.results import ProbeResult, Results, load, save
 HOSTILE = "<script>alert(1)</script>|x"
 
 
-def write(folder: Path, model: str = "net", attacks: float | None = 0.5, robust: float = 0.3, masking: float = 0.0,
-          augment: float = 0.8, n: int = 100, augment_metrics: int = 4, dead: float = 0.0) -> Path:
+def write(
+    folder: Path,
+    model: str = "net",
+    attacks: float | None = 0.5,
+    robust: float = 0.3,
+    masking: float = 0.0,
+    augment: float = 0.8,
+    n: int = 100,
+    augment_metrics: int = 4,
+    dead: float = 0.0,
+) -> Path:
     """A results.json under `folder` with attacks (failed where `attacks` is None), augment and filters."""
     flips = {f"flip_rate@shift{i}:1": 0.1 for i in range(augment_metrics)}
     probes = {
-        "attacks": ProbeResult(status="ok", score=attacks, metrics={
-            "clean_accuracy": 0.95, "robust_accuracy@linf=0.1": robust, "suspect_masking": masking})
-        if attacks is not None else ProbeResult(status="failed", error="boom"),
+        "attacks": ProbeResult(
+            status="ok",
+            score=attacks,
+            metrics={"clean_accuracy": 0.95, "robust_accuracy@linf=0.1": robust, "suspect_masking": masking},
+        )
+        if attacks is not None
+        else ProbeResult(status="failed", error="boom"),
         "augment": ProbeResult(status="ok", score=augment, metrics={"clean_accuracy": 0.95, **flips}),
         "filters": ProbeResult(status="ok", metrics={"filters": 32.0, "dead_filters": dead}),
     }
-    results = Results(model={"name": model, "task": "classify", "source": "zoo", "sha256": "ab" * 32},
-                      data={"name": "digits", "n": n, "labelled": True},
-                      run={"device": "cpu", "seed": 0, "seconds": 1.0, "version": "0"}, probes=probes)
+    results = Results(
+        model={"name": model, "task": "classify", "source": "zoo", "sha256": "ab" * 32},
+        data={"name": "digits", "n": n, "labelled": True},
+        run={"device": "cpu", "seed": 0, "seconds": 1.0, "version": "0"},
+        probes=probes,
+    )
     path = folder / "results.json"
     save(results, path)
     return path
@@ -39,20 +55,38 @@ def write(folder: Path, model: str = "net", attacks: float | None = 0.5, robust:
 
 # ---- directions ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("probe, metric, direction", [
-    ("attacks", "robust_accuracy@linf=0.1", 1), ("attacks", "suspect_masking", -1), ("attacks", "median_min_eps", 1),
-    ("attacks", "disappearance_rate@linf=0.1", -1), ("augment", "flip_rate@fog:3", -1), ("augment", "mce", -1),
-    ("augment", "relative@fog", 1), ("patch", "success_rate@scale=0.1", -1), ("patch", "min_scale_for_half", 1),
-    ("patch", "recall_drop@scale=0.1", -1), ("gradcam", "deletion_auc@gradcam++", -1),
-    ("gradcam", "deletion_auc@random", 0), ("gradcam", "insertion_auc", 1), ("filters", "filters", 0),
-    ("filters", "dead_filters", -1), ("actmax", "dead_channels", -1), ("actmax", "class_hit_rate", 1),
-    ("filters", "score", 1), (None, "score", 1), ("not-installed", "anything", 1),
-])
+
+@pytest.mark.parametrize(
+    "probe, metric, direction",
+    [
+        ("attacks", "robust_accuracy@linf=0.1", 1),
+        ("attacks", "suspect_masking", -1),
+        ("attacks", "median_min_eps", 1),
+        ("attacks", "disappearance_rate@linf=0.1", -1),
+        ("augment", "flip_rate@fog:3", -1),
+        ("augment", "mce", -1),
+        ("augment", "relative@fog", 1),
+        ("patch", "success_rate@scale=0.1", -1),
+        ("patch", "min_scale_for_half", 1),
+        ("patch", "recall_drop@scale=0.1", -1),
+        ("gradcam", "deletion_auc@gradcam++", -1),
+        ("gradcam", "deletion_auc@random", 0),
+        ("gradcam", "insertion_auc", 1),
+        ("filters", "filters", 0),
+        ("filters", "dead_filters", -1),
+        ("actmax", "dead_channels", -1),
+        ("actmax", "class_hit_rate", 1),
+        ("filters", "score", 1),
+        (None, "score", 1),
+        ("not-installed", "anything", 1),
+    ],
+)
 def test_metric_direction(probe, metric, direction):
     assert metric_direction(probe, metric) == direction
 
 
 # ---- audit diff ----------------------------------------------------------------------------------------
+
 
 def test_diff_identical_runs_pass(audit, tmp_path):
     base, new = write(tmp_path / "a"), write(tmp_path / "b")
@@ -122,8 +156,9 @@ def test_markdown_diff(audit, tmp_path):
     md = out.read_text(encoding="utf-8")
     assert md.startswith("## auditor diff: FAILED")
     assert "| metric | better | base | new | change | result | gate |" in md
-    assert re.search(r"^\| attacks\.score \| ↑ \| 0\.5000 \| 0\.3000 \| -0\.2000 \| \*\*worse\*\* \| \*\*FAIL\*\* \|$",
-                     md, re.M), md
+    assert re.search(
+        r"^\| attacks\.score \| ↑ \| 0\.5000 \| 0\.3000 \| -0\.2000 \| \*\*worse\*\* \| \*\*FAIL\*\* \|$", md, re.M
+    ), md
     assert "&lt;script&gt;alert(1)&lt;/script&gt;\\|x" in md and "<script>" not in md
     head, _, folded = md.partition("<details>")
     assert "attacks.score" in head and "flip\\_rate@shift199:1" in folded  # unchanged rows folded
@@ -131,6 +166,7 @@ def test_markdown_diff(audit, tmp_path):
 
 
 # ---- audit compare -------------------------------------------------------------------------------------
+
 
 def _row(html: str, name: str) -> str:
     match = re.search(rf"<tr><td>{re.escape(name)}</td>.*?</tr>", html, re.S)
@@ -150,7 +186,7 @@ def test_compare_html(audit, tmp_path):
     r = audit("compare", a, b, c, "--out", out)
     assert r.code == 0, r
     html = out.read_text(encoding="utf-8")
-    assert "<th class=\"num\">run-a</th>" in html and "<th class=\"num\">run-b</th>" in html  # same model: folders
+    assert '<th class="num">run-a</th>' in html and '<th class="num">run-b</th>' in html  # same model: folders
     assert "&lt;script&gt;alert(1)&lt;/script&gt;|x" in html and "<script>alert" not in html
     assert html.index("overall score") < html.index('id="probe-attacks"')  # scores first
     assert _marked(_row(html, "attacks")) == [True, False, False]  # higher score is better
@@ -168,6 +204,7 @@ def test_compare_needs_two(audit, tmp_path):
 
 
 # ---- gates: baseline from the gates file, direction of drop rules, JUnit ------------------------------
+
 
 def test_gates_file_baseline_relative_to_the_file(audit, tmp_path, monkeypatch):
     write(tmp_path / "base", attacks=0.50)
@@ -220,8 +257,16 @@ def test_junit_from_a_failing_gate_reads_in_a_junit_parser(audit, tmp_path):
     from junitparser import Failure, JUnitXml, Skipped
 
     new = write(tmp_path / "new", attacks=0.4)
-    r = audit("gate", new, "--gate", "attacks.score >= 0.9", "--gate", "warn: augment.score >= 0.9",
-              "--gate", "attacks.clean_accuracy >= 0.5")
+    r = audit(
+        "gate",
+        new,
+        "--gate",
+        "attacks.score >= 0.9",
+        "--gate",
+        "warn: augment.score >= 0.9",
+        "--gate",
+        "attacks.clean_accuracy >= 0.5",
+    )
     assert r.code == 1, r
     xml = JUnitXml.fromfile(str(tmp_path / "new" / "junit.xml"))  # a root <testsuite> comes wrapped
     (suite,) = list(xml)

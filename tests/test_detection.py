@@ -11,9 +11,22 @@ from auditor.metrics import detection_map
 from tests.conftest import ATTACK_CHECKS, read_results
 from zoo import shapes
 
-DET_FAST = ["--set", "attacks.steps=2", "--set", "attacks.eps=8/255", "--set", "attacks.gallery=2", "--set", "attacks.min_eps_images=4",
-            "--set", "attacks.bisect=1", "--set", "attacks.check_images=2",
-            "--set", "patch.steps=2"]
+DET_FAST = [
+    "--set",
+    "attacks.steps=2",
+    "--set",
+    "attacks.eps=8/255",
+    "--set",
+    "attacks.gallery=2",
+    "--set",
+    "attacks.min_eps_images=4",
+    "--set",
+    "attacks.bisect=1",
+    "--set",
+    "attacks.check_images=2",
+    "--set",
+    "patch.steps=2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +43,9 @@ def classes3(tmp_path_factory):
 
 def test_map_of_perfect_and_empty_predictions():
     target = [torch.tensor([[1.0, 10, 10, 30, 30]])]
-    perfect = [{"boxes": torch.tensor([[10.0, 10, 30, 30]]), "scores": torch.tensor([0.9]), "labels": torch.tensor([1])}]
+    perfect = [
+        {"boxes": torch.tensor([[10.0, 10, 30, 30]]), "scores": torch.tensor([0.9]), "labels": torch.tensor([1])}
+    ]
     empty = [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}]
     assert detection_map(perfect, target)["map50"] == pytest.approx(1.0)
     assert detection_map(empty, target)["map50"] == 0.0
@@ -48,30 +63,73 @@ def test_yolo_labels_become_pixel_boxes(tmp_path):
 def test_ultralytics_yaml_model_on_dataset_yaml(audit, tmp_path, det_set, classes3):
     """The ultralytics path with a tiny untrained model built from ultralytics' own yolov8n.yaml."""
     out = tmp_path / "out"
-    r = audit("run", "--model", "yolov8n.yaml", "--classes", classes3, "--input-size", "64",
-              "--data", det_set / "data.yaml", "--out", out, *DET_FAST)
+    r = audit(
+        "run",
+        "--model",
+        "yolov8n.yaml",
+        "--classes",
+        classes3,
+        "--input-size",
+        "64",
+        "--data",
+        det_set / "data.yaml",
+        "--out",
+        out,
+        *DET_FAST,
+    )
     assert r.code == 0, r
     res = read_results(out)
     assert res["model"]["task"] == "detect" and res["model"]["source"] == "ultralytics"
     assert res["data"]["layout"] == "ultralytics-yaml" and res["data"]["n"] == 6
     m = res["probes"]["attacks"]["metrics"]
-    assert set(m) == {"clean_map50", "robust_map50@linf=8/255", "fgsm_map50@linf=8/255",
-                      "disappearance_rate@linf=8/255"} | ATTACK_CHECKS
+    assert (
+        set(m)
+        == {"clean_map50", "robust_map50@linf=8/255", "fgsm_map50@linf=8/255", "disappearance_rate@linf=8/255"}
+        | ATTACK_CHECKS
+    )
     assert m["disappearance_rate@linf=8/255"] is None or 0 <= m["disappearance_rate@linf=8/255"] <= 1
     assert res["probes"]["filters"]["status"] == "ok"
 
 
 def test_images_and_labels_folder_and_label_free(audit, tmp_path, det_set, classes3):
     out = tmp_path / "out"
-    r = audit("run", "--model", "yolov8n.yaml", "--classes", classes3, "--input-size", "64",
-              "--data", det_set, "--out", out, "--probes", "attacks", *DET_FAST)
+    r = audit(
+        "run",
+        "--model",
+        "yolov8n.yaml",
+        "--classes",
+        classes3,
+        "--input-size",
+        "64",
+        "--data",
+        det_set,
+        "--out",
+        out,
+        "--probes",
+        "attacks",
+        *DET_FAST,
+    )
     assert r.code == 0, r
     assert read_results(out)["data"]["layout"] == "images+labels"
     import shutil
 
     plain = shutil.copytree(det_set / "images" / "val", tmp_path / "plain")  # no labels/ beside it
-    r = audit("run", "--model", "yolov8n.yaml", "--classes", classes3, "--input-size", "64",
-              "--data", plain, "--out", out, "--probes", "attacks", *DET_FAST)
+    r = audit(
+        "run",
+        "--model",
+        "yolov8n.yaml",
+        "--classes",
+        classes3,
+        "--input-size",
+        "64",
+        "--data",
+        plain,
+        "--out",
+        out,
+        "--probes",
+        "attacks",
+        *DET_FAST,
+    )
     assert r.code == 0, r
     assert read_results(out)["data"]["labelled"] is False
 
@@ -114,8 +172,24 @@ def test_torchvision_detector_with_weights_file(audit, tmp_path, det_set, classe
     weights = tmp_path / "ssd.pth"
     torch.save(net.state_dict(), weights)
     out = tmp_path / "out"
-    r = audit("run", "--model", "ssdlite320_mobilenet_v3_large", "--weights", weights, "--input-size", "64",
-              "--data", det_set, "--limit", "2", "--out", out, "--probes", "attacks", *DET_FAST)
+    r = audit(
+        "run",
+        "--model",
+        "ssdlite320_mobilenet_v3_large",
+        "--weights",
+        weights,
+        "--input-size",
+        "64",
+        "--data",
+        det_set,
+        "--limit",
+        "2",
+        "--out",
+        out,
+        "--probes",
+        "attacks",
+        *DET_FAST,
+    )
     assert r.code == 0, r
     res = read_results(out)
     assert res["model"]["source"] == "torchvision" and res["model"]["task"] == "detect"
@@ -131,9 +205,25 @@ def test_torchvision_segmenter_with_weights_file(audit, tmp_path):
     weights = tmp_path / "lraspp.pth"
     torch.save(net.state_dict(), weights)
     out = tmp_path / "out"
-    r = audit("run", "--model", "lraspp_mobilenet_v3_large", "--weights", weights, "--data", seg, "--out", out,
-              "--probes", "attacks", "--set", "attacks.steps=1", "--set", "attacks.eps=8/255",
-              "--set", "attacks.gallery=0")
+    r = audit(
+        "run",
+        "--model",
+        "lraspp_mobilenet_v3_large",
+        "--weights",
+        weights,
+        "--data",
+        seg,
+        "--out",
+        out,
+        "--probes",
+        "attacks",
+        "--set",
+        "attacks.steps=1",
+        "--set",
+        "attacks.eps=8/255",
+        "--set",
+        "attacks.gallery=0",
+    )
     assert r.code == 0, r
     res = read_results(out)
     assert res["model"]["task"] == "segment" and res["model"]["classes"] == 21
@@ -156,11 +246,11 @@ def test_anchor_scores_are_differentiable_per_box():
     model = load_model(ModelSpec(model="shapes-yolov8n")).eval()
     x = torch.from_numpy(shapes.render(shapes.scene_seed("test", 0)).image.copy()).permute(2, 0, 1)[None].float() / 255
     x.requires_grad_(True)
-    (dets, anchors), = model.detect_with_anchors(model(x))
+    ((dets, anchors),) = model.detect_with_anchors(model(x))
     rows = x.expand(len(anchors), -1, -1, -1)  # one row per box, as the gradcam probe batches them
     scores = model.anchor_scores(model(rows), anchors, dets["labels"])
     assert len(dets["boxes"]) >= 1 and torch.allclose(scores.detach(), dets["scores"], atol=1e-5)
-    grad, = torch.autograd.grad(scores[0], x)
+    (grad,) = torch.autograd.grad(scores[0], x)
     assert grad.abs().sum() > 0
 
 
@@ -173,9 +263,22 @@ def test_checkpoint_written_by_ultralytics(audit, tmp_path, det_set, classes3):
 
     train_set = shapes.write_detection_set(tmp_path / "train", {"train": 4, "val": 4}, size=64)
     model = YOLO("yolov8n.yaml", task="detect")
-    model.train(data=str(train_set / "data.yaml"), epochs=1, imgsz=64, batch=4, workers=0, device="cpu",
-                project=str(tmp_path / "runs"), name="t", exist_ok=True, plots=False, verbose=False, amp=False,
-                pretrained=False, val=False)
+    model.train(
+        data=str(train_set / "data.yaml"),
+        epochs=1,
+        imgsz=64,
+        batch=4,
+        workers=0,
+        device="cpu",
+        project=str(tmp_path / "runs"),
+        name="t",
+        exist_ok=True,
+        plots=False,
+        verbose=False,
+        amp=False,
+        pretrained=False,
+        val=False,
+    )
     last = Path(model.trainer.last)
     assert last.is_file()
     out = tmp_path / "out"
@@ -188,8 +291,20 @@ def test_checkpoint_written_by_ultralytics(audit, tmp_path, det_set, classes3):
 
 def test_ultralytics_seg_model_is_audited_as_a_detector(audit, tmp_path, det_set, classes3):
     out = tmp_path / "out"
-    r = audit("run", "--model", "yolov8n-seg.yaml", "--classes", classes3, "--input-size", "64",
-              "--data", det_set, "--out", out, *DET_FAST)
+    r = audit(
+        "run",
+        "--model",
+        "yolov8n-seg.yaml",
+        "--classes",
+        classes3,
+        "--input-size",
+        "64",
+        "--data",
+        det_set,
+        "--out",
+        out,
+        *DET_FAST,
+    )
     assert r.code == 0, r
     res = read_results(out)
     assert res["model"]["task"] == "detect" and any("-seg" in n for n in res["model"]["notes"])
@@ -204,13 +319,25 @@ def test_dataset_names_map_to_model_classes_by_name(tmp_path, det_set):
     from auditor.models.torchvision import TorchvisionDetectorAdapter
 
     def adapter(names):
-        return TorchvisionDetectorAdapter(torch.nn.Identity(), facts=ModelFacts(name="m", source="t"), class_names=names,
-                                          input_size=(64, 64), channels=3, mean=(0.0,), std=(1.0,),
-                                          preprocess=Preprocess(resize=(64, 64)), epsilons=())
+        return TorchvisionDetectorAdapter(
+            torch.nn.Identity(),
+            facts=ModelFacts(name="m", source="t"),
+            class_names=names,
+            input_size=(64, 64),
+            channels=3,
+            mean=(0.0,),
+            std=(1.0,),
+            preprocess=Preprocess(resize=(64, 64)),
+            epsilons=(),
+        )
 
     plain = load_data(adapter(["circle", "square", "triangle"]), str(det_set / "data.yaml"), limit=None, seed=0)
-    shifted = load_data(adapter(["__background__", "N/A", "Triangle", "circle", "square"]),
-                        str(det_set / "data.yaml"), limit=None, seed=0)
+    shifted = load_data(
+        adapter(["__background__", "N/A", "Triangle", "circle", "square"]),
+        str(det_set / "data.yaml"),
+        limit=None,
+        seed=0,
+    )
     remap = {0: 3, 1: 4, 2: 2}
     for a, b in zip(plain.labels, shifted.labels):
         assert [remap[int(c)] for c in a[:, 0]] == b[:, 0].long().tolist()

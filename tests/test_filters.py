@@ -18,22 +18,45 @@ from auditor.runner import make_progress
 
 def context(adapter, tmp_path) -> Context:
     c = adapter.channels
-    data = EvalData(name="t", images=torch.zeros(1, c, *adapter.input_size), labels=torch.zeros(1, dtype=torch.long),
-                    labelled=True, source="zoo", total=1)
-    return Context(adapter=adapter, data=data, device=torch.device("cpu"), seed=0, batch_size=32, out_dir=tmp_path,
-                   probe_name="filters", progress=make_progress(False))
+    data = EvalData(
+        name="t",
+        images=torch.zeros(1, c, *adapter.input_size),
+        labels=torch.zeros(1, dtype=torch.long),
+        labelled=True,
+        source="zoo",
+        total=1,
+    )
+    return Context(
+        adapter=adapter,
+        data=data,
+        device=torch.device("cpu"),
+        seed=0,
+        batch_size=32,
+        out_dir=tmp_path,
+        probe_name="filters",
+        progress=make_progress(False),
+    )
 
 
 def handmade(weight: torch.Tensor) -> ClassifierAdapter:
     """A classifier whose first (only) conv has exactly these weights."""
     out_c, in_c = weight.shape[:2]
-    net = nn.Sequential(nn.Conv2d(in_c, out_c, weight.shape[-1]), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                        nn.Linear(out_c, 2))
+    net = nn.Sequential(
+        nn.Conv2d(in_c, out_c, weight.shape[-1]), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(out_c, 2)
+    )
     with torch.no_grad():
         net[0].weight.copy_(weight)
-    return ClassifierAdapter(net, facts=ModelFacts(name="t", source="import"), class_names=["a", "b"],
-                             input_size=(8, 8), channels=in_c, mean=(0.0,), std=(1.0,), preprocess=Preprocess(resize=8),
-                             epsilons=("0.1",))
+    return ClassifierAdapter(
+        net,
+        facts=ModelFacts(name="t", source="import"),
+        class_names=["a", "b"],
+        input_size=(8, 8),
+        channels=in_c,
+        mean=(0.0,),
+        std=(1.0,),
+        preprocess=Preprocess(resize=8),
+        epsilons=("0.1",),
+    )
 
 
 def run(adapter, tmp_path, **params):
@@ -71,7 +94,9 @@ def test_dead_duplicate_and_opposite_filters_found_and_framed(planted, tmp_path)
 
 def test_checks_cover_all_filters_when_fewer_are_shown(planted, tmp_path):
     result, pixels = run(handmade(planted), tmp_path, max_filters=4)  # shows 0..3: filter 2 but not its copy, 5
-    assert result.details["shown"] == 4 and result.metrics["duplicate_pairs"] == 1 and result.metrics["dead_filters"] == 1
+    assert (
+        result.details["shown"] == 4 and result.metrics["duplicate_pairs"] == 1 and result.metrics["dead_filters"] == 1
+    )
     assert has_colour(pixels, DUPLICATE_FRAME) and not has_colour(pixels, DEAD_FRAME)
     assert "4 of 8" in result.details["captions"][result.artifacts[0]]
 

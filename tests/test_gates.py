@@ -13,27 +13,46 @@ from tests.conftest import FAST
 
 
 def make_results(score=0.4, status="ok") -> Results:
-    attacks = ProbeResult(status=status, score=score if status == "ok" else None,
-                          metrics={"clean_accuracy": 0.98, "robust_accuracy@linf=2/255": 0.31} if status == "ok" else {},
-                          findings=(Finding("high", "x"),), error="boom" if status == "failed" else None)
-    return Results(model={"name": "m", "task": "classify", "source": "zoo"}, data={"name": "d", "n": 3, "labelled": True},
-                   run={"device": "cpu", "seed": 0, "seconds": 1.0, "version": "0"},
-                   probes={"attacks": attacks, "filters": ProbeResult(status="ok")})
+    attacks = ProbeResult(
+        status=status,
+        score=score if status == "ok" else None,
+        metrics={"clean_accuracy": 0.98, "robust_accuracy@linf=2/255": 0.31} if status == "ok" else {},
+        findings=(Finding("high", "x"),),
+        error="boom" if status == "failed" else None,
+    )
+    return Results(
+        model={"name": "m", "task": "classify", "source": "zoo"},
+        data={"name": "d", "n": 3, "labelled": True},
+        run={"device": "cpu", "seed": 0, "seconds": 1.0, "version": "0"},
+        probes={"attacks": attacks, "filters": ProbeResult(status="ok")},
+    )
 
 
-@pytest.mark.parametrize("text, probe, metric, op, number, warn, drop", [
-    ("attacks.score >= 0.5", "attacks", "score", ">=", 0.5, False, False),
-    ("attacks.robust_accuracy@linf=2/255>=0.3", "attacks", "robust_accuracy@linf=2/255", ">=", 0.3, False, False),
-    ("warn: augment.score < 1e-1", "augment", "score", "<", 0.1, True, False),
-    ("attacks.score drop <= 0.02", "attacks", "score", "<=", 0.02, False, True),
-    ("score > .25", None, "score", ">", 0.25, False, False),
-])
+@pytest.mark.parametrize(
+    "text, probe, metric, op, number, warn, drop",
+    [
+        ("attacks.score >= 0.5", "attacks", "score", ">=", 0.5, False, False),
+        ("attacks.robust_accuracy@linf=2/255>=0.3", "attacks", "robust_accuracy@linf=2/255", ">=", 0.3, False, False),
+        ("warn: augment.score < 1e-1", "augment", "score", "<", 0.1, True, False),
+        ("attacks.score drop <= 0.02", "attacks", "score", "<=", 0.02, False, True),
+        ("score > .25", None, "score", ">", 0.25, False, False),
+    ],
+)
 def test_parse_rule(text, probe, metric, op, number, warn, drop):
     rule = parse_rule(text)
-    assert (rule.probe, rule.metric, rule.op, rule.threshold, rule.warn, rule.drop) == (probe, metric, op, number, warn, drop)
+    assert (rule.probe, rule.metric, rule.op, rule.threshold, rule.warn, rule.drop) == (
+        probe,
+        metric,
+        op,
+        number,
+        warn,
+        drop,
+    )
 
 
-@pytest.mark.parametrize("text", ["attacks.score", "attacks.score == 1", "attacks.score >= high", ">= 0.3", "attacks >= 1"])
+@pytest.mark.parametrize(
+    "text", ["attacks.score", "attacks.score == 1", "attacks.score >= high", ">= 0.3", "attacks >= 1"]
+)
 def test_bad_rules(text):
     with pytest.raises(AuditError):
         parse_rule(text)
@@ -41,8 +60,14 @@ def test_bad_rules(text):
 
 def test_evaluate_pass_fail_warn_and_exit_codes():
     res = make_results()
-    gates = evaluate([parse_rule("attacks.score >= 0.3"), parse_rule("attacks.robust_accuracy@linf=2/255 >= 0.5"),
-                      parse_rule("warn: score >= 0.9")], res)
+    gates = evaluate(
+        [
+            parse_rule("attacks.score >= 0.3"),
+            parse_rule("attacks.robust_accuracy@linf=2/255 >= 0.5"),
+            parse_rule("warn: score >= 0.9"),
+        ],
+        res,
+    )
     assert [g.passed for g in gates] == [True, False, False]
     assert exit_code(res.with_gates(gates)) == 1
     assert exit_code(res.with_gates(gates[:1] + gates[2:])) == 0  # a failed warn rule does not fail the build
@@ -116,8 +141,9 @@ def test_gate_command_on_saved_results(audit, tmp_path):
 def test_misspelt_metric_names_the_closest_and_stays_one_short_line():
     metrics = {f"accuracy@fog:{s}": 0.5 for s in range(1, 6)} | {f"relative@{n}": 0.5 for n in ("fog", "snow", "frost")}
     metrics |= {f"flip_rate@shift{i}:1": 0.1 for i in range(40)}
-    results = Results(model={"name": "m"}, data={}, run={}, probes={"augment": ProbeResult(status="ok", score=0.5,
-                                                                                           metrics=metrics)})
+    results = Results(
+        model={"name": "m"}, data={}, run={}, probes={"augment": ProbeResult(status="ok", score=0.5, metrics=metrics)}
+    )
     with pytest.raises(AuditError) as err:
         evaluate([parse_rule("augment.relative@fgo >= 0.5")], results)
     message = str(err.value)

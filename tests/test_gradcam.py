@@ -6,8 +6,16 @@ import pytest
 import torch
 
 from auditor.data import EvalData
-from auditor.explain import (auc, cam_maps, class_activation_maps, deletion_insertion, energy_in_object,
-                             gap_linear_head, pointing_hits, rank_correlation)
+from auditor.explain import (
+    auc,
+    cam_maps,
+    class_activation_maps,
+    deletion_insertion,
+    energy_in_object,
+    gap_linear_head,
+    pointing_hits,
+    rank_correlation,
+)
 from auditor.models import ModelSpec, load_model
 from auditor.probes.base import Context, parse_params
 from auditor.probes.gradcam import GradCamProbe
@@ -24,8 +32,16 @@ def digits_model():
 
 def run_probe(model, pixels, labels, tmp_path, **params):
     data = EvalData(name="t", images=pixels, labels=labels, labelled=True, source="zoo", total=len(labels))
-    ctx = Context(adapter=model, data=data, device=torch.device("cpu"), seed=0, batch_size=32, out_dir=tmp_path,
-                  probe_name="gradcam", progress=make_progress(False))
+    ctx = Context(
+        adapter=model,
+        data=data,
+        device=torch.device("cpu"),
+        seed=0,
+        batch_size=32,
+        out_dir=tmp_path,
+        probe_name="gradcam",
+        progress=make_progress(False),
+    )
     return GradCamProbe(parse_params(GradCamProbe, {k: str(v) for k, v in params.items()})).run(ctx)
 
 
@@ -33,7 +49,7 @@ def test_cam_equals_gradcam_on_a_gap_network(digits_model, digits_test):
     """On GAP + linear, d logit_c / d A_k(i,j) = w_ck / HW: Grad-CAM is CAM divided by the map's area."""
     x, _ = digits_test[0][:8].float(), None
     x = x / 255 if digits_test[0].dtype == torch.uint8 else x
-    (_, layer), = digits_model.cam_layers
+    ((_, layer),) = digits_model.cam_layers
     head = gap_linear_head(digits_model.net, layer, digits_model.example_input(2), digits_model)
     assert head is digits_model.net.classifier
     classes = digits_model(x).argmax(1)
@@ -49,19 +65,19 @@ def test_batched_gradcam_matches_captum_one_image_at_a_time(digits_model, digits
 
     x = digits_test[0][:6].float()
     x = x / 255 if digits_test[0].dtype == torch.uint8 else x
-    (_, layer), = digits_model.cam_layers
+    ((_, layer),) = digits_model.cam_layers
     targets = torch.tensor([0, 1, 2, 3, 4, 5])  # not only the predicted class
     batched = cam_maps(lambda b: digits_model(b)[torch.arange(len(b)), targets], [layer], x, ["gradcam"])["gradcam"]
     captum = LayerGradCam(digits_model, layer)
     for i in range(len(x)):
-        one = captum.attribute(x[i:i + 1], target=int(targets[i]), relu_attributions=True)[0, 0]
+        one = captum.attribute(x[i : i + 1], target=int(targets[i]), relu_attributions=True)[0, 0]
         torch.testing.assert_close(batched[i], one, rtol=1e-4, atol=1e-6)
 
 
 def test_one_forward_and_one_backward_per_batch(digits_model, digits_test):
     x = digits_test[0][:20].float()
     x = x / 255 if digits_test[0].dtype == torch.uint8 else x
-    (_, layer), = digits_model.cam_layers
+    ((_, layer),) = digits_model.cam_layers
     calls = []
     handle = digits_model.net.register_forward_hook(lambda *a: calls.append(1))
     try:
@@ -107,8 +123,14 @@ def test_deletion_and_insertion_follow_the_map():
     """Score = mean brightness: removing the brightest pixels first must beat removing the darkest first."""
     g = torch.Generator().manual_seed(0)
     x = torch.rand(3, 1, 16, 16, generator=g)
-    curves = deletion_insertion(lambda b, rows: b.flatten(1).mean(1), x, {"right": x[:, 0], "wrong": 1 - x[:, 0]},
-                                steps=8, generator=g, batch_size=4)
+    curves = deletion_insertion(
+        lambda b, rows: b.flatten(1).mean(1),
+        x,
+        {"right": x[:, 0], "wrong": 1 - x[:, 0]},
+        steps=8,
+        generator=g,
+        batch_size=4,
+    )
     assert curves["right"]["deletion"].shape == (3, 9)
     assert (auc(curves["right"]["deletion"]) < auc(curves["wrong"]["deletion"])).all()
     torch.testing.assert_close(curves["right"]["deletion"][:, -1], torch.zeros(3))  # all pixels black at the end
@@ -152,12 +174,19 @@ def test_every_row_of_a_segmentation_batch_gets_a_map(tmp_path):
     model = load_model(ModelSpec(model="shapes-unet")).eval()
     from zoo import shapes
 
-    x = torch.stack([torch.from_numpy(shapes.render(shapes.scene_seed("test", i)).image.copy()).permute(2, 0, 1)
-                     for i in range(3)]).float() / 255
+    x = (
+        torch.stack(
+            [
+                torch.from_numpy(shapes.render(shapes.scene_seed("test", i)).image.copy()).permute(2, 0, 1)
+                for i in range(3)
+            ]
+        ).float()
+        / 255
+    )
     probe = GradCamProbe()
     t = probe._targets(model, x, None, cap=12, batch_size=8)
     assert len(set(t.image.tolist())) == 3
-    (_, layer), = model.cam_layers
+    ((_, layer),) = model.cam_layers
     maps = cam_maps(lambda b: target_scores(model, b, t), [layer], x[t.image], ["gradcam"])["gradcam"]
     assert (maps.flatten(1).amax(1) > 0).all()
 
@@ -172,8 +201,9 @@ def test_bad_gradcam_params_are_usage_errors(audit, tmp_path):
 def test_label_free_folder_and_a_chosen_layer(audit, tmp_path, digits_flat):
     """Without labels only the predicted class is explained; --set gradcam.layer picks the layer."""
     out = tmp_path / "out"
-    r = audit("run", "--data", digits_flat, "--probes", "gradcam", "--set", "gradcam.layer=features.2", "--out", out,
-              *SMALL)
+    r = audit(
+        "run", "--data", digits_flat, "--probes", "gradcam", "--set", "gradcam.layer=features.2", "--out", out, *SMALL
+    )
     assert r.code == 0, r
     probe = read_results(out)["probes"]["gradcam"]
     assert probe["details"]["layers"] == ["features.2"] and "energy_in_object" not in probe["metrics"]
@@ -188,7 +218,7 @@ def test_border_attention_flags_classes_whose_maps_sit_on_the_frame():
     maps[4:, 8:12, 8:12] = 1.0  # class 1: a blob in the middle
     classes = torch.tensor([0] * 4 + [1] * 4)
     border = border_attention(maps, classes, ["<frame>", "centre"])
-    assert border["area"] == pytest.approx(1 - 0.8 ** 2)
+    assert border["area"] == pytest.approx(1 - 0.8**2)
     assert [r["class"] for r in border["classes"]] == ["<frame>", "centre"]
     assert border["classes"][0]["border_energy"] == pytest.approx(1.0) and border["classes"][1]["border_energy"] == 0
     (finding,) = border_findings(border, "gradcam")

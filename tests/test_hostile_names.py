@@ -23,8 +23,21 @@ def test_hostile_class_names_paths_and_file_names_stay_text(audit, tmp_path, dig
         Image.fromarray((images[i, 0] * 255).round().byte().numpy()).save(folder / f"<i>{i}.png")
     (data / HOSTILE[0] / "<script>x.png").write_bytes(b"")  # unreadable, so named in the report
     out = tmp_path / "out"
-    r = audit("run", "--classes", classes, "--data", data, "--probes", "filters,augment", "--set",
-              "augment.shifts=contrast", "--gate", "augment.score >= 0.99", "--out", out)
+    r = audit(
+        "run",
+        "--classes",
+        classes,
+        "--data",
+        data,
+        "--probes",
+        "filters,augment",
+        "--set",
+        "augment.shifts=contrast",
+        "--gate",
+        "augment.score >= 0.99",
+        "--out",
+        out,
+    )
     assert r.code == 1, r  # the gate fails: contrast breaks digits-cnn
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "<script>alert" not in html and "<script>x" not in html and "<img src=x" not in html and "<b>{{" not in html

@@ -14,13 +14,29 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # attacks runs first, then augment: long enough (a few seconds) to be stopped in
-ARGS = ["run", "--model", "digits-cnn", "--limit", "120", "--probes", "attacks,augment", "--set", "attacks.steps=3",
-        "--set", "attacks.gallery=2"]
+ARGS = [
+    "run",
+    "--model",
+    "digits-cnn",
+    "--limit",
+    "120",
+    "--probes",
+    "attacks,augment",
+    "--set",
+    "attacks.steps=3",
+    "--set",
+    "attacks.gallery=2",
+]
 
 
 def _start(out: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(ROOT / "cli.py"), *ARGS, "--out", str(out), *extra], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "cli.py"), *ARGS, "--out", str(out), *extra],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _stop_after_attacks(out: Path, sig: int) -> tuple[int, str]:

@@ -31,11 +31,22 @@ def test_uncached_torchvision_model_offline(audit, tmp_path, empty_torch_home):
 
 def test_uncached_torchvision_model_without_network(tmp_path):
     """No --offline, but the download cannot connect: the same one-line error, exit 2."""
-    env = {**os.environ, "TORCH_HOME": str(tmp_path / "th"), "HTTPS_PROXY": "http://127.0.0.1:9",
-           "HTTP_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"}
+    env = {
+        **os.environ,
+        "TORCH_HOME": str(tmp_path / "th"),
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "HTTP_PROXY": "http://127.0.0.1:9",
+        "https_proxy": "http://127.0.0.1:9",
+        "http_proxy": "http://127.0.0.1:9",
+    }
     exe = Path(sys.executable).with_name("audit")
-    proc = subprocess.run([str(exe), "run", "--model", "vgg16", "--out", str(tmp_path / "o")],
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [str(exe), "run", "--model", "vgg16", "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "vgg16-397923af.pth" in proc.stderr and "--weights PATH" in proc.stderr
@@ -50,16 +61,34 @@ def test_torchvision_name_with_weights_file(audit, tmp_path, digits_flat):
     torch.manual_seed(0)
     torch.save(torchvision.models.get_model("mobilenet_v3_small").state_dict(), weights)
     out = tmp_path / "out"
-    r = audit("run", "--model", "mobilenet_v3_small", "--weights", weights, "--data", digits_flat, "--limit", "2",
-              "--out", out, "--set", "attacks.eps=4/255", "--set", "attacks.steps=1", "--set", "attacks.gallery=0")
+    r = audit(
+        "run",
+        "--model",
+        "mobilenet_v3_small",
+        "--weights",
+        weights,
+        "--data",
+        digits_flat,
+        "--limit",
+        "2",
+        "--out",
+        out,
+        "--set",
+        "attacks.eps=4/255",
+        "--set",
+        "attacks.steps=1",
+        "--set",
+        "attacks.gallery=0",
+    )
     assert r.code == 0, r
     res = read_results(out)
     assert res["model"]["source"] == "torchvision" and res["model"]["classes"] == 1000
     assert res["model"]["input"] == "3x224x224" and res["model"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
     assert "robust_accuracy@linf=4/255" in res["probes"]["attacks"]["metrics"]
     # the note names the user's weights; the Weights enum gave only the preprocessing
-    assert res["model"]["notes"] == ["weights mnv3.pth, preprocessing of MobileNet_V3_Small_Weights.IMAGENET1K_V1: "
-                                     "resize 256, centre crop 224"]
+    assert res["model"]["notes"] == [
+        "weights mnv3.pth, preprocessing of MobileNet_V3_Small_Weights.IMAGENET1K_V1: resize 256, centre crop 224"
+    ]
 
 
 def test_torchvision_default_grid_is_imagenet(empty_torch_home):
@@ -98,13 +127,26 @@ def test_torchscript_model(audit, tmp_path, digits_imagefolder, classes_file):
     path = tmp_path / "tiny.ts"
     torch.jit.script(TinyNet()).save(str(path))
     out = tmp_path / "out"
-    r = audit("run", "--model", path, "--input-size", "28", "--classes", classes_file, "--data", digits_imagefolder,
-              "--out", out, *FAST)
+    r = audit(
+        "run",
+        "--model",
+        path,
+        "--input-size",
+        "28",
+        "--classes",
+        classes_file,
+        "--data",
+        digits_imagefolder,
+        "--out",
+        out,
+        *FAST,
+    )
     assert r.code == 0, r
     res = read_results(out)
     assert res["model"]["source"] == "torchscript" and res["model"]["sha256"]
     assert res["data"]["labelled"] is True  # folders 0..9 map to output indices
     assert res["probes"]["filters"]["status"] == "ok" and res["probes"]["attacks"]["status"] == "ok"
+
 
 def test_torchscript_needs_input_size(audit, tmp_path):
     path = tmp_path / "tiny.ts"
@@ -135,12 +177,27 @@ def test_import_path_model(audit, tmp_path, digits_imagefolder, monkeypatch):
         "def build():\n"
         "    torch.manual_seed(0)\n"
         "    return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),\n"
-        "                               torch.nn.Flatten(), torch.nn.Linear(4, 10))\n")
+        "                               torch.nn.Flatten(), torch.nn.Linear(4, 10))\n"
+    )
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     out = tmp_path / "out"
-    r = audit("run", "--model", "mypkg.nets:build", "--input-size", "28", "--mean", "0.13", "--std", "0.31",
-              "--data", digits_imagefolder, "--out", out, *FAST)
+    r = audit(
+        "run",
+        "--model",
+        "mypkg.nets:build",
+        "--input-size",
+        "28",
+        "--mean",
+        "0.13",
+        "--std",
+        "0.31",
+        "--data",
+        digits_imagefolder,
+        "--out",
+        out,
+        *FAST,
+    )
     assert r.code == 0, r
     res = read_results(out)
     assert res["model"]["source"] == "import" and res["model"]["input"] == "1x28x28"
@@ -163,7 +220,8 @@ def test_model_returning_nan_is_an_input_error(audit, tmp_path, digits_flat, pyt
         "        super().__init__()\n"
         "        self.conv = torch.nn.Conv2d(1, 10, 3)\n"
         "    def forward(self, x):\n"
-        "        return self.conv(x).mean(dim=(2, 3)) * float('nan')\n")
+        "        return self.conv(x).mean(dim=(2, 3)) * float('nan')\n",
+    )
     r = audit("run", "--model", "nanpkg:Nan", "--input-size", "28", "--data", digits_flat, "--out", tmp_path / "out")
     assert r.code == 2 and "NaN" in r.err
 

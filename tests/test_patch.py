@@ -14,7 +14,7 @@ from auditor.errors import AuditError
 from auditor.models import ModelSpec, load_model
 from auditor.probes import patch as patch_module
 from auditor.probes.base import Context, parse_params
-from auditor.probes.patch import Placement, PatchProbe, paste, split, tile_extent
+from auditor.probes.patch import PatchProbe, Placement, paste, split, tile_extent
 from auditor.runner import make_progress
 from tests.conftest import read_results
 
@@ -29,8 +29,17 @@ def digits_model():
 
 def context(model, images, labels, tmp_path, probes=("patch",)) -> Context:
     data = EvalData(name="t", images=images, labels=labels, labelled=True, source="zoo", total=len(labels))
-    return Context(adapter=model, data=data, device=torch.device("cpu"), seed=0, batch_size=64, out_dir=tmp_path,
-                   probe_name="patch", progress=make_progress(False), probes=probes)
+    return Context(
+        adapter=model,
+        data=data,
+        device=torch.device("cpu"),
+        seed=0,
+        batch_size=64,
+        out_dir=tmp_path,
+        probe_name="patch",
+        progress=make_progress(False),
+        probes=probes,
+    )
 
 
 def probe(**params) -> PatchProbe:
@@ -110,13 +119,26 @@ def test_same_seed_same_results(digits_model, digits_test, tmp_path):
 
 def test_target_chosen_by_set_by_name_or_index(audit, tmp_path):
     out = tmp_path / "out"
-    r = audit("run", "--model", "digits-cnn", "--limit", "30", "--probes", "patch", "--set", "patch.target=7",
-              "--out", out, *FAST)
+    r = audit(
+        "run",
+        "--model",
+        "digits-cnn",
+        "--limit",
+        "30",
+        "--probes",
+        "patch",
+        "--set",
+        "patch.target=7",
+        "--out",
+        out,
+        *FAST,
+    )
     assert r.code == 0, r
     res = read_results(out)["probes"]["patch"]
     assert res["status"] == "ok" and res["details"]["target"] == {"index": 7, "name": "7", "choice": "given"}
-    assert set(res["metrics"]) >= {f"{k}@scale={s}" for k in ("success_rate", "untargeted_success_rate")
-                                   for s in ("0.02", "0.05", "0.1", "0.2")} | {"min_scale_for_half"}
+    assert set(res["metrics"]) >= {
+        f"{k}@scale={s}" for k in ("success_rate", "untargeted_success_rate") for s in ("0.02", "0.05", "0.1", "0.2")
+    } | {"min_scale_for_half"}
     assert any("'7' (given by patch.target)" in f["text"] for f in res["findings"])
     html = (out / "report.html").read_text()
     assert 'id="probe-patch"' in html and "targeted: → 7" in html
@@ -129,24 +151,53 @@ def test_target_chosen_by_set_by_name_or_index(audit, tmp_path):
 
 def test_default_target_is_the_class_the_untargeted_patch_drifts_to(digits_model, digits_test, tmp_path):
     result = probe(scales="0.2", score_scale=0.2, steps=20, gallery=0).run(
-        context(digits_model, digits_test[0][:80], digits_test[1][:80], tmp_path))
+        context(digits_model, digits_test[0][:80], digits_test[1][:80], tmp_path)
+    )
     assert result.details["target"]["choice"] == "auto"
     assert any("chosen as the class the untargeted patch turned" in f.text for f in result.findings)
 
 
 def test_bad_target_and_params_are_usage_errors(audit, digits_model, tmp_path):
-    r = audit("run", "--model", "digits-cnn", "--limit", "8", "--probes", "patch", "--set", "patch.target=eleven",
-              "--out", tmp_path / "a")
+    r = audit(
+        "run",
+        "--model",
+        "digits-cnn",
+        "--limit",
+        "8",
+        "--probes",
+        "patch",
+        "--set",
+        "patch.target=eleven",
+        "--out",
+        tmp_path / "a",
+    )
     assert r.code == 2 and not (tmp_path / "a" / "results.json").exists(), r
     assert "patch: target: 'eleven' is neither a class name nor an index below 10" in r.err
     assert len(r.err.strip().splitlines()) == 1 and "Traceback" not in r.err
     with pytest.raises(ValueError, match="'12' is neither"):
         probe(target="12").check(digits_model)
-    r = audit("run", "--model", "shapes-unet", "--limit", "4", "--probes", "patch", "--set", "patch.target=1",
-              "--out", tmp_path / "b")
+    r = audit(
+        "run",
+        "--model",
+        "shapes-unet",
+        "--limit",
+        "4",
+        "--probes",
+        "patch",
+        "--set",
+        "patch.target=1",
+        "--out",
+        tmp_path / "b",
+    )
     assert r.code == 2 and "targeted patches are for classifiers" in r.err, r
-    for bad in ({"scales": "0.2,1.5"}, {"score_scale": "0"}, {"held_out": "1"}, {"lr": "0"}, {"steps": "-1"},
-                {"scalez": "0.1"}):
+    for bad in (
+        {"scales": "0.2,1.5"},
+        {"score_scale": "0"},
+        {"held_out": "1"},
+        {"lr": "0"},
+        {"steps": "-1"},
+        {"scalez": "0.1"},
+    ):
         with pytest.raises(AuditError):
             parse_params(PatchProbe, bad)
 
@@ -154,8 +205,22 @@ def test_bad_target_and_params_are_usage_errors(audit, digits_model, tmp_path):
 @pytest.mark.parametrize("model", ["shapes-yolov8n", "shapes-unet"])
 def test_detector_and_segmenter_patches_produce_their_metrics(audit, tmp_path, model):
     out = tmp_path / "out"
-    r = audit("run", "--model", model, "--limit", "6", "--probes", "patch", "--set", "patch.scales=0.05,0.2",
-              "--set", "patch.score_scale=0.2", "--out", out, *FAST)
+    r = audit(
+        "run",
+        "--model",
+        model,
+        "--limit",
+        "6",
+        "--probes",
+        "patch",
+        "--set",
+        "patch.scales=0.05,0.2",
+        "--set",
+        "patch.score_scale=0.2",
+        "--out",
+        out,
+        *FAST,
+    )
     assert r.code == 0, r
     res = read_results(out)["probes"]["patch"]
     assert res["status"] == "ok", res
@@ -166,7 +231,8 @@ def test_detector_and_segmenter_patches_produce_their_metrics(audit, tmp_path, m
         assert 0 <= m[f"patched_{kind}@scale={s}"] <= 1 and 0 <= m[f"success_rate@scale={s}"] <= 1
         assert m[f"{kind}_drop@scale={s}"] == pytest.approx(
             (m[f"clean_{kind}"] if kind == "recall" else d["rows"][["0.05", "0.2"].index(s)][2])
-            - m[f"patched_{kind}@scale={s}"])
+            - m[f"patched_{kind}@scale={s}"]
+        )
     assert res["score"] == pytest.approx(1 - m["success_rate@scale=0.2"])
     assert d["train_images"] == d["held_out_images"] == 3 and d["target"] is None
     for rel in res["artifacts"]:
@@ -182,28 +248,58 @@ def test_detector_images_without_objects_get_no_patch_and_keep_their_place(tmp_p
     data = load_data(model, None, limit=8, seed=0)
     empty = [0, 3, 5]
     data.labels = [torch.zeros(0, 5) if i in empty else t for i, t in enumerate(data.labels)]
-    ctx = Context(adapter=model, data=data, device=torch.device("cpu"), seed=0, batch_size=3, out_dir=tmp_path,
-                  probe_name="patch", progress=make_progress(False))
+    ctx = Context(
+        adapter=model,
+        data=data,
+        device=torch.device("cpu"),
+        seed=0,
+        batch_size=3,
+        out_dir=tmp_path,
+        probe_name="patch",
+        progress=make_progress(False),
+    )
     result = probe(scales="0.2", score_scale=0.2, steps=2, gallery=2, held_out=0.5).run(ctx)
     objects = sum(len(t) for i, t in enumerate(data.labels) if i in split(8, 0.5, 0)[1].tolist())
     assert result.details["rows"][0][2] == pytest.approx(result.metrics["clean_recall"]) and objects > 0
     # every copy of the patch lands on an object of its own image
     goal = DetectGoal.from_data(ctx, torch.arange(8))
     generator = torch.Generator().manual_seed(0)
-    for image, where in zip(range(8), zip(*[[w.take(torch.tensor([i])) for i in range(8)]
-                                             for w in goal.place(torch.arange(8), 0.2, generator, train=False)])):
+    for image, where in zip(
+        range(8),
+        zip(
+            *[
+                [w.take(torch.tensor([i])) for i in range(8)]
+                for w in goal.place(torch.arange(8), 0.2, generator, train=False)
+            ]
+        ),
+    ):
         _, cover = patch_module.patched(goal.pixels([image]), torch.ones(3, 4, 4), list(where))
         if image in empty:
             assert cover.sum() == 0
         else:
             box = goal.boxes[image, 0].round().long()
-            assert cover[0, 0, box[1]:box[3], box[0]:box[2]].sum() > 0
+            assert cover[0, 0, box[1] : box[3], box[0] : box[2]].sum() > 0
 
 
 def test_gradcam_maps_join_the_examples_only_when_gradcam_runs(audit, tmp_path):
-    args = ["run", "--model", "digits-cnn", "--limit", "24", "--set", "patch.scales=0.2", "--set",
-            "patch.score_scale=0.2", "--set", "gradcam.images=2", "--set", "gradcam.steps=2", "--set",
-            "gradcam.stages=1", *FAST]
+    args = [
+        "run",
+        "--model",
+        "digits-cnn",
+        "--limit",
+        "24",
+        "--set",
+        "patch.scales=0.2",
+        "--set",
+        "patch.score_scale=0.2",
+        "--set",
+        "gradcam.images=2",
+        "--set",
+        "gradcam.steps=2",
+        "--set",
+        "gradcam.stages=1",
+        *FAST,
+    ]
     assert audit(*args, "--probes", "patch,gradcam", "--out", tmp_path / "with").code == 0
     assert audit(*args, "--probes", "patch", "--out", tmp_path / "without").code == 0
     with_cam = read_results(tmp_path / "with")["probes"]["patch"]
@@ -216,15 +312,20 @@ def test_gradcam_maps_join_the_examples_only_when_gradcam_runs(audit, tmp_path):
 def test_paste_covers_the_requested_area_and_keeps_the_patch():
     x = torch.zeros(2, 3, 40, 40)
     patch = torch.rand(3, 10, 10, generator=torch.Generator().manual_seed(0))
-    where = Placement(centre=torch.tensor([[20.0, 20.0], [12.0, 25.0]]), side=torch.tensor([10.0, 10.0]),
-                      angle=torch.tensor([0.0, math.radians(30)]), extent=tile_extent(10))
+    where = Placement(
+        centre=torch.tensor([[20.0, 20.0], [12.0, 25.0]]),
+        side=torch.tensor([10.0, 10.0]),
+        angle=torch.tensor([0.0, math.radians(30)]),
+        extent=tile_extent(10),
+    )
     out, cover = paste(x, patch, where)
     torch.testing.assert_close(out[0, :, 15:25, 15:25], patch)  # axis-aligned on the pixel grid: the patch itself
     assert cover[0].sum() == pytest.approx(100, abs=1e-3) and cover[0, 0, :14].sum() < 1e-4
     assert cover[1].sum() == pytest.approx(100, rel=0.03)  # rotated: the same area, up to bilinear edges
     assert out.min() >= 0 and out.max() <= 1
-    hidden = paste(x, patch, Placement(where.centre, where.side, where.angle, where.extent,
-                                       on=torch.tensor([True, False])))[1]
+    hidden = paste(
+        x, patch, Placement(where.centre, where.side, where.angle, where.extent, on=torch.tensor([True, False]))
+    )[1]
     assert hidden[1].sum() == 0 and hidden[0].sum() == pytest.approx(100, abs=1e-3)
     # a copy half outside the image: what falls outside is dropped, nothing wraps to the other side
     edge = Placement(torch.tensor([[1.0, 20.0]]), torch.tensor([10.0]), torch.tensor([0.3]), tile_extent(10))
@@ -237,21 +338,30 @@ def test_tile_paste_equals_a_whole_image_grid_sample():
     g = torch.Generator().manual_seed(2)
     x = torch.rand(3, 3, 32, 40, generator=g)
     patch = torch.rand(3, 7, 7, generator=g).requires_grad_(True)
-    centre, side, angle = torch.tensor([[9.3, 11.7], [30.2, 20.5], [2.0, 30.0]]), torch.tensor([7.5, 9.0, 8.0]), \
-        torch.tensor([0.2, -0.35, 0.1])
+    centre, side, angle = (
+        torch.tensor([[9.3, 11.7], [30.2, 20.5], [2.0, 30.0]]),
+        torch.tensor([7.5, 9.0, 8.0]),
+        torch.tensor([0.2, -0.35, 0.1]),
+    )
     out, cover = paste(x, patch, Placement(centre, side, angle, tile_extent(9.0)))
     # the same map, written for the whole image at once
     n, _, h, w = x.shape
     cos, sin, k = angle.cos(), angle.sin(), 2 / side
     dx, dy = w / 2 - centre[:, 0], h / 2 - centre[:, 1]
-    theta = torch.stack([torch.stack([k * cos * w / 2, k * sin * h / 2, k * (cos * dx + sin * dy)], 1),
-                         torch.stack([-k * sin * w / 2, k * cos * h / 2, k * (cos * dy - sin * dx)], 1)], 1)
+    theta = torch.stack(
+        [
+            torch.stack([k * cos * w / 2, k * sin * h / 2, k * (cos * dx + sin * dy)], 1),
+            torch.stack([-k * sin * w / 2, k * cos * h / 2, k * (cos * dy - sin * dx)], 1),
+        ],
+        1,
+    )
     grid = torch.nn.functional.affine_grid(theta, [n, 1, h, w], align_corners=False)
-    sampled = torch.nn.functional.grid_sample(torch.cat([patch, torch.ones(1, 7, 7)]).expand(n, -1, -1, -1), grid,
-                                              align_corners=False)
+    sampled = torch.nn.functional.grid_sample(
+        torch.cat([patch, torch.ones(1, 7, 7)]).expand(n, -1, -1, -1), grid, align_corners=False
+    )
     expected = x * (1 - sampled[:, -1:]) + sampled[:, :-1]
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(cover, sampled[:, -1:], rtol=1e-4, atol=1e-5)
-    grad, = torch.autograd.grad(out.square().sum(), patch)
-    expected_grad, = torch.autograd.grad(expected.square().sum(), patch)
+    (grad,) = torch.autograd.grad(out.square().sum(), patch)
+    (expected_grad,) = torch.autograd.grad(expected.square().sum(), patch)
     torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-5)

@@ -17,8 +17,9 @@ def test_autoescaped_report(audit, tmp_path):
     classes = tmp_path / "classes.txt"
     classes.write_text("\n".join(["<script>alert(1)</script>"] + [str(i) for i in range(1, 10)]))
     out = tmp_path / "out"
-    r = audit("run", "--classes", classes, "--limit", "8", "--out", out, "--probes", "filters",
-              "--gate", "warn: score >= 0")
+    r = audit(
+        "run", "--classes", classes, "--limit", "8", "--out", out, "--probes", "filters", "--gate", "warn: score >= 0"
+    )
     assert r.code == 0, r
     html = (out / "report.html").read_text()
     assert "<script>alert(1)" not in html
@@ -51,8 +52,16 @@ def test_out_of_gpu_memory_halves_the_batch_and_retries(digits_model, digits_tes
 
     images, labels = digits_test
     data = EvalData(name="d", images=images[:20], labels=labels[:20], labelled=True, source="zoo", total=20)
-    ctx = Context(adapter=digits_model, data=data, device=torch.device("cpu"), seed=0, batch_size=64,
-                  out_dir=tmp_path, probe_name="hungry", progress=make_progress(False))
+    ctx = Context(
+        adapter=digits_model,
+        data=data,
+        device=torch.device("cpu"),
+        seed=0,
+        batch_size=64,
+        out_dir=tmp_path,
+        probe_name="hungry",
+        progress=make_progress(False),
+    )
     probe = Hungry()
     result = run_probe(probe, ctx)
     assert probe.tried == [64, 32, 16, 8] and result.status == "ok" and result.details["batch_size"] == 8

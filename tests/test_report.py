@@ -17,9 +17,12 @@ MAX_REPORT_BYTES = 15 * 2**20  # issue 7: a default run's report stays under 15 
 
 
 def _results(probes: dict[str, ProbeResult]) -> Results:
-    return Results(model={"name": "m", "task": "classify", "source": "zoo", "sha256": "ab" * 32, "parameters": 1234},
-                   data={"name": "d", "n": 10, "labelled": True},
-                   run={"device": "cpu", "seed": 0, "seconds": 1.0, "version": "0"}, probes=probes)
+    return Results(
+        model={"name": "m", "task": "classify", "source": "zoo", "sha256": "ab" * 32, "parameters": 1234},
+        data={"name": "d", "n": 10, "labelled": True},
+        run={"device": "cpu", "seed": 0, "seconds": 1.0, "version": "0"},
+        probes=probes,
+    )
 
 
 def _noise_png(path, width, height, seed=0):
@@ -29,13 +32,27 @@ def _noise_png(path, width, height, seed=0):
 
 
 def test_key_findings_lead_with_failures_then_one_headline_per_probe():
-    augment = ProbeResult(status="ok", score=0.4, findings=(
-        Finding("high", "contrast breaks it", key=True), Finding("high", "fog breaks it"),
-        Finding("high", "frost breaks it"), Finding("info", "scaled parameters")))
-    attacks = ProbeResult(status="ok", score=0.2, findings=(
-        Finding("info", "median minimal eps 4/255", key=True), Finding("medium", "PGD at 2/255 halves it", key=True)))
-    gradcam = ProbeResult(status="ok", findings=(Finding("info", "maps from layer x"),
-                                                 Finding("info", "beats a random map", key=True)))
+    augment = ProbeResult(
+        status="ok",
+        score=0.4,
+        findings=(
+            Finding("high", "contrast breaks it", key=True),
+            Finding("high", "fog breaks it"),
+            Finding("high", "frost breaks it"),
+            Finding("info", "scaled parameters"),
+        ),
+    )
+    attacks = ProbeResult(
+        status="ok",
+        score=0.2,
+        findings=(
+            Finding("info", "median minimal eps 4/255", key=True),
+            Finding("medium", "PGD at 2/255 halves it", key=True),
+        ),
+    )
+    gradcam = ProbeResult(
+        status="ok", findings=(Finding("info", "maps from layer x"), Finding("info", "beats a random map", key=True))
+    )
     patch = ProbeResult(status="failed", error="RuntimeError: boom")
     results = _results({"augment": augment, "gradcam": gradcam, "patch": patch, "attacks": attacks})
     keys = key_findings(results, section_order(results.probes))
@@ -49,7 +66,14 @@ def test_key_findings_lead_with_failures_then_one_headline_per_probe():
 
 def test_sections_put_robustness_first_and_unknown_probes_last():
     assert section_order(["actmax", "filters", "mine", "gradcam", "attacks", "augment", "patch"]) == [
-        "attacks", "patch", "augment", "gradcam", "actmax", "filters", "mine"]
+        "attacks",
+        "patch",
+        "augment",
+        "gradcam",
+        "actmax",
+        "filters",
+        "mine",
+    ]
 
 
 def test_large_images_are_scaled_and_encoded_under_the_budget(tmp_path):
@@ -75,8 +99,13 @@ def test_report_of_a_probe_with_huge_figures_stays_under_15_mb(tmp_path):
     for i in range(6):
         _noise_png(folder / f"gallery{i}.png", 3000, 3000, seed=i)  # 27 MB of pixels each
         rels.append(f"big/gallery{i}.png")
-    results = _results({"big": ProbeResult(status="ok", score=0.5, artifacts=tuple(rels),
-                                           details={"captions": {rels[0]: "caption <b>0</b>"}})})
+    results = _results(
+        {
+            "big": ProbeResult(
+                status="ok", score=0.5, artifacts=tuple(rels), details={"captions": {rels[0]: "caption <b>0</b>"}}
+            )
+        }
+    )
     path = render_report(results, tmp_path)
     html = path.read_text(encoding="utf-8")
     assert path.stat().st_size < MAX_REPORT_BYTES
@@ -88,7 +117,7 @@ def test_default_run_report_is_self_contained_and_small(default_run):
     html = (default_run / "report.html").read_text(encoding="utf-8")
     assert (default_run / "report.html").stat().st_size < MAX_REPORT_BYTES
     assert not re.search(r'(src|href)="(https?:)?//', html)  # nothing fetched from anywhere
-    top = html[:html.index('id="probe-')]
+    top = html[: html.index('id="probe-')]
     for part in ('id="scorecard"', 'id="key-findings"', 'id="model-card"', "PGD at ε=", "sklearn-digits-test"):
         assert part in top, part  # verdict, scorecard, model card and key findings come before any section
     assert html.index('id="probe-attacks"') < html.index('id="probe-gradcam"') < html.index('id="probe-filters"')
@@ -97,8 +126,11 @@ def test_default_run_report_is_self_contained_and_small(default_run):
 def test_summary_md_carries_the_key_findings_escaped():
     from auditor.gates import summary_md
 
-    attacks = ProbeResult(status="ok", score=0.2, findings=(
-        Finding("medium", "PGD turns class '<script>x' into '7'", key=True), Finding("info", "setup note")))
+    attacks = ProbeResult(
+        status="ok",
+        score=0.2,
+        findings=(Finding("medium", "PGD turns class '<script>x' into '7'", key=True), Finding("info", "setup note")),
+    )
     patch = ProbeResult(status="failed", error="RuntimeError: boom")
     md = summary_md(_results({"patch": patch, "attacks": attacks}))
     assert md.index("| attacks |") < md.index("| patch |")  # robustness order, as in the report

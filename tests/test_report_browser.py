@@ -34,8 +34,15 @@ VIEWPORT = {"width": 1280, "height": 900}
 # Flags known to work on Debian's chromium in a closed network: without the background-
 # networking ones Chromium's own connections (updates, sync, Google lookups) fail at start.
 # Playwright adds --headless and a fresh temporary --user-data-dir for each launch.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 LAND_MAX_TOP = 200  # px: a section a nav link lands on starts this close to the viewport's top
 
 
@@ -132,7 +139,10 @@ def open_page(browser, url: str, **context_options):
 
     context.route("**/*", route)
     page = context.new_page()
-    page.on("console", lambda m: m.type == "error" and log.console_errors.append(f"{m.text} ({m.location.get('url', '')[:80]})"))
+    page.on(
+        "console",
+        lambda m: m.type == "error" and log.console_errors.append(f"{m.text} ({m.location.get('url', '')[:80]})"),
+    )
     page.on("pageerror", lambda e: log.page_errors.append(str(e)))
     page.on("request", lambda r: log.requests.append(r.url))
     page.on("requestfailed", lambda r: log.failed.append(f"{r.url[:120]}: {r.failure}"))
@@ -295,7 +305,12 @@ def table_problems(page, limit: int = 12) -> list[str]:
             problems.append(f"{name}: no body rows")
             continue
         width = len(info["headers"])
-        if exercised >= limit or info["colspans"] or len(info["rows"]) < 2 or any(len(r) != width for r in info["rows"]):
+        if (
+            exercised >= limit
+            or info["colspans"]
+            or len(info["rows"]) < 2
+            or any(len(r) != width for r in info["rows"])
+        ):
             continue
         column = None
         for c in range(width):
@@ -306,7 +321,9 @@ def table_problems(page, limit: int = 12) -> list[str]:
         if column is None:
             continue
         # a table folded into a closed <details> is sorted the way a reader would: opened first
-        table.evaluate("t => { for (let d = t.closest('details'); d; d = d.parentElement && d.parentElement.closest('details')) d.open = true; }")
+        table.evaluate(
+            "t => { for (let d = t.closest('details'); d; d = d.parentElement && d.parentElement.closest('details')) d.open = true; }"
+        )
         header = table.locator("thead tr").last.locator("th, td").nth(column)
         if not header.is_visible():
             problems.append(f"{name}: header {info['headers'][column]!r} is not visible, even with its <details> open")
@@ -363,7 +380,9 @@ def test_loads_clean_and_self_contained(opened):
     and data: URIs."""
     page, log = opened()
     page.wait_for_timeout(300)  # late timers and errors
-    assert any(u.split("#")[0] == log.url for u in log.requests), f"the report's own request was not seen: {log.requests[:5]}"
+    assert any(u.split("#")[0] == log.url for u in log.requests), (
+        f"the report's own request was not seen: {log.requests[:5]}"
+    )
     assert no_problems(log.problems())
 
 
@@ -429,8 +448,10 @@ def test_screenshots(opened, artifacts):
 
 # ---------------------------------------------------------------- the checks themselves
 
-_PIXEL = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGA"
-          "hKmMIQAAAABJRU5ErkJggg==")
+_PIXEL = (
+    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGA"
+    "hKmMIQAAAABJRU5ErkJggg=="
+)
 _FILLER = "<p>" + "Lorem ipsum dolor sit amet. " * 60 + "</p>"
 _SORT_JS = """
 document.querySelectorAll('table.sortable thead th').forEach((th, col) => th.addEventListener('click', () => {
@@ -446,19 +467,26 @@ document.querySelectorAll('table.sortable thead th').forEach((th, col) => th.add
 
 def _page_html(good: bool) -> str:
     sections = "".join(f'<section id="s{i}"><h2>Section {i}</h2>{_FILLER}</section>' for i in range(1, 5))
-    table = ('<table class="sortable"><thead><tr><th>name</th><th>score</th></tr></thead><tbody>'
-             '<tr><td>a</td><td>0.5</td></tr><tr><td>b</td><td>0.25</td></tr><tr><td>c</td><td>0.75</td></tr>'
-             '</tbody></table>')
-    style = ("nav { position: sticky; top: 0; height: 48px; background: #eee; z-index: 1 }"
-             + (" section { scroll-margin-top: 56px }" if good else ""))  # broken: sections land under the nav
+    table = (
+        '<table class="sortable"><thead><tr><th>name</th><th>score</th></tr></thead><tbody>'
+        "<tr><td>a</td><td>0.5</td></tr><tr><td>b</td><td>0.25</td></tr><tr><td>c</td><td>0.75</td></tr>"
+        "</tbody></table>"
+    )
+    style = "nav { position: sticky; top: 0; height: 48px; background: #eee; z-index: 1 }" + (
+        " section { scroll-margin-top: 56px }" if good else ""
+    )  # broken: sections land under the nav
     links = "".join(f'<a href="#s{i}">{i}</a> ' for i in range(1, 5))
     if good:
-        return (f"<!doctype html><style>{style}</style><nav id='nav'>{links}</nav>"
-                f"<img alt='pixel' src='{_PIXEL}'>{table}{sections}<script>{_SORT_JS}</script>")
-    return (f"<!doctype html><style>{style}</style><nav id='nav'>{links}<a href='#nowhere'>x</a></nav>"
-            f"<img alt='remote' src='https://example.com/x.png'><img alt='missing' src='missing.png'>"
-            f"<img alt='corrupt' src='data:image/png;base64,AAAA'>"
-            f"{table}{sections}<script>null.boom();</script>")  # no sorting script: the click does nothing
+        return (
+            f"<!doctype html><style>{style}</style><nav id='nav'>{links}</nav>"
+            f"<img alt='pixel' src='{_PIXEL}'>{table}{sections}<script>{_SORT_JS}</script>"
+        )
+    return (
+        f"<!doctype html><style>{style}</style><nav id='nav'>{links}<a href='#nowhere'>x</a></nav>"
+        f"<img alt='remote' src='https://example.com/x.png'><img alt='missing' src='missing.png'>"
+        f"<img alt='corrupt' src='data:image/png;base64,AAAA'>"
+        f"{table}{sections}<script>null.boom();</script>"
+    )  # no sorting script: the click does nothing
 
 
 def test_checks_pass_a_conforming_page(browser, tmp_path):
@@ -502,8 +530,9 @@ def test_checks_catch_a_broken_page(browser, tmp_path):
 def test_compare_page_loads_clean_and_sorts(browser, default_run, tmp_path, audit, artifacts):
     """`audit compare` of the default run with a second, smaller run: the same checks as the report."""
     other = tmp_path / "other"
-    r = audit("run", "--probes", "filters,augment", "--set", "augment.shifts=contrast,fog", "--limit", "40",
-              "--out", other)
+    r = audit(
+        "run", "--probes", "filters,augment", "--set", "augment.shifts=contrast,fog", "--limit", "40", "--out", other
+    )
     assert r.code == 0, r
     page_path = tmp_path / "compare.html"
     r = audit("compare", default_run, other, "--out", page_path)

@@ -22,14 +22,17 @@ def test_roundtrip_validates(tmp_path):
     assert load(tmp_path).probes["attacks"].metrics == res.probes["attacks"].metrics
 
 
-@pytest.mark.parametrize("mutate", [
-    lambda d: d.pop("probes"),
-    lambda d: d["probes"]["attacks"].update(status="done"),
-    lambda d: d["probes"]["attacks"].update(score=1.5),
-    lambda d: d["probes"]["attacks"]["metrics"].update(x="high"),
-    lambda d: d["probes"]["attacks"].update(status="failed"),  # failed needs an error
-    lambda d: d["probes"]["attacks"]["findings"].append({"severity": "fatal", "text": "x"}),
-])
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda d: d.pop("probes"),
+        lambda d: d["probes"]["attacks"].update(status="done"),
+        lambda d: d["probes"]["attacks"].update(score=1.5),
+        lambda d: d["probes"]["attacks"]["metrics"].update(x="high"),
+        lambda d: d["probes"]["attacks"].update(status="failed"),  # failed needs an error
+        lambda d: d["probes"]["attacks"]["findings"].append({"severity": "fatal", "text": "x"}),
+    ],
+)
 def test_schema_rejects(mutate):
     d = make_results().to_dict()
     mutate(d)

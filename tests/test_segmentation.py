@@ -11,9 +11,22 @@ from auditor.metrics import mean_iou_score
 from tests.conftest import ATTACK_CHECKS, read_results
 from zoo import shapes
 
-SEG_FAST = ["--set", "attacks.steps=2", "--set", "attacks.eps=2/255,8/255", "--set", "attacks.gallery=2", "--set", "attacks.min_eps_images=4",
-            "--set", "attacks.bisect=1", "--set", "attacks.check_images=2",
-            "--set", "patch.steps=2"]
+SEG_FAST = [
+    "--set",
+    "attacks.steps=2",
+    "--set",
+    "attacks.eps=2/255,8/255",
+    "--set",
+    "attacks.gallery=2",
+    "--set",
+    "attacks.min_eps_images=4",
+    "--set",
+    "attacks.bisect=1",
+    "--set",
+    "attacks.check_images=2",
+    "--set",
+    "patch.steps=2",
+]
 
 
 def test_generator_is_deterministic_and_labels_agree():
@@ -49,8 +62,9 @@ def test_mean_iou_ignores_255_and_absent_classes():
 class TinySegNet(torch.nn.Module):
     def __init__(self, classes: int = 4):
         super().__init__()
-        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
-                                        torch.nn.Conv2d(8, classes, 1))
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, classes, 1)
+        )
 
     def forward(self, x):
         return {"out": self.body(x)}  # the torchvision segmentation convention
@@ -72,15 +86,38 @@ def seg_ts_model(tmp_path_factory):
 def test_torchscript_segmenter_on_images_and_masks(audit, tmp_path, seg_folder, seg_ts_model):
     path = seg_ts_model
     out = tmp_path / "out"
-    r = audit("run", "--model", path, "--task", "segment", "--input-size", "64", "--data", seg_folder,
-              "--classes", seg_folder / "classes.txt", "--out", out, *SEG_FAST)
+    r = audit(
+        "run",
+        "--model",
+        path,
+        "--task",
+        "segment",
+        "--input-size",
+        "64",
+        "--data",
+        seg_folder,
+        "--classes",
+        seg_folder / "classes.txt",
+        "--out",
+        out,
+        *SEG_FAST,
+    )
     assert r.code == 0, r
     res = read_results(out)
     assert res["model"]["task"] == "segment" and res["data"]["layout"] == "images+masks" and res["data"]["labelled"]
     attacks = res["probes"]["attacks"]
     assert attacks["status"] == "ok" and res["probes"]["filters"]["status"] == "ok"
-    assert set(attacks["metrics"]) == {"clean_miou", "robust_miou@linf=2/255", "robust_miou@linf=8/255",
-                                       "fgsm_miou@linf=2/255", "fgsm_miou@linf=8/255"} | ATTACK_CHECKS
+    assert (
+        set(attacks["metrics"])
+        == {
+            "clean_miou",
+            "robust_miou@linf=2/255",
+            "robust_miou@linf=8/255",
+            "fgsm_miou@linf=2/255",
+            "fgsm_miou@linf=8/255",
+        }
+        | ATTACK_CHECKS
+    )
     assert all(0 <= v <= 1 for v in attacks["metrics"].values())
 
 
@@ -90,10 +127,23 @@ def test_segmenter_label_free_on_images_alone(audit, tmp_path, seg_folder, pytho
         "import torch\n"
         "def build():\n"
         "    torch.manual_seed(0)\n"
-        "    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1))\n")
+        "    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1))\n",
+    )
     out = tmp_path / "out"
-    r = audit("run", "--model", "segpkg:build", "--task", "segment", "--input-size", "64",
-              "--data", seg_folder / "images", "--out", out, *SEG_FAST)
+    r = audit(
+        "run",
+        "--model",
+        "segpkg:build",
+        "--task",
+        "segment",
+        "--input-size",
+        "64",
+        "--data",
+        seg_folder / "images",
+        "--out",
+        out,
+        *SEG_FAST,
+    )
     assert r.code == 0, r
     res = read_results(out)
     assert res["data"]["labelled"] is False and "clean_miou" not in res["probes"]["attacks"]["metrics"]
@@ -106,8 +156,19 @@ def test_missing_mask_is_named(audit, tmp_path, seg_folder, seg_ts_model):
     shutil.copytree(seg_folder, data)
     victim = sorted((data / "masks").iterdir())[0]
     victim.unlink()
-    r = audit("run", "--model", seg_ts_model, "--task", "segment", "--input-size", "64", "--data", data,
-              "--out", tmp_path / "out")
+    r = audit(
+        "run",
+        "--model",
+        seg_ts_model,
+        "--task",
+        "segment",
+        "--input-size",
+        "64",
+        "--data",
+        data,
+        "--out",
+        tmp_path / "out",
+    )
     assert r.code == 2 and victim.name in r.err and "masks/" in r.err
 
 

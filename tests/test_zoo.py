@@ -75,8 +75,20 @@ def test_shapes_yolo_reaches_its_registered_map50():
 @pytest.mark.parametrize("name, task", [("shapes-unet", "segment"), ("shapes-yolov8n", "detect")])
 def test_zoo_models_audit_offline_with_every_probe(audit, tmp_path, name, task):
     out = tmp_path / "out"
-    r = audit("run", "--model", name, "--offline", "--limit", "4", "--out", out, "--set", "attacks.steps=2",
-              "--set", "attacks.eps=4/255,8/255")
+    r = audit(
+        "run",
+        "--model",
+        name,
+        "--offline",
+        "--limit",
+        "4",
+        "--out",
+        out,
+        "--set",
+        "attacks.steps=2",
+        "--set",
+        "attacks.eps=4/255,8/255",
+    )
     assert r.code == 0, r
     import json
 

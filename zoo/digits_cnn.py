@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,8 +39,10 @@ class DigitsCNN(nn.Module):
 
         c1, c2, c3 = widths
         self.features = nn.Sequential(
-            block(1, c1), nn.MaxPool2d(2),  # 28 -> 14
-            block(c1, c2), nn.MaxPool2d(2),  # 14 -> 7
+            block(1, c1),
+            nn.MaxPool2d(2),  # 28 -> 14
+            block(c1, c2),
+            nn.MaxPool2d(2),  # 14 -> 7
             block(c2, c3),
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -77,8 +80,13 @@ def load_test_set(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return splits()["test"]
 
 
-def random_affine(x: torch.Tensor, generator: torch.Generator, degrees: float = 12.0,
-                  scale: tuple[float, float] = (0.9, 1.1), shift: float = 0.08) -> torch.Tensor:
+def random_affine(
+    x: torch.Tensor,
+    generator: torch.Generator,
+    degrees: float = 12.0,
+    scale: tuple[float, float] = (0.9, 1.1),
+    shift: float = 0.08,
+) -> torch.Tensor:
     """A different random rotation, scale and shift per image, in one grid_sample call.
 
     torchvision's RandomAffine draws one set of parameters per call, so on a batch every
@@ -96,8 +104,14 @@ def random_affine(x: torch.Tensor, generator: torch.Generator, degrees: float = 
 
 
 RECIPE = {
-    "optimizer": "AdamW", "lr": 3e-3, "weight_decay": 1e-4, "batch_size": 64,
-    "max_epochs": 60, "schedule": "cosine", "patience": 12, "clip_grad_norm": 1.0,
+    "optimizer": "AdamW",
+    "lr": 3e-3,
+    "weight_decay": 1e-4,
+    "batch_size": 64,
+    "max_epochs": 60,
+    "schedule": "cosine",
+    "patience": 12,
+    "clip_grad_norm": 1.0,
     "augment": "per-sample random affine (rotation 12 deg, scale 0.9-1.1, shift 8%)",
     "seed": 0,
 }
@@ -127,7 +141,7 @@ def train(out_path: Path, seed: int = 0, progress: Callable[[int], Any] | None =
             model.train()
             order = torch.randperm(len(y_train), generator=generator)
             for start in range(0, len(order), r["batch_size"]):
-                idx = order[start:start + r["batch_size"]]
+                idx = order[start : start + r["batch_size"]]
                 x = random_affine(x_train[idx], generator)
                 loss = F.cross_entropy(model((x - MEAN[0]) / STD[0]), y_train[idx])
                 optimizer.zero_grad(set_to_none=True)
@@ -150,8 +164,13 @@ def train(out_path: Path, seed: int = 0, progress: Callable[[int], Any] | None =
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out_path)
-    return {"path": str(out_path), "sha256": sha256_of(out_path), "accuracy": round(test_acc, 4),
-            "best_epoch": best[2], "epochs_run": epoch + 1}
+    return {
+        "path": str(out_path),
+        "sha256": sha256_of(out_path),
+        "accuracy": round(test_acc, 4),
+        "best_epoch": best[2],
+        "epochs_run": epoch + 1,
+    }
 
 
 class _deterministic:
@@ -166,22 +185,24 @@ class _deterministic:
 MEAN = (0.1307,)  # MNIST's statistics; the digits canvas has a similar ink share
 STD = (0.3081,)
 
-ENTRY = register(ZooEntry(
-    name="digits-cnn",
-    task="classify",
-    description="MNIST-style CNN (3 conv-BN-ReLU blocks, GAP head) on scikit-learn's digits, 28x28 grey",
-    build=DigitsCNN,
-    checkpoint="digits-cnn.pt",
-    sha256="a7fedd4dbe8a53f6364b5c63fa0b3453ace72af7ab215f0d12e927d1192cf9f6",
-    input_size=(28, 28),
-    channels=1,
-    mean=MEAN,
-    std=STD,
-    categories=tuple(str(d) for d in range(10)),
-    eval_set="sklearn-digits-test",
-    load_eval_set=load_test_set,
-    metrics={"accuracy": 0.9956},
-    epsilons=("0.01", "0.02", "0.05", "0.1", "0.3"),
-    train=train,
-    recipe=RECIPE,
-))
+ENTRY = register(
+    ZooEntry(
+        name="digits-cnn",
+        task="classify",
+        description="MNIST-style CNN (3 conv-BN-ReLU blocks, GAP head) on scikit-learn's digits, 28x28 grey",
+        build=DigitsCNN,
+        checkpoint="digits-cnn.pt",
+        sha256="a7fedd4dbe8a53f6364b5c63fa0b3453ace72af7ab215f0d12e927d1192cf9f6",
+        input_size=(28, 28),
+        channels=1,
+        mean=MEAN,
+        std=STD,
+        categories=tuple(str(d) for d in range(10)),
+        eval_set="sklearn-digits-test",
+        load_eval_set=load_test_set,
+        metrics={"accuracy": 0.9956},
+        epsilons=("0.01", "0.02", "0.05", "0.1", "0.3"),
+        train=train,
+        recipe=RECIPE,
+    )
+)

@@ -8,9 +8,10 @@ held-out metric its recipe reached, and the epsilon grid the attack probes use.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 

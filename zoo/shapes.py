@@ -19,8 +19,16 @@ from PIL import Image, ImageDraw, ImageFilter
 
 CLASSES = ("circle", "square", "triangle")
 IGNORE = 255
-PALETTE = ((220, 40, 40), (40, 170, 60), (40, 80, 220), (240, 200, 30), (170, 60, 200), (30, 190, 200),
-           (250, 130, 20), (240, 240, 240))
+PALETTE = (
+    (220, 40, 40),
+    (40, 170, 60),
+    (40, 80, 220),
+    (240, 200, 30),
+    (170, 60, 200),
+    (30, 190, 200),
+    (250, 130, 20),
+    (240, 240, 240),
+)
 MIN_VISIBLE = 0.35  # objects hidden more than this by later ones are dropped from the labels
 SPLIT_SEEDS = {"train": 1000, "val": 2000, "test": 3000}  # disjoint scene streams per split
 
@@ -104,8 +112,12 @@ def render(seed: int, size: int = 160, max_objects: int = 6) -> Scene:
         ys, xs = np.nonzero(visible)
         boxes.append((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1))
         classes.append(cls)
-    return Scene(image=np.asarray(image, dtype=np.uint8), mask=mask,
-                 boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4), classes=np.asarray(classes, dtype=np.int64))
+    return Scene(
+        image=np.asarray(image, dtype=np.uint8),
+        mask=mask,
+        boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+        classes=np.asarray(classes, dtype=np.int64),
+    )
 
 
 def scene_seed(split: str, index: int) -> int:
@@ -161,8 +173,10 @@ def _write_det(tmp: Path, final: Path, splits: dict[str, int], size: int) -> Non
             Image.fromarray(scene.image).save(tmp / "images" / split / f"{split}_{i:04d}.png")
             lines = []
             for (x0, y0, x1, y1), cls in zip(scene.boxes, scene.classes):
-                lines.append(f"{cls} {(x0 + x1) / 2 / size:.6f} {(y0 + y1) / 2 / size:.6f} "
-                             f"{(x1 - x0) / size:.6f} {(y1 - y0) / size:.6f}")
+                lines.append(
+                    f"{cls} {(x0 + x1) / 2 / size:.6f} {(y0 + y1) / 2 / size:.6f} "
+                    f"{(x1 - x0) / size:.6f} {(y1 - y0) / size:.6f}"
+                )
             (tmp / "labels" / split / f"{split}_{i:04d}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
     names = "\n".join(f"  {i}: {name}" for i, name in enumerate(CLASSES))
     yaml_splits = "\n".join(f"{split}: images/{split}" for split in splits)

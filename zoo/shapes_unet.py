@@ -8,8 +8,9 @@ batch norm and "same" padding so the mask has the image's size.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,15 +28,24 @@ TEST_IMAGES = 200
 
 
 def double_conv(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
-                         nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(),
+    )
 
 
 class UNet(nn.Module):
-    def __init__(self, in_channels: int = 3, num_classes: int = NUM_CLASSES, widths: tuple[int, ...] = (16, 32, 64, 128)):
+    def __init__(
+        self, in_channels: int = 3, num_classes: int = NUM_CLASSES, widths: tuple[int, ...] = (16, 32, 64, 128)
+    ):
         super().__init__()
-        self.down = nn.ModuleList([double_conv(in_channels, widths[0])] +
-                                  [double_conv(a, b) for a, b in zip(widths, widths[1:])])
+        self.down = nn.ModuleList(
+            [double_conv(in_channels, widths[0])] + [double_conv(a, b) for a, b in zip(widths, widths[1:])]
+        )
         self.pool = nn.MaxPool2d(2)
         self.up = nn.ModuleList([nn.ConvTranspose2d(b, a, 2, stride=2) for a, b in zip(widths, widths[1:])])
         self.merge = nn.ModuleList([double_conv(2 * a, a) for a in widths[:-1]])
@@ -73,8 +83,16 @@ def load_test_set(seed: int = 0) -> Path:
 
 
 RECIPE = {
-    "train_images": 480, "val_images": 80, "optimizer": "AdamW", "lr": 3e-3, "weight_decay": 1e-4,
-    "batch_size": 16, "max_epochs": 90, "schedule": "cosine", "patience": 20, "clip_grad_norm": 1.0,
+    "train_images": 480,
+    "val_images": 80,
+    "optimizer": "AdamW",
+    "lr": 3e-3,
+    "weight_decay": 1e-4,
+    "batch_size": 16,
+    "max_epochs": 90,
+    "schedule": "cosine",
+    "patience": 20,
+    "clip_grad_norm": 1.0,
     "loss": "cross-entropy + soft Dice, ignore 255",
     "augment": "random 112 px crops (the net is fully convolutional), flips, 90-degree rotations",
 }
@@ -84,7 +102,7 @@ CROP = 112
 def _augment(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     # One crop window per batch: half the pixels of a full image, so an epoch costs half.
     top, left = (int(v) for v in torch.randint(0, SIZE - CROP + 1, (2,), generator=g))
-    x, y = x[..., top:top + CROP, left:left + CROP], y[..., top:top + CROP, left:left + CROP]
+    x, y = x[..., top : top + CROP, left : left + CROP], y[..., top : top + CROP, left : left + CROP]
     k = int(torch.randint(0, 4, (1,), generator=g))
     x, y = torch.rot90(x, k, (-2, -1)), torch.rot90(y, k, (-2, -1))
     if torch.rand(1, generator=g) < 0.5:
@@ -105,7 +123,7 @@ def _loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def _predict(model: nn.Module, x: torch.Tensor, batch: int = 32) -> torch.Tensor:
     model.eval()
     with torch.no_grad():
-        return torch.cat([model((x[i:i + batch] - _m()) / _s()).argmax(1) for i in range(0, len(x), batch)])
+        return torch.cat([model((x[i : i + batch] - _m()) / _s()).argmax(1) for i in range(0, len(x), batch)])
 
 
 def _m():
@@ -116,8 +134,9 @@ def _s():
     return torch.tensor(STD).view(1, 3, 1, 1)
 
 
-def train(out_path: Path, seed: int = 0, progress: Callable[[int], Any] | None = None,
-          budget: float = 1.0) -> dict[str, Any]:
+def train(
+    out_path: Path, seed: int = 0, progress: Callable[[int], Any] | None = None, budget: float = 1.0
+) -> dict[str, Any]:
     """The recipe. `budget` scales images and epochs (tests use a small one)."""
     from auditor.metrics import mean_iou_score
 
@@ -138,7 +157,7 @@ def train(out_path: Path, seed: int = 0, progress: Callable[[int], Any] | None =
         order = torch.randperm(n_train, generator=g)
         total = 0.0
         for start in range(0, n_train, r["batch_size"]):
-            idx = order[start:start + r["batch_size"]]
+            idx = order[start : start + r["batch_size"]]
             x, y = _augment(x_train[idx], y_train[idx], g)
             loss = _loss(model((x - _m()) / _s()), y)
             optimizer.zero_grad(set_to_none=True)
@@ -164,30 +183,38 @@ def train(out_path: Path, seed: int = 0, progress: Callable[[int], Any] | None =
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out_path)
-    return {"path": str(out_path), "sha256": sha256_of(out_path), "miou": round(test, 4), "best_epoch": best[2],
-            "epochs_run": epoch + 1, "losses": [round(v, 4) for v in losses]}
+    return {
+        "path": str(out_path),
+        "sha256": sha256_of(out_path),
+        "miou": round(test, 4),
+        "best_epoch": best[2],
+        "epochs_run": epoch + 1,
+        "losses": [round(v, 4) for v in losses],
+    }
 
 
-ENTRY = register(ZooEntry(
-    name="shapes-unet",
-    task="segment",
-    description="U-Net (4 levels, skip connections, 0.48M parameters) on the synthetic shapes world, 160x160 RGB",
-    build=UNet,
-    checkpoint="shapes-unet.pt",
-    sha256="2e0d2eb42c36492cc11c95ceb6b63fdb64ac5adf7fb291175f8bc8a6aa247a1b",
-    input_size=(SIZE, SIZE),
-    channels=3,
-    mean=MEAN,
-    std=STD,
-    categories=("background",) + shapes.CLASSES,
-    eval_set="shapes-seg-test",
-    load_eval_set=load_test_set,
-    metrics={"miou": 0.9424},
-    epsilons=("1/255", "2/255", "4/255", "8/255"),
-    train=train,
-    recipe=RECIPE,
-    # Attacking a U-Net costs ~88 forward+backward passes per image over the grid (3.2 s per
-    # image measured on 2 CPU cores): 24 images keep the default audit well under 2 minutes
-    # and, in one batch, under 2 GiB of memory.
-    eval_limit=24,
-))
+ENTRY = register(
+    ZooEntry(
+        name="shapes-unet",
+        task="segment",
+        description="U-Net (4 levels, skip connections, 0.48M parameters) on the synthetic shapes world, 160x160 RGB",
+        build=UNet,
+        checkpoint="shapes-unet.pt",
+        sha256="2e0d2eb42c36492cc11c95ceb6b63fdb64ac5adf7fb291175f8bc8a6aa247a1b",
+        input_size=(SIZE, SIZE),
+        channels=3,
+        mean=MEAN,
+        std=STD,
+        categories=("background",) + shapes.CLASSES,
+        eval_set="shapes-seg-test",
+        load_eval_set=load_test_set,
+        metrics={"miou": 0.9424},
+        epsilons=("1/255", "2/255", "4/255", "8/255"),
+        train=train,
+        recipe=RECIPE,
+        # Attacking a U-Net costs ~88 forward+backward passes per image over the grid (3.2 s per
+        # image measured on 2 CPU cores): 24 images keep the default audit well under 2 minutes
+        # and, in one batch, under 2 GiB of memory.
+        eval_limit=24,
+    )
+)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -21,9 +22,17 @@ from zoo.registry import ZooEntry, register, sha256_of
 SIZE = 160
 ARCH = "yolov8n.yaml"
 TEST_IMAGES = 200
-RECIPE = {"arch": ARCH, "train_images": 400, "val_images": 100, "epochs": 75, "imgsz": SIZE, "batch": 16,
-          "optimizer": "ultralytics default (auto)", "augment": "ultralytics defaults (mosaic, HSV, flips)",
-          "seed": 0}
+RECIPE = {
+    "arch": ARCH,
+    "train_images": 400,
+    "val_images": 100,
+    "epochs": 75,
+    "imgsz": SIZE,
+    "batch": 16,
+    "optimizer": "ultralytics default (auto)",
+    "augment": "ultralytics defaults (mosaic, HSV, flips)",
+    "seed": 0,
+}
 
 
 def build() -> torch.nn.Module:
@@ -42,8 +51,9 @@ def load_test_set(seed: int = 0) -> Path:
     return shapes.write_detection_set(test_set_path(), {"test": TEST_IMAGES}, SIZE) / "data.yaml"
 
 
-def train(out_path: Path, seed: int = 0, progress: Callable[[int], Any] | None = None,
-          budget: float = 1.0) -> dict[str, Any]:
+def train(
+    out_path: Path, seed: int = 0, progress: Callable[[int], Any] | None = None, budget: float = 1.0
+) -> dict[str, Any]:
     """ultralytics' trainer on generated data; `budget` scales images and epochs (tests use a small one)."""
     from auditor.models.ultralytics import quiet_ultralytics
 
@@ -57,10 +67,25 @@ def train(out_path: Path, seed: int = 0, progress: Callable[[int], Any] | None =
         data = shapes.write_detection_set(Path(tmp) / "data", {"train": n_train, "val": n_val}, SIZE)
         model = YOLO(ARCH, task="detect")
         start = time.perf_counter()
-        model.train(data=str(data / "data.yaml"), epochs=epochs, imgsz=SIZE, batch=r["batch"], workers=0,
-                    device=0 if torch.cuda.is_available() else "cpu", seed=seed, deterministic=True,
-                    project=str(Path(tmp) / "runs"), name="train", exist_ok=True, plots=False, verbose=False,
-                    amp=False, pretrained=False, patience=epochs, val=True)
+        model.train(
+            data=str(data / "data.yaml"),
+            epochs=epochs,
+            imgsz=SIZE,
+            batch=r["batch"],
+            workers=0,
+            device=0 if torch.cuda.is_available() else "cpu",
+            seed=seed,
+            deterministic=True,
+            project=str(Path(tmp) / "runs"),
+            name="train",
+            exist_ok=True,
+            plots=False,
+            verbose=False,
+            amp=False,
+            pretrained=False,
+            patience=epochs,
+            val=True,
+        )
         seconds = time.perf_counter() - start
         results_csv = Path(model.trainer.save_dir) / "results.csv"
         losses = _train_losses(results_csv)
@@ -72,9 +97,15 @@ def train(out_path: Path, seed: int = 0, progress: Callable[[int], Any] | None =
     out_path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), out_path)
     scores = held_out_map(net, n_images=TEST_IMAGES if budget >= 1 else max(8, int(TEST_IMAGES * budget)))
-    return {"path": str(out_path), "sha256": sha256_of(out_path), "map50": round(scores["map50"], 4),
-            "map50_95": round(scores["map50_95"], 4), "train_seconds": round(seconds, 1), "epochs": epochs,
-            "losses": losses}
+    return {
+        "path": str(out_path),
+        "sha256": sha256_of(out_path),
+        "map50": round(scores["map50"], 4),
+        "map50_95": round(scores["map50_95"], 4),
+        "train_seconds": round(seconds, 1),
+        "epochs": epochs,
+        "losses": losses,
+    }
 
 
 def _train_losses(csv: Path) -> list[float]:
@@ -93,13 +124,20 @@ def held_out_map(net: torch.nn.Module, n_images: int = TEST_IMAGES) -> dict[str,
     """mAP50 and mAP50-95 of a trained net on the held-out scenes, through the audit's own data path."""
     from auditor.data import load_data
     from auditor.metrics import detection_map
-    from auditor.models.base import ModelFacts, Preprocess
-    from auditor.models.base import MAP_CONF
+    from auditor.models.base import MAP_CONF, ModelFacts, Preprocess
     from auditor.models.ultralytics import DetectorAdapter
 
-    adapter = DetectorAdapter(net.eval(), facts=ModelFacts(name="shapes-yolov8n", source="zoo"),
-                              class_names=list(shapes.CLASSES), input_size=(SIZE, SIZE), channels=3,
-                              mean=(0.0,), std=(1.0,), preprocess=Preprocess(resize=(SIZE, SIZE)), epsilons=())
+    adapter = DetectorAdapter(
+        net.eval(),
+        facts=ModelFacts(name="shapes-yolov8n", source="zoo"),
+        class_names=list(shapes.CLASSES),
+        input_size=(SIZE, SIZE),
+        channels=3,
+        mean=(0.0,),
+        std=(1.0,),
+        preprocess=Preprocess(resize=(SIZE, SIZE)),
+        epsilons=(),
+    )
     data = load_data(adapter, str(load_test_set()), limit=n_images, seed=0)
     preds = []
     with torch.no_grad():
@@ -108,24 +146,26 @@ def held_out_map(net: torch.nn.Module, n_images: int = TEST_IMAGES) -> dict[str,
     return detection_map(preds, data.labels)
 
 
-ENTRY = register(ZooEntry(
-    name="shapes-yolov8n",
-    task="detect",
-    description="YOLOv8n (ultralytics) on the synthetic shapes world, 160x160 RGB, 3 classes",
-    build=build,
-    checkpoint="shapes-yolov8n.pt",
-    sha256="757115832ce3bd86e638438cea94e3c147a8b1dc9cf1eb7801033e9852d52182",
-    input_size=(SIZE, SIZE),
-    channels=3,
-    mean=(0.0, 0.0, 0.0),  # ultralytics models take [0, 1] pixels
-    std=(1.0, 1.0, 1.0),
-    categories=shapes.CLASSES,
-    eval_set="shapes-det-test",
-    load_eval_set=load_test_set,
-    metrics={"map50": 0.9139, "map50_95": 0.7388},
-    epsilons=("1/255", "2/255", "4/255", "8/255"),
-    train=train,
-    recipe=RECIPE,
-    # 0.8 s of attack per image measured on 2 CPU cores: 96 images keep the default audit under 2 minutes.
-    eval_limit=96,
-))
+ENTRY = register(
+    ZooEntry(
+        name="shapes-yolov8n",
+        task="detect",
+        description="YOLOv8n (ultralytics) on the synthetic shapes world, 160x160 RGB, 3 classes",
+        build=build,
+        checkpoint="shapes-yolov8n.pt",
+        sha256="757115832ce3bd86e638438cea94e3c147a8b1dc9cf1eb7801033e9852d52182",
+        input_size=(SIZE, SIZE),
+        channels=3,
+        mean=(0.0, 0.0, 0.0),  # ultralytics models take [0, 1] pixels
+        std=(1.0, 1.0, 1.0),
+        categories=shapes.CLASSES,
+        eval_set="shapes-det-test",
+        load_eval_set=load_test_set,
+        metrics={"map50": 0.9139, "map50_95": 0.7388},
+        epsilons=("1/255", "2/255", "4/255", "8/255"),
+        train=train,
+        recipe=RECIPE,
+        # 0.8 s of attack per image measured on 2 CPU cores: 96 images keep the default audit under 2 minutes.
+        eval_limit=96,
+    )
+)

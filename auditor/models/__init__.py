@@ -6,10 +6,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from auditor.errors import AuditError
-from auditor.models.base import ClassifierAdapter, ModelAdapter, ModelFacts, Preprocess, SegmenterAdapter, TASKS
+from auditor.models.base import TASKS, ClassifierAdapter, ModelAdapter, ModelFacts, Preprocess, SegmenterAdapter
 
-__all__ = ["ModelSpec", "load_model", "ModelAdapter", "ClassifierAdapter", "SegmenterAdapter", "ModelFacts",
-           "Preprocess", "TASKS"]
+__all__ = [
+    "ModelSpec",
+    "load_model",
+    "ModelAdapter",
+    "ClassifierAdapter",
+    "SegmenterAdapter",
+    "ModelFacts",
+    "Preprocess",
+    "TASKS",
+]
 
 TORCHSCRIPT_SUFFIXES = (".ts", ".torchscript", ".jit")
 EXPORT_SUFFIXES = (".pt2",)
@@ -50,27 +58,34 @@ def load_model(spec: ModelSpec) -> ModelAdapter:
 
     if get_entry(name) is not None:
         from auditor.models.zoo import load_zoo_model
+
         return load_zoo_model(get_entry(name), spec)
     if path.suffix in (".yaml", ".yml"):  # a file, or a name ultralytics ships (yolov8n.yaml)
         from auditor.models.ultralytics import load_yaml_model
+
         return load_yaml_model(path, spec)
     if path.suffix in MODEL_FILE_SUFFIXES and path.is_file():
         return _load_file(path, spec)
     if ":" in name and not path.exists():
         from auditor.models.importpath import load_import_path
+
         return load_import_path(name, spec)
     from auditor.models.torchvision import load_torchvision, torchvision_task
+
     if torchvision_task(name) is not None:
         return load_torchvision(name, spec)
     from auditor.models import ultralytics
+
     if ultralytics.is_ultralytics_name(path.name) and path.suffix in ("", ".pt"):
         return ultralytics.load_checkpoint_model(ultralytics.resolve_named_weights(name, spec), spec)
     if path.suffix in MODEL_FILE_SUFFIXES:
         raise AuditError(f"--model {name}: no such file")
-    raise AuditError(f"--model {name}: unknown model{_suggest_model(name)}; expected a zoo name (audit zoo list), a torchvision model "
-                     "name (resnet50, fasterrcnn_resnet50_fpn, deeplabv3_resnet50, ...), an ultralytics name or "
-                     "file (yolov8n, best.pt, yolov8n.yaml), a TorchScript (.ts) or torch.export (.pt2) file, or "
-                     "package.module:callable")
+    raise AuditError(
+        f"--model {name}: unknown model{_suggest_model(name)}; expected a zoo name (audit zoo list), a torchvision model "
+        "name (resnet50, fasterrcnn_resnet50_fpn, deeplabv3_resnet50, ...), an ultralytics name or "
+        "file (yolov8n, best.pt, yolov8n.yaml), a TorchScript (.ts) or torch.export (.pt2) file, or "
+        "package.module:callable"
+    )
 
 
 MODEL_FILE_SUFFIXES = TORCHSCRIPT_SUFFIXES + EXPORT_SUFFIXES + (".pt", ".pth")
@@ -80,11 +95,14 @@ def _load_file(path: Path, spec) -> ModelAdapter:
     name = str(path)
     if name.endswith(EXPORT_SUFFIXES):
         from auditor.models.export import load_exported
+
         return load_exported(path, spec)
     from auditor.models.torchscript import is_torchscript, load_torchscript
+
     if name.endswith(TORCHSCRIPT_SUFFIXES) or is_torchscript(path):
         return load_torchscript(path, spec)
     from auditor.models.ultralytics import load_checkpoint_model
+
     return load_checkpoint_model(path, spec)
 
 

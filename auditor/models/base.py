@@ -7,8 +7,9 @@ inside ``forward`` so that an epsilon of 4/255 means four grey levels for every 
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -55,10 +56,20 @@ class ModelAdapter(nn.Module, abc.ABC):
 
     task: str = ""
 
-    def __init__(self, net: nn.Module, *, facts: ModelFacts, class_names: list[str],
-                 input_size: tuple[int, int], channels: int, mean: tuple[float, ...],
-                 std: tuple[float, ...], preprocess: Preprocess, epsilons: tuple[str, ...],
-                 eval_set: Any = None):
+    def __init__(
+        self,
+        net: nn.Module,
+        *,
+        facts: ModelFacts,
+        class_names: list[str],
+        input_size: tuple[int, int],
+        channels: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        preprocess: Preprocess,
+        epsilons: tuple[str, ...],
+        eval_set: Any = None,
+    ):
         super().__init__()
         if len(mean) not in (1, channels) or len(std) not in (1, channels):
             raise ValueError(f"mean/std need 1 or {channels} values, got {len(mean)} and {len(std)}")
@@ -111,7 +122,7 @@ class ModelAdapter(nn.Module, abc.ABC):
             raise KeyError(missing[0])
         self._cam_layers = [(n, modules[n]) for n in names]
 
-    def prefer_channels_last(self) -> "ModelAdapter":
+    def prefer_channels_last(self) -> ModelAdapter:
         """Keep conv weights in NHWC, where oneDNN and cuDNN convolve fastest.
 
         Measured on 2 CPU cores, batch as in the default audits: predict 2.2x faster for
@@ -129,8 +140,14 @@ class ModelAdapter(nn.Module, abc.ABC):
 
     def describe(self) -> dict[str, Any]:
         n_params = sum(p.numel() for p in self.net.parameters())
-        return {"task": self.task, "classes": self.num_classes, "input": f"{self.channels}x{self.input_size[0]}x{self.input_size[1]}",
-                "mean": list(self.mean_values), "std": list(self.std_values), "parameters": n_params}
+        return {
+            "task": self.task,
+            "classes": self.num_classes,
+            "input": f"{self.channels}x{self.input_size[0]}x{self.input_size[1]}",
+            "mean": list(self.mean_values),
+            "std": list(self.std_values),
+            "parameters": n_params,
+        }
 
 
 class ClassifierAdapter(ModelAdapter):
@@ -167,8 +184,11 @@ class SegmenterAdapter(ModelAdapter):
         if self._cam_layers is None:
             with torch.no_grad():
                 classes = self(self.example_input()).shape[1]
-            self._cam_layers = [find_last_spatial_module(self.net, self.normalize(self.example_input()),
-                                                         skip=lambda out: out.shape[1] == classes)]
+            self._cam_layers = [
+                find_last_spatial_module(
+                    self.net, self.normalize(self.example_input()), skip=lambda out: out.shape[1] == classes
+                )
+            ]
         return self._cam_layers
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -178,8 +198,9 @@ class SegmenterAdapter(ModelAdapter):
         return per_pixel.flatten(1).sum(1) / valid
 
 
-def find_last_spatial_module(net: nn.Module, example: torch.Tensor,
-                             skip: Callable[[torch.Tensor], bool] = lambda out: False) -> tuple[str, nn.Module]:
+def find_last_spatial_module(
+    net: nn.Module, example: torch.Tensor, skip: Callable[[torch.Tensor], bool] = lambda out: False
+) -> tuple[str, nn.Module]:
     """The last module, in execution order, whose output is N x C x H x W with H, W > 1 (and not `skip`ped).
 
     Forward hooks fire when a module returns, so a container (ResNet's ``layer4``, VGG's

@@ -61,7 +61,9 @@ def generic_adapter(net: nn.Module, spec, *, facts: ModelFacts) -> ModelAdapter:
     """A model that cannot describe itself: task, geometry and normalisation come from the user."""
     task = spec.task or "classify"
     if spec.input_size is None:
-        raise AuditError(f"--model {spec.model}: this model does not state its input size; pass --input-size 224 (or HxW)")
+        raise AuditError(
+            f"--model {spec.model}: this model does not state its input size; pass --input-size 224 (or HxW)"
+        )
     mean = spec.mean or (0.0,)
     std = spec.std or (1.0,)
     channels = max(len(mean), len(std))
@@ -72,16 +74,27 @@ def generic_adapter(net: nn.Module, spec, *, facts: ModelFacts) -> ModelAdapter:
     except AuditError:
         raise
     except Exception as exc:
-        raise AuditError(f"--model {spec.model}: a forward pass on a {channels}x{spec.input_size[0]}x{spec.input_size[1]} "
-                         f"input failed: {first_line(exc)}") from exc
+        raise AuditError(
+            f"--model {spec.model}: a forward pass on a {channels}x{spec.input_size[0]}x{spec.input_size[1]} "
+            f"input failed: {first_line(exc)}"
+        ) from exc
     names = spec.class_names() or [str(i) for i in range(n_out)]
     if len(names) != n_out:
         raise AuditError(f"--classes {spec.classes_file}: {len(names)} names but the model has {n_out} outputs")
     if spec.mean is None:
         facts.notes.append("no --mean/--std given: the model is fed [0, 1] pixels unnormalised")
     adapter_class = SegmenterAdapter if task == "segment" else ClassifierAdapter
-    return adapter_class(net, facts=facts, class_names=names, input_size=spec.input_size, channels=channels,
-                         mean=mean, std=std, preprocess=Preprocess(resize=spec.input_size), epsilons=DEFAULT_EPSILONS)
+    return adapter_class(
+        net,
+        facts=facts,
+        class_names=names,
+        input_size=spec.input_size,
+        channels=channels,
+        mean=mean,
+        std=std,
+        preprocess=Preprocess(resize=spec.input_size),
+        epsilons=DEFAULT_EPSILONS,
+    )
 
 
 def _probe_channels(net: nn.Module, input_size: tuple[int, int]) -> int:

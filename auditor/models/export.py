@@ -39,6 +39,8 @@ def load_exported(path: Path, spec) -> ModelAdapter:
         with torch.no_grad():
             adapter(adapter.example_input(2))
     except Exception as exc:
-        raise AuditError(f"--model {path}: the program does not accept a batch of 2 ({first_line(exc)}); export it "
-                         "with a dynamic batch dimension: dynamic_shapes={'x': {0: torch.export.Dim('batch')}}") from exc
+        raise AuditError(
+            f"--model {path}: the program does not accept a batch of 2 ({first_line(exc)}); export it "
+            "with a dynamic batch dimension: dynamic_shapes={'x': {0: torch.export.Dim('batch')}}"
+        ) from exc
     return adapter

@@ -28,8 +28,11 @@ def torchvision_task(name: str) -> str | None:
     """classify, detect or segment for a torchvision model name; None when it is not one."""
     import torchvision.models
 
-    for task, module in (("classify", torchvision.models), ("detect", torchvision.models.detection),
-                         ("segment", torchvision.models.segmentation)):
+    for task, module in (
+        ("classify", torchvision.models),
+        ("detect", torchvision.models.detection),
+        ("segment", torchvision.models.segmentation),
+    ):
         if name in torchvision.models.list_models(module=module):
             return task
     return None
@@ -65,30 +68,50 @@ def load_torchvision(name: str, spec) -> ModelAdapter:
                 raise AuditError(_missing(name, weights, weights_file, "--offline was given"))
             _download(name, weights, weights_file)
         if spec.classes_file is not None and len(names) != len(categories):
-            raise AuditError(f"--classes {spec.classes_file}: {len(names)} names, but {name}'s weights have "
-                             f"{len(categories)} classes (fine-tuned weights: add --weights PATH)")
+            raise AuditError(
+                f"--classes {spec.classes_file}: {len(names)} names, but {name}'s weights have "
+                f"{len(categories)} classes (fine-tuned weights: add --weights PATH)"
+            )
         net = torchvision.models.get_model(name, weights=weights, **extra)
         digest = None  # torchvision checks the hash prefix in the file name on download
     facts = ModelFacts(name=name, source="torchvision", sha256=digest, weights=str(weights_file))
     preset = weights.transforms()
     # with --weights the preset only supplies the preprocessing, and the note must not claim its weights
-    origin = (f"weights {weights_file.name}, preprocessing of {weights}" if spec.weights is not None
-              else f"torchvision weights {weights}")
+    origin = (
+        f"weights {weights_file.name}, preprocessing of {weights}"
+        if spec.weights is not None
+        else f"torchvision weights {weights}"
+    )
     if task == "detect":
         size = spec.input_size or (DETECTION_SIZE, DETECTION_SIZE)
-        facts.notes.append(f"{origin}: images resized to {size[0]}x{size[1]}; the model "
-                           "normalises and resizes inside")
-        return TorchvisionDetectorAdapter(net, facts=facts, class_names=names, input_size=size, channels=3,
-                                          mean=(0.0,), std=(1.0,), preprocess=Preprocess(resize=size),
-                                          epsilons=IMAGENET_EPSILONS)
+        facts.notes.append(f"{origin}: images resized to {size[0]}x{size[1]}; the model normalises and resizes inside")
+        return TorchvisionDetectorAdapter(
+            net,
+            facts=facts,
+            class_names=names,
+            input_size=size,
+            channels=3,
+            mean=(0.0,),
+            std=(1.0,),
+            preprocess=Preprocess(resize=size),
+            epsilons=IMAGENET_EPSILONS,
+        )
     resize = preset.resize_size[0]
     crop = tuple(getattr(preset, "crop_size", None) or (resize,))
     crop = crop * 2 if len(crop) == 1 else crop
     facts.notes.append(f"{origin}: resize {resize}, centre crop {crop[0]}")
     adapter_class = SegmenterAdapter if task == "segment" else ClassifierAdapter
-    return adapter_class(net, facts=facts, class_names=names, input_size=crop, channels=3,
-                         mean=spec.mean or tuple(preset.mean), std=spec.std or tuple(preset.std),
-                         preprocess=Preprocess(resize=resize, crop=crop), epsilons=IMAGENET_EPSILONS)
+    return adapter_class(
+        net,
+        facts=facts,
+        class_names=names,
+        input_size=crop,
+        channels=3,
+        mean=spec.mean or tuple(preset.mean),
+        std=spec.std or tuple(preset.std),
+        preprocess=Preprocess(resize=resize, crop=crop),
+        epsilons=IMAGENET_EPSILONS,
+    )
 
 
 class TorchvisionDetectorAdapter(ModelAdapter):
@@ -117,8 +140,9 @@ class TorchvisionDetectorAdapter(ModelAdapter):
         was_training = self.net.training
         self.net.train()
         try:
-            losses = self.net(list(self.normalize(x)),
-                              [{"boxes": t[:, 1:5].float(), "labels": t[:, 0].long()} for t in targets])
+            losses = self.net(
+                list(self.normalize(x)), [{"boxes": t[:, 1:5].float(), "labels": t[:, 0].long()} for t in targets]
+            )
         finally:
             self.net.train(was_training)
         total = sum(losses.values())
@@ -126,8 +150,10 @@ class TorchvisionDetectorAdapter(ModelAdapter):
 
 
 def _missing(name: str, weights, path: Path, why: str) -> str:
-    return (f"{name}: weights not cached at {path} and not downloadable ({why}); fetch {weights.url} "
-            f"to that path, or pass --weights PATH")
+    return (
+        f"{name}: weights not cached at {path} and not downloadable ({why}); fetch {weights.url} "
+        f"to that path, or pass --weights PATH"
+    )
 
 
 def _download(name: str, weights, path: Path) -> None:
@@ -137,8 +163,9 @@ def _download(name: str, weights, path: Path) -> None:
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # fail instead of hanging on a dead network
     try:
-        torch.hub.download_url_to_file(weights.url, str(path), hash_prefix=match.group(1) if match else None,
-                                       progress=os.isatty(2))
+        torch.hub.download_url_to_file(
+            weights.url, str(path), hash_prefix=match.group(1) if match else None, progress=os.isatty(2)
+        )
     except Exception as exc:  # URLError, HTTPError, timeouts, hash mismatch: all mean "no usable file"
         if path.exists():
             path.unlink()

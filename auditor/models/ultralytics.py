@@ -66,18 +66,34 @@ class DetectorAdapter(ModelAdapter):
     def decode(self, outputs, conf: float = SHOW_CONF) -> list[dict[str, torch.Tensor]]:
         from ultralytics.utils.nms import non_max_suppression
 
-        kept = non_max_suppression(_decoded(outputs).detach(), conf_thres=conf, iou_thres=NMS_IOU, max_det=300,
-                                   max_time_img=10.0, nc=self.num_classes)
+        kept = non_max_suppression(
+            _decoded(outputs).detach(),
+            conf_thres=conf,
+            iou_thres=NMS_IOU,
+            max_det=300,
+            max_time_img=10.0,
+            nc=self.num_classes,
+        )
         return [{"boxes": d[:, :4], "scores": d[:, 4], "labels": d[:, 5].long()} for d in kept]
 
-    def detect_with_anchors(self, outputs, conf: float = SHOW_CONF) -> list[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+    def detect_with_anchors(
+        self, outputs, conf: float = SHOW_CONF
+    ) -> list[tuple[dict[str, torch.Tensor], torch.Tensor]]:
         """Per image: the kept boxes, and the anchor (column of the head's output) NMS kept for each."""
         from ultralytics.utils.nms import non_max_suppression
 
-        kept, anchors = non_max_suppression(_decoded(outputs).detach(), conf_thres=conf, iou_thres=NMS_IOU,
-                                            max_det=300, max_time_img=10.0, return_idxs=True, nc=self.num_classes)
-        return [({"boxes": d[:, :4], "scores": d[:, 4], "labels": d[:, 5].long()}, a.long())
-                for d, a in zip(kept, anchors)]
+        kept, anchors = non_max_suppression(
+            _decoded(outputs).detach(),
+            conf_thres=conf,
+            iou_thres=NMS_IOU,
+            max_det=300,
+            max_time_img=10.0,
+            return_idxs=True,
+            nc=self.num_classes,
+        )
+        return [
+            ({"boxes": d[:, :4], "scores": d[:, 4], "labels": d[:, 5].long()}, a.long()) for d, a in zip(kept, anchors)
+        ]
 
     def anchor_scores(self, outputs, anchors: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Row i's class probability `labels[i]` at anchor `anchors[i]`, taken from `outputs` itself so that
@@ -123,10 +139,26 @@ class DetectorAdapter(ModelAdapter):
 
 # Globals an ultralytics checkpoint may need when unpickled; anything else (os.system, eval,
 # a user's own module) means code we were not asked to run.
-SAFE_GLOBAL_PREFIXES = ("ultralytics.", "torch.", "collections.", "numpy.", "builtins.set", "builtins.dict",
-                        "builtins.list", "builtins.tuple", "builtins.slice", "builtins.frozenset",
-                        "pathlib.", "datetime.", "types.SimpleNamespace", "argparse.Namespace", "_codecs.encode",
-                        "copyreg._reconstructor", "builtins.object", "builtins.bytearray")
+SAFE_GLOBAL_PREFIXES = (
+    "ultralytics.",
+    "torch.",
+    "collections.",
+    "numpy.",
+    "builtins.set",
+    "builtins.dict",
+    "builtins.list",
+    "builtins.tuple",
+    "builtins.slice",
+    "builtins.frozenset",
+    "pathlib.",
+    "datetime.",
+    "types.SimpleNamespace",
+    "argparse.Namespace",
+    "_codecs.encode",
+    "copyreg._reconstructor",
+    "builtins.object",
+    "builtins.bytearray",
+)
 
 
 def check_checkpoint_globals(path: Path) -> None:
@@ -137,8 +169,10 @@ def check_checkpoint_globals(path: Path) -> None:
         raise AuditError(f"--model {path}: not a readable checkpoint: {first_line(exc)}") from exc
     bad = sorted(g for g in needed if not g.startswith(SAFE_GLOBAL_PREFIXES))
     if bad:
-        raise AuditError(f"--model {path}: the checkpoint would run code outside ultralytics and torch when loaded "
-                         f"({', '.join(bad[:3])}); pass --trust-model only if you trust its author")
+        raise AuditError(
+            f"--model {path}: the checkpoint would run code outside ultralytics and torch when loaded "
+            f"({', '.join(bad[:3])}); pass --trust-model only if you trust its author"
+        )
 
 
 def _decoded(outputs) -> torch.Tensor:
@@ -150,20 +184,34 @@ def _decoded(outputs) -> torch.Tensor:
 def adapter_for(net: nn.Module, spec, *, facts: ModelFacts, names: list[str], size: int) -> ModelAdapter:
     kind = type(net).__name__
     if kind not in ("DetectionModel", "SegmentationModel"):
-        raise AuditError(f"--model {spec.model}: an ultralytics {kind}; detectors and -seg models are supported "
-                         "(pose, OBB and classification heads are not)")
+        raise AuditError(
+            f"--model {spec.model}: an ultralytics {kind}; detectors and -seg models are supported "
+            "(pose, OBB and classification heads are not)"
+        )
     if kind == "SegmentationModel":
-        facts.notes.append("ultralytics -seg model audited as a detector of its boxes; its instance masks are "
-                           "not scored")
+        facts.notes.append(
+            "ultralytics -seg model audited as a detector of its boxes; its instance masks are not scored"
+        )
     if not hasattr(net, "args") or isinstance(net.args, dict):
         from ultralytics.cfg import get_cfg
 
-        net.args = get_cfg(overrides={k: v for k, v in (net.args or {}).items() if k in ("box", "cls", "dfl")}
-                           if isinstance(getattr(net, "args", None), dict) else None)
+        net.args = get_cfg(
+            overrides={k: v for k, v in (net.args or {}).items() if k in ("box", "cls", "dfl")}
+            if isinstance(getattr(net, "args", None), dict)
+            else None
+        )
     input_size = spec.input_size or (size, size)
-    return DetectorAdapter(net.float().eval(), facts=facts, class_names=names, input_size=input_size, channels=3,
-                           mean=(0.0,), std=(1.0,), preprocess=Preprocess(resize=input_size),
-                           epsilons=("1/255", "2/255", "4/255", "8/255"))
+    return DetectorAdapter(
+        net.float().eval(),
+        facts=facts,
+        class_names=names,
+        input_size=input_size,
+        channels=3,
+        mean=(0.0,),
+        std=(1.0,),
+        preprocess=Preprocess(resize=input_size),
+        epsilons=("1/255", "2/255", "4/255", "8/255"),
+    )
 
 
 def load_yaml_model(path: Path, spec) -> ModelAdapter:
@@ -209,8 +257,10 @@ def load_checkpoint_model(path: Path, spec) -> ModelAdapter:
         raise AuditError(f"--model {path}: cannot load this checkpoint: {first_line(exc)}") from exc
     net = (ckpt.get("ema") or ckpt.get("model")) if isinstance(ckpt, dict) else None
     if not isinstance(net, nn.Module):
-        raise AuditError(f"--model {path}: not an ultralytics checkpoint (no model inside); a bare state dict needs "
-                         "its architecture: --model ARCH.yaml --weights FILE")
+        raise AuditError(
+            f"--model {path}: not an ultralytics checkpoint (no model inside); a bare state dict needs "
+            "its architecture: --model ARCH.yaml --weights FILE"
+        )
     names = spec.class_names() or [str(n) for n in (dict(net.names).values() if hasattr(net, "names") else [])]
     train_args = ckpt.get("train_args") or {}
     size = int(train_args.get("imgsz", 640)) if isinstance(train_args.get("imgsz", 640), (int, float)) else 640
@@ -228,8 +278,10 @@ def resolve_named_weights(name: str, spec) -> Path:
         if candidate.is_file():
             return candidate
     if spec.offline:
-        raise AuditError(f"{file}: not found here or in ultralytics' weights folder and --offline was given; "
-                         "download it once online (audit run --model " + name + ") or pass its path")
+        raise AuditError(
+            f"{file}: not found here or in ultralytics' weights folder and --offline was given; "
+            "download it once online (audit run --model " + name + ") or pass its path"
+        )
     import socket
 
     from ultralytics.utils.downloads import attempt_download_asset
@@ -239,13 +291,16 @@ def resolve_named_weights(name: str, spec) -> Path:
     try:
         got = Path(attempt_download_asset(file))
     except Exception as exc:
-        raise AuditError(f"{file}: not found locally and ultralytics could not download it ({first_line(exc)}); "
-                         "pass the path of a local copy") from exc
+        raise AuditError(
+            f"{file}: not found locally and ultralytics could not download it ({first_line(exc)}); "
+            "pass the path of a local copy"
+        ) from exc
     finally:
         socket.setdefaulttimeout(old)
     if not got.is_file():
-        raise AuditError(f"{file}: not found locally and ultralytics could not download it; pass the path of a "
-                         "local copy")
+        raise AuditError(
+            f"{file}: not found locally and ultralytics could not download it; pass the path of a local copy"
+        )
     return got
 
 

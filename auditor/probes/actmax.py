@@ -120,25 +120,52 @@ class ActMaxProbe(Probe):
             net.train(was_training)
 
         metrics: dict[str, float | None] = {}
-        details = {"canvas": list(canvas), "steps": steps, "lr": p.lr, "batch": len(run["images"]),
-                   "colour": adapter.channels == 3, "shift": SHIFT, "scales": list(SCALES), "degrees": DEGREES,
-                   "class_choice": class_choice, "classes": [], "layers": [], "captions": {}}
+        details = {
+            "canvas": list(canvas),
+            "steps": steps,
+            "lr": p.lr,
+            "batch": len(run["images"]),
+            "colour": adapter.channels == 3,
+            "shift": SHIFT,
+            "scales": list(SCALES),
+            "degrees": DEGREES,
+            "class_choice": class_choice,
+            "classes": [],
+            "layers": [],
+            "captions": {},
+        }
         findings, artifacts = [], []
         if classes:
             self._class_gallery(ctx, run, classes, class_choice, steps, metrics, details, findings, artifacts)
         if targets:
             self._channel_galleries(ctx, run, len(classes), targets, data_max, metrics, details, findings, artifacts)
         elif adapter.task == "classify":
-            findings.append(Finding("info", "no hidden layer can be hooked in this model (TorchScript or an exported "
-                                            "graph): class images only"))
+            findings.append(
+                Finding(
+                    "info",
+                    "no hidden layer can be hooked in this model (TorchScript or an exported graph): class images only",
+                )
+            )
         what = [f"{len(classes)} class logits"] if classes else []
         if targets:
             what.append(f"{sum(len(c) for _, c in targets)} channels of {', '.join(u.name for u, _ in targets)}")
-        findings.insert(0, Finding("info", f"optimised {' and '.join(what)} together: one batch of "
-                                           f"{details['batch']} images on a {canvas[0]}×{canvas[1]} canvas, {steps} "
-                                           "Adam steps"))
-        return ProbeResult(status="ok", score=None, metrics=metrics, findings=tuple(findings),
-                           artifacts=tuple(artifacts), details=details)
+        findings.insert(
+            0,
+            Finding(
+                "info",
+                f"optimised {' and '.join(what)} together: one batch of "
+                f"{details['batch']} images on a {canvas[0]}×{canvas[1]} canvas, {steps} "
+                "Adam steps",
+            ),
+        )
+        return ProbeResult(
+            status="ok",
+            score=None,
+            metrics=metrics,
+            findings=tuple(findings),
+            artifacts=tuple(artifacts),
+            details=details,
+        )
 
     def _canvas(self, adapter) -> tuple[int, int]:
         if self.params.size is not None:
@@ -161,11 +188,13 @@ class ActMaxProbe(Probe):
             if name not in known:
                 convs = [u.name for u in units.values() if u.kind != "other"]
                 examples = ", ".join(convs[:: max(1, len(convs) // 6)][:6]) or "none"
-                raise ValueError(f"layers: no layer {name!r} in the model{did_you_mean(name, known)}; conv layers "
-                                 f"include {examples}")
+                raise ValueError(
+                    f"layers: no layer {name!r} in the model{did_you_mean(name, known)}; conv layers include {examples}"
+                )
             if name not in units:
-                raise ValueError(f"layers: {name!r} gives no N x C x H x W activation on the canvas, so it has no "
-                                 "channels to show")
+                raise ValueError(
+                    f"layers: {name!r} gives no N x C x H x W activation on the canvas, so it has no channels to show"
+                )
         return [units[name] for name in dict.fromkeys(self.params.layers)]
 
     def _given_classes(self, adapter) -> list[int]:
@@ -179,8 +208,10 @@ class ActMaxProbe(Probe):
             elif item.isdigit() and int(item) < len(names):
                 picked.append(int(item))
             else:
-                raise ValueError(f"classes: {item!r} is neither a class name{did_you_mean(item, names)} nor an index "
-                                 f"below {len(names)}")
+                raise ValueError(
+                    f"classes: {item!r} is neither a class name{did_you_mean(item, names)} nor an index "
+                    f"below {len(names)}"
+                )
         return list(dict.fromkeys(picked))
 
     def _classes(self, adapter, predicted: torch.Tensor) -> tuple[list[int], str]:
@@ -204,24 +235,50 @@ class ActMaxProbe(Probe):
         hits = probs.argmax(1) == ids
         metrics["class_confidence"] = own.mean().item()
         metrics["class_hit_rate"] = hits.double().mean().item()
-        details["classes"] = [{"index": c, "name": names[c], "probability": own[i].item(), "hit": bool(hits[i]),
-                               "predicted": names[int(probs[i].argmax())], "logit_start": run["start"][i].item(),
-                               "logit_end": run["final"][i].item()} for i, c in enumerate(classes)]
+        details["classes"] = [
+            {
+                "index": c,
+                "name": names[c],
+                "probability": own[i].item(),
+                "hit": bool(hits[i]),
+                "predicted": names[int(probs[i].argmax())],
+                "logit_start": run["start"][i].item(),
+                "logit_end": run["final"][i].item(),
+            }
+            for i, c in enumerate(classes)
+        ]
         path, rel = ctx.artifact("classes.png")
-        draw_titled_tiles(run["images"][:n], [f"{names[c]}\np={own[i]:.2f}" for i, c in enumerate(classes)], path,
-                          alert=(~hits).tolist())
+        draw_titled_tiles(
+            run["images"][:n],
+            [f"{names[c]}\np={own[i]:.2f}" for i, c in enumerate(classes)],
+            path,
+            alert=(~hits).tolist(),
+        )
         artifacts.append(rel)
-        details["captions"][rel] = ("One image per class, optimised to raise the class logit; title: the class and "
-                                    "the probability the model gives it (red: classified as another class)")
+        details["captions"][rel] = (
+            "One image per class, optimised to raise the class logit; title: the class and "
+            "the probability the model gives it (red: classified as another class)"
+        )
         missed = [d for d in details["classes"] if not d["hit"]]
         if missed:
             listed = ", ".join(f"{d['name']} (seen as {d['predicted']})" for d in missed[:5])
-            findings.append(Finding("medium", f"{len(missed)} of {n} class images are not classified as their class "
-                                              f"after {steps} steps: {listed}", key=True))
+            findings.append(
+                Finding(
+                    "medium",
+                    f"{len(missed)} of {n} class images are not classified as their class "
+                    f"after {steps} steps: {listed}",
+                    key=True,
+                )
+            )
         if class_choice == "most predicted":
-            findings.append(Finding("info", f"{len(names)} classes: showing the {n} the model predicts most often on "
-                                            f"the evaluation data ({', '.join(names[c] for c in classes)}); choose "
-                                            "others with --set actmax.classes=..."))
+            findings.append(
+                Finding(
+                    "info",
+                    f"{len(names)} classes: showing the {n} the model predicts most often on "
+                    f"the evaluation data ({', '.join(names[c] for c in classes)}); choose "
+                    "others with --set actmax.classes=...",
+                )
+            )
 
     def _channel_galleries(self, ctx, run, row, targets, data_max, metrics, details, findings, artifacts):
         from auditor.figures import draw_titled_tiles
@@ -229,35 +286,52 @@ class ActMaxProbe(Probe):
         ratios, beats, dead, unreached = [], [], [], []
         for i, (unit, chans) in enumerate(targets):
             k = len(chans)
-            got, best = run["final"][row:row + k], data_max[unit.name]
+            got, best = run["final"][row : row + k], data_max[unit.name]
             ratio = [g / b if b > 0 else None for g, b in zip(got.tolist(), best.tolist())]
             ratios += [r for r in ratio if r is not None]
             beats += (got > best).tolist()
             off = got <= 0
             dead += [f"{unit.name}:{c}" for c, d in zip(chans, off & (best <= 0)) if d]
             unreached += [f"{unit.name}:{c}" for c, u in zip(chans, off & (best > 0)) if u]
-            details["layers"].append({"name": unit.name, "read_at": unit.hook, "width": unit.shape[0],
-                                      "grid": list(unit.shape[1:]), "channels": chans, "activation": got.tolist(),
-                                      "data_max": best.tolist()})
+            details["layers"].append(
+                {
+                    "name": unit.name,
+                    "read_at": unit.hook,
+                    "width": unit.shape[0],
+                    "grid": list(unit.shape[1:]),
+                    "channels": chans,
+                    "activation": got.tolist(),
+                    "data_max": best.tolist(),
+                }
+            )
             path, rel = ctx.artifact(f"channels_{i}.png")
-            draw_titled_tiles(run["images"][row:row + k],
-                              [f"ch {c}" + (f"\n×{r:.1f}" if r is not None else "") for c, r in zip(chans, ratio)],
-                              path, alert=off.tolist())
+            draw_titled_tiles(
+                run["images"][row : row + k],
+                [f"ch {c}" + (f"\n×{r:.1f}" if r is not None else "") for c, r in zip(chans, ratio)],
+                path,
+                alert=off.tolist(),
+            )
             artifacts.append(rel)
             read = f", read after {unit.hook}" if unit.hook != unit.name else ""
             details["captions"][rel] = (
                 f"Layer {unit.name} ({unit.shape[0]} channels, {unit.shape[1]}×{unit.shape[2]} on the canvas{read}): "
                 "each image raises one channel's mean activation over all positions; ×: that activation over the "
-                "highest any evaluation image gives the channel (red: the channel stays off)")
+                "highest any evaluation image gives the channel (red: the channel stays off)"
+            )
             row += k
         metrics["channel_gain"] = float(torch.tensor(ratios).median()) if ratios else None
         metrics["channel_beats_data"] = sum(beats) / len(beats)
         metrics["dead_channels"] = float(len(dead))
-        for names, text, severity in ((dead, "stay off on every evaluation image and on the image optimised for "
-                                             "them: dead units", "low"),
-                                      (unreached, "stay off on the image optimised for them although evaluation "
-                                                  "images switch them on: the optimisation found no jitter-robust "
-                                                  "input for them", "info")):
+        for names, text, severity in (
+            (dead, "stay off on every evaluation image and on the image optimised for them: dead units", "low"),
+            (
+                unreached,
+                "stay off on the image optimised for them although evaluation "
+                "images switch them on: the optimisation found no jitter-robust "
+                "input for them",
+                "info",
+            ),
+        ):
             if names:
                 listed = ", ".join(names[:8]) + (" ..." if len(names) > 8 else "")
                 findings.append(Finding(severity, f"{len(names)} of {len(beats)} channels {text} ({listed})"))
@@ -271,22 +345,23 @@ class FourierImage:
     matrix (decorrelated -> RGB), other channel counts straight to the sigmoid.
     """
 
-    def __init__(self, n: int, channels: int, size: tuple[int, int], generator: torch.Generator,
-                 device: torch.device):
+    def __init__(self, n: int, channels: int, size: tuple[int, int], generator: torch.Generator, device: torch.device):
         h, w = size
         fy = torch.fft.fftfreq(h, device=device)[:, None]
         fx = torch.fft.rfftfreq(w, device=device)[None, :]
         # the constant term would get an infinite weight; it is capped at the lowest frequency's
-        self.scale = 1.0 / torch.sqrt(fx ** 2 + fy ** 2).clamp_min(1.0 / max(h, w))
+        self.scale = 1.0 / torch.sqrt(fx**2 + fy**2).clamp_min(1.0 / max(h, w))
         self.size = size
         self.colour = COLOUR.to(device) if channels == 3 else None
-        self.spectrum = (INIT_SD * torch.randn(n, channels, h, w // 2 + 1, 2, generator=generator, device=device)
-                         ).requires_grad_(True)
+        self.spectrum = (
+            INIT_SD * torch.randn(n, channels, h, w // 2 + 1, 2, generator=generator, device=device)
+        ).requires_grad_(True)
 
     def linear(self) -> torch.Tensor:
         """The image before the sigmoid."""
-        image = IMAGE_SCALE * torch.fft.irfft2(torch.view_as_complex(self.spectrum) * self.scale, s=self.size,
-                                               norm="ortho")
+        image = IMAGE_SCALE * torch.fft.irfft2(
+            torch.view_as_complex(self.spectrum) * self.scale, s=self.size, norm="ortho"
+        )
         if self.colour is not None:
             image = torch.einsum("ij,njhw->nihw", self.colour, image)
         return image
@@ -329,7 +404,7 @@ def optimise(ctx: Context, classes: list[int], targets: list, canvas, steps: int
                 if step == 0:
                     start = values.detach()
                 # the gradient of the spectrum alone: the model's weights get no .grad
-                image.spectrum.grad, = torch.autograd.grad(-values.sum(), [image.spectrum])
+                (image.spectrum.grad,) = torch.autograd.grad(-values.sum(), [image.spectrum])
                 optimiser.step()
                 bar.update(1)
         with torch.no_grad():
@@ -351,7 +426,7 @@ def _objectives(out, acts, class_ids, channels, leak: float = 0.0) -> torch.Tens
     row = n
     for name, chans in channels:
         k = len(chans)
-        act = acts[name][row:row + k]
+        act = acts[name][row : row + k]
         parts.append(F.leaky_relu(act[torch.arange(k, device=act.device), chans], leak).mean(dim=(1, 2)))
         row += k
     return torch.cat(parts)
@@ -451,8 +526,13 @@ def layer_units(net: nn.Module, example: torch.Tensor) -> dict[str, Unit]:
 
     def spatial(name):
         t = outputs.get(name)
-        return isinstance(t, torch.Tensor) and t.dim() == 4 and 2 <= min(t.shape[-2:]) and t.shape[-2] <= h \
+        return (
+            isinstance(t, torch.Tensor)
+            and t.dim() == 4
+            and 2 <= min(t.shape[-2:])
+            and t.shape[-2] <= h
             and t.shape[-1] <= w
+        )
 
     blocks = getattr(net, "model", None)
     head = f"model.{len(blocks) - 1}." if isinstance(blocks, nn.Sequential) and hasattr(net, "stride") else None

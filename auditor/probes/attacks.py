@@ -37,8 +37,10 @@ def parse_eps(text: str) -> float:
 
 class AttacksProbe(Probe):
     name = "attacks"
-    description = ("L-inf FGSM and PGD over an ε grid: accuracy, mIoU or mAP50 under attack, minimal ε per image, "
-                   "gradient-masking checks")
+    description = (
+        "L-inf FGSM and PGD over an ε grid: accuracy, mIoU or mAP50 under attack, minimal ε per image, "
+        "gradient-masking checks"
+    )
     tasks = ("classify", "segment", "detect")
     # clean_/robust_/fgsm_ accuracy, miou and map50 and median_min_eps: higher is better
     lower_is_better = ("disappearance_rate", "zero_gradient_share", "nonfinite_gradient_share", "suspect_masking")
@@ -57,22 +59,25 @@ class AttacksProbe(Probe):
         check_images: int | None = None  # images for the stronger-PGD and ε = 1 checks; None: 32 / 8; 0 skips
         square_queries: int = 300  # Square attack iterations (classifiers)
 
-        def sized(self, task: str) -> "AttacksProbe.Params":
+        def sized(self, task: str) -> AttacksProbe.Params:
             """These parameters with the automatic subset sizes filled in for the task."""
             small = task != "classify"
-            return dataclasses.replace(self, min_eps_images=(8 if small else 64) if self.min_eps_images is None
-                                       else self.min_eps_images,
-                                       check_images=(8 if small else 32) if self.check_images is None
-                                       else self.check_images,
-                                       bisect=(2 if small else 4) if self.bisect is None else self.bisect)
+            return dataclasses.replace(
+                self,
+                min_eps_images=(8 if small else 64) if self.min_eps_images is None else self.min_eps_images,
+                check_images=(8 if small else 32) if self.check_images is None else self.check_images,
+                bisect=(2 if small else 4) if self.bisect is None else self.bisect,
+            )
 
     def run(self, ctx: Context) -> ProbeResult:
         p = self.params.sized(ctx.adapter.task)
         grid = [str(e) for e in (p.eps or ctx.adapter.epsilons)]
         values = [parse_eps(e) for e in grid]
         if p.steps < 1 or p.restarts < 1 or p.bisect < 0 or p.min_eps_images < 0 or p.check_images < 0:
-            raise ValueError("attacks.steps and attacks.restarts must be at least 1; bisect, min_eps_images and "
-                             "check_images at least 0")
+            raise ValueError(
+                "attacks.steps and attacks.restarts must be at least 1; bisect, min_eps_images and "
+                "check_images at least 0"
+            )
         ops = ops_for(ctx.adapter.task)
         data = ctx.data
         engine = LinfAttack(ctx.adapter, p.steps, p.step_factor, p.restarts, ctx.generator())
@@ -110,8 +115,9 @@ class AttacksProbe(Probe):
         agree_clean = ops.image_score(clean_pred, reference, k)
         agree_pgd = [ops.image_score(pred, reference, k) for pred in pgd_pred]
 
-        min_eps, censored = self._min_eps(ctx, ops, engine, reference, subset, agree_clean, agree_pgd, values,
-                                          order, p.bisect, bar)
+        min_eps, censored = self._min_eps(
+            ctx, ops, engine, reference, subset, agree_clean, agree_pgd, values, order, p.bisect, bar
+        )
         bar.close()
         kind = ops.metric
         metrics: dict[str, float | None] = {}
@@ -135,10 +141,14 @@ class AttacksProbe(Probe):
         zero_share = float(torch.cat(zero_grad).double().mean())
         bad_share = float(torch.cat(bad_grad).double().mean())
         check_eps = self._check_eps(values, pgd, clean, order)
-        checks = [masking.monotone(grid, values, pgd), masking.fgsm_weaker(grid, pgd, fgsm, p.steps),
-                  masking.gradients(zero_share, bad_share)]
-        checks += self._extra_checks(ctx, p, ops, engine, reference, pgd_pred[check_eps], grid[check_eps],
-                                     values[check_eps], clean_pred)
+        checks = [
+            masking.monotone(grid, values, pgd),
+            masking.fgsm_weaker(grid, pgd, fgsm, p.steps),
+            masking.gradients(zero_share, bad_share),
+        ]
+        checks += self._extra_checks(
+            ctx, p, ops, engine, reference, pgd_pred[check_eps], grid[check_eps], values[check_eps], clean_pred
+        )
         suspect = any(c.flagged for c in checks)
         metrics["zero_gradient_share"] = zero_share
         metrics["nonfinite_gradient_share"] = bad_share
@@ -149,36 +159,78 @@ class AttacksProbe(Probe):
         from auditor import attack_figures as figs
 
         figures = Figures(ctx)
-        figures.save("robust_accuracy.png", f"{label[0].upper()}{label[1:]} under attack versus ε",
-                     figs.robustness_curve, grid, values, pgd, fgsm, clean, label, p.steps)
+        figures.save(
+            "robust_accuracy.png",
+            f"{label[0].upper()}{label[1:]} under attack versus ε",
+            figs.robustness_curve,
+            grid,
+            values,
+            pgd,
+            fgsm,
+            clean,
+            label,
+            p.steps,
+        )
         if len(min_eps):
-            figures.save("min_eps.png", "Smallest ε that breaks each image (PGD, bisection inside the grid)",
-                         figs.min_eps_histogram, min_eps, censored, values, grid)
+            figures.save(
+                "min_eps.png",
+                "Smallest ε that breaks each image (PGD, bisection inside the grid)",
+                figs.min_eps_histogram,
+                min_eps,
+                censored,
+                values,
+                grid,
+            )
         if "per_class" in extra and extra["per_class"]["matrix"] is not None:
             pc = extra["per_class"]
-            figures.save("confusion.png", "Where the classes go under attack: true class (rows) against the "
-                         "prediction under PGD", figs.confusion_heatmap, pc["matrix"], ctx.adapter.class_names,
-                         pc["eps"])
+            figures.save(
+                "confusion.png",
+                "Where the classes go under attack: true class (rows) against the prediction under PGD",
+                figs.confusion_heatmap,
+                pc["matrix"],
+                ctx.adapter.class_names,
+                pc["eps"],
+            )
         self._gallery(ctx, figures, ops, engine, grid, values, pgd, clean, clean_pred, pgd_pred, reference)
         rows = [{"eps": e, "eps_value": v, "fgsm": f, "pgd": a} for e, v, a, f in zip(grid, values, pgd, fgsm)]
         if "disappearance" in extra:
             for r, d in zip(rows, extra["disappearance"]):
                 r["disappearance"] = d
-        details = {"rows": rows, "label_free": not data.labelled, "metric": label, "clean": clean, "steps": p.steps,
-                   "restarts": p.restarts, "step_factor": p.step_factor,
-                   "engine": "the project's batched torch PGD on the model's own loss (auditor/adversary.py)",
-                   "min_eps": {"n": len(min_eps), "median": median, "censored": int(censored.sum()),
-                               "values": [round(float(v), 6) for v in min_eps],
-                               "largest": max(values), "bisect": p.bisect,
-                               "median_censored": bool(median is not None and median >= max(values)
-                                                       and censored.sum() * 2 >= len(min_eps))},
-                   "checks": [c.to_dict() for c in checks], "suspect_masking": suspect,
-                   "captions": figures.captions}
+        details = {
+            "rows": rows,
+            "label_free": not data.labelled,
+            "metric": label,
+            "clean": clean,
+            "steps": p.steps,
+            "restarts": p.restarts,
+            "step_factor": p.step_factor,
+            "engine": "the project's batched torch PGD on the model's own loss (auditor/adversary.py)",
+            "min_eps": {
+                "n": len(min_eps),
+                "median": median,
+                "censored": int(censored.sum()),
+                "values": [round(float(v), 6) for v in min_eps],
+                "largest": max(values),
+                "bisect": p.bisect,
+                "median_censored": bool(
+                    median is not None and median >= max(values) and censored.sum() * 2 >= len(min_eps)
+                ),
+            },
+            "checks": [c.to_dict() for c in checks],
+            "suspect_masking": suspect,
+            "captions": figures.captions,
+        }
         if "per_class" in extra:
             details["per_class"] = {k: v for k, v in extra["per_class"].items() if k != "matrix"}
         findings = self._findings(grid, values, pgd, fgsm, clean, label, data.labelled, details, checks, extra)
-        return ProbeResult(status="ok", score=score, metrics=metrics, findings=tuple(findings),
-                           artifacts=tuple(figures.artifacts), details=details)
+        return ProbeResult(
+            status="ok",
+            score=score,
+            metrics=metrics,
+            findings=tuple(findings),
+            artifacts=tuple(figures.artifacts),
+            details=details,
+        )
 
     # ---- minimal ε ---------------------------------------------------------------------------------
 
@@ -199,14 +251,17 @@ class AttacksProbe(Probe):
         search = ever & ~wrong_clean
         rows = torch.nonzero(search).flatten()
         if len(rows) and rounds:
+
             def broken_at(eps: torch.Tensor) -> torch.Tensor:
                 out = []
                 for start in range(0, len(rows), ctx.batch_size):
-                    chunk = rows[start:start + ctx.batch_size]
+                    chunk = rows[start : start + ctx.batch_size]
                     members = [subset[int(i)] for i in chunk]
                     x = ctx.data.images_at(members, ctx.device)
                     ref = ops.take(reference, members)
-                    adv = engine.pgd(x, ops.to(ref, ctx.device), eps[start:start + ctx.batch_size].to(ctx.device, x.dtype))
+                    adv = engine.pgd(
+                        x, ops.to(ref, ctx.device), eps[start : start + ctx.batch_size].to(ctx.device, x.dtype)
+                    )
                     with torch.no_grad():
                         agree = ops.image_score(ops.predict(ctx.adapter, adv), ref, ctx.adapter.num_classes)
                     out.append(agree < BROKEN_SHARE * a_clean[chunk])
@@ -248,19 +303,35 @@ class AttacksProbe(Probe):
             rows.append({"class": names[c], "n": n, "clean": base, "robust": acc, "falls_at": falls})
         # weakest first: the class that falls at the smallest ε, then the lowest accuracy there
         rank = {g: i for i, g in enumerate([grid[gi] for gi in order])}
-        rows.sort(key=lambda r: (-1 if r["falls_at"] == "clean" else rank.get(r["falls_at"], len(rank)),
-                                 [r["robust"][gi] for gi in order]))
+        rows.sort(
+            key=lambda r: (
+                -1 if r["falls_at"] == "clean" else rank.get(r["falls_at"], len(rank)),
+                [r["robust"][gi] for gi in order],
+            )
+        )
         gi = next((gi for gi in order if pgd[gi] < 0.5 * clean), order[-1])
         matrix = torch.zeros(k, k, dtype=torch.long)
         matrix.index_put_((reference, pgd_pred[gi]), torch.ones_like(reference), accumulate=True)
         off = matrix.clone()
         off.fill_diagonal_(0)
         top = torch.argsort(off.flatten(), descending=True)[:8]
-        confusions = [{"true": names[int(t) // k], "pred": names[int(t) % k], "count": int(off.flatten()[t]),
-                       "share": float(off.flatten()[t]) / max(1, int(counts[int(t) // k]))}
-                      for t in top if off.flatten()[t] > 0]
-        return {"rows": rows, "eps": grid[gi], "confusions": confusions, "grid": grid,
-                "matrix": matrix if k <= 20 else None}
+        confusions = [
+            {
+                "true": names[int(t) // k],
+                "pred": names[int(t) % k],
+                "count": int(off.flatten()[t]),
+                "share": float(off.flatten()[t]) / max(1, int(counts[int(t) // k])),
+            }
+            for t in top
+            if off.flatten()[t] > 0
+        ]
+        return {
+            "rows": rows,
+            "eps": grid[gi],
+            "confusions": confusions,
+            "grid": grid,
+            "matrix": matrix if k <= 20 else None,
+        }
 
     # ---- checks on the attack itself ---------------------------------------------------------------
 
@@ -285,22 +356,29 @@ class AttacksProbe(Probe):
         strong, unbounded = [], []
         half = max(1, ctx.batch_size // 2)
         for start in range(0, len(members), half):
-            chunk = members[start:start + half]
+            chunk = members[start : start + half]
             x = ctx.data.images_at(chunk, ctx.device)
             r = ops.take(reference, chunk)
             budgets = torch.tensor([eps] * len(chunk) + [1.0] * len(chunk), device=ctx.device)
-            adv = engine.pgd(torch.cat([x, x]), ops.to(ops.concat([r, r]), ctx.device), budgets, steps=steps,
-                             restarts=restarts)
+            adv = engine.pgd(
+                torch.cat([x, x]), ops.to(ops.concat([r, r]), ctx.device), budgets, steps=steps, restarts=restarts
+            )
             with torch.no_grad():
                 pred = ops.predict(ctx.adapter, adv)
             strong.append(ops.take(pred, slice(0, len(chunk))))
             unbounded.append(ops.take(pred, slice(len(chunk), None)))
-        checks = [masking.stronger_pgd(eps_text, base, ops.score(ops.concat(strong), ref, ctx.adapter), steps,
-                                       restarts, len(members)),
-                  masking.unbounded(ops.score(ops.concat(unbounded), ref, ctx.adapter), clean, len(members))]
+        checks = [
+            masking.stronger_pgd(
+                eps_text, base, ops.score(ops.concat(strong), ref, ctx.adapter), steps, restarts, len(members)
+            ),
+            masking.unbounded(ops.score(ops.concat(unbounded), ref, ctx.adapter), clean, len(members)),
+        ]
         if ctx.adapter.task != "classify":
-            checks.append(masking.not_run(names[2], "ART's Square attack needs a classifier; not run for "
-                                                    f"{ctx.adapter.task} models"))
+            checks.append(
+                masking.not_run(
+                    names[2], f"ART's Square attack needs a classifier; not run for {ctx.adapter.task} models"
+                )
+            )
             return checks
         held = [i for i in members if bool(pgd_pred[i] == reference[i]) and bool(clean_pred[i] == reference[i])]
         broken = self._square(ctx, held, reference, eps, p.square_queries) if held else 0
@@ -318,13 +396,18 @@ class AttacksProbe(Probe):
             # ART places its model on the current CUDA device; plain "cuda" already is it
             # (set_device refuses a device without an index: seen on an H200 with torch 2.11)
             torch.cuda.set_device(ctx.device)
-        estimator = PyTorchClassifier(model=adapter, loss=torch.nn.CrossEntropyLoss(),
-                                      input_shape=(adapter.channels, *adapter.input_size),
-                                      nb_classes=adapter.num_classes, clip_values=(0.0, 1.0),
-                                      device_type="gpu" if ctx.device.type == "cuda" else "cpu")
+        estimator = PyTorchClassifier(
+            model=adapter,
+            loss=torch.nn.CrossEntropyLoss(),
+            input_shape=(adapter.channels, *adapter.input_size),
+            nb_classes=adapter.num_classes,
+            clip_values=(0.0, 1.0),
+            device_type="gpu" if ctx.device.type == "cuda" else "cpu",
+        )
         np.random.seed(ctx.seed)  # Square draws its squares from numpy
-        attack = SquareAttack(estimator, norm=np.inf, eps=eps, max_iter=queries, nb_restarts=1,
-                              batch_size=ctx.batch_size, verbose=False)
+        attack = SquareAttack(
+            estimator, norm=np.inf, eps=eps, max_iter=queries, nb_restarts=1, batch_size=ctx.batch_size, verbose=False
+        )
         x = ctx.data.images_at(members).numpy()
         y = reference[torch.tensor(members)].numpy()
         adv = torch.from_numpy(attack.generate(x=x, y=y)).to(ctx.device)
@@ -337,43 +420,87 @@ class AttacksProbe(Probe):
     def _findings(self, grid, values, pgd, fgsm, clean, label, labelled, details, checks, extra) -> list[Finding]:
         findings = []
         if not labelled:
-            findings.append(Finding("info", "label-free data: the clean prediction is the reference, so the metric is "
-                                            "the share of the prediction an attack cannot change"))
+            findings.append(
+                Finding(
+                    "info",
+                    "label-free data: the clean prediction is the reference, so the metric is "
+                    "the share of the prediction an attack cannot change",
+                )
+            )
         order = np.argsort(values)
         half = [i for i in order if pgd[i] < 0.5 * clean]
         if clean <= 0:
-            findings.append(Finding("high", f"the model scores 0 {label} on the clean images: check the data, the "
-                                            "class order and the weights; robustness figures mean nothing here",
-                                    key=True))
+            findings.append(
+                Finding(
+                    "high",
+                    f"the model scores 0 {label} on the clean images: check the data, the "
+                    "class order and the weights; robustness figures mean nothing here",
+                    key=True,
+                )
+            )
         elif half:
             i = half[0]
             sev = "high" if i == order[0] else "medium"
             in_levels = "" if "/" in str(grid[i]) else f" ({values[i] * 255:.3g}/255)"
-            findings.append(Finding(sev, f"PGD at ε={grid[i]}{in_levels} cuts {label} from {clean:.1%} "
-                                         f"to {pgd[i]:.1%} (below half of clean)", key=True))
+            findings.append(
+                Finding(
+                    sev,
+                    f"PGD at ε={grid[i]}{in_levels} cuts {label} from {clean:.1%} "
+                    f"to {pgd[i]:.1%} (below half of clean)",
+                    key=True,
+                )
+            )
         else:
             i = order[-1]
-            findings.append(Finding("low", f"at the largest budget tested, ε={grid[i]}, PGD keeps {label} at "
-                                           f"{pgd[i]:.1%} of {clean:.1%} clean", key=True))
+            findings.append(
+                Finding(
+                    "low",
+                    f"at the largest budget tested, ε={grid[i]}, PGD keeps {label} at "
+                    f"{pgd[i]:.1%} of {clean:.1%} clean",
+                    key=True,
+                )
+            )
         m = details["min_eps"]
         if m["n"]:
             if m["median_censored"]:
-                findings.append(Finding("low", f"more than half of {m['n']} images withstand PGD at the largest ε "
-                                               f"({m['largest']:.4g}): the median minimal ε is at least that", key=True))
+                findings.append(
+                    Finding(
+                        "low",
+                        f"more than half of {m['n']} images withstand PGD at the largest ε "
+                        f"({m['largest']:.4g}): the median minimal ε is at least that",
+                        key=True,
+                    )
+                )
             else:
-                findings.append(Finding("info", f"half of {m['n']} images break at ε ≤ {m['median']:.4g} "
-                                                f"(median minimal ε, {m['median'] * 255:.1f}/255)", key=True))
+                findings.append(
+                    Finding(
+                        "info",
+                        f"half of {m['n']} images break at ε ≤ {m['median']:.4g} "
+                        f"(median minimal ε, {m['median'] * 255:.1f}/255)",
+                        key=True,
+                    )
+                )
         per_class = extra.get("per_class")
         if per_class and per_class["confusions"]:
             c = per_class["confusions"][0]
-            findings.append(Finding("info", f"under PGD at ε={per_class['eps']}, {c['share']:.0%} of class "
-                                            f"'{c['true']}' becomes '{c['pred']}', the most common confusion"))
+            findings.append(
+                Finding(
+                    "info",
+                    f"under PGD at ε={per_class['eps']}, {c['share']:.0%} of class "
+                    f"'{c['true']}' becomes '{c['pred']}', the most common confusion",
+                )
+            )
         if extra.get("disappearance"):
             d = [(g, v) for g, v in zip(grid, extra["disappearance"]) if v is not None]
             if d:
                 g, v = max(d, key=lambda t: t[1])
-                findings.append(Finding("medium" if v >= 0.5 else "info",
-                                        f"PGD at ε={g} makes {v:.0%} of the objects found on clean images disappear", key=True))
+                findings.append(
+                    Finding(
+                        "medium" if v >= 0.5 else "info",
+                        f"PGD at ε={g} makes {v:.0%} of the objects found on clean images disappear",
+                        key=True,
+                    )
+                )
         for c in checks:
             if c.flagged:
                 findings.append(Finding("medium", f"suspect result ({c.name}): {c.text}", key=True))
@@ -406,9 +533,19 @@ class AttacksProbe(Probe):
             adv = engine.pgd(x, ops.to(ref, ctx.device), values[gi])
             with torch.no_grad():
                 outs = ctx.adapter.predict(torch.cat([x, adv]))
-            outs = [o.cpu() for o in outs] if isinstance(outs, torch.Tensor) else [{k: v.cpu() for k, v in o.items()} for o in outs]
+            outs = (
+                [o.cpu() for o in outs]
+                if isinstance(outs, torch.Tensor)
+                else [{k: v.cpu() for k, v in o.items()} for o in outs]
+            )
             columns.append((x[0].cpu(), adv[0].cpu(), outs[0], outs[1], grid[gi], values[gi], ref[0]))
         from auditor.figures import draw_attack_gallery
 
-        figures.save("examples.png", "Clean and adversarial images with the model's output, and the perturbation "
-                     "amplified to full contrast", draw_attack_gallery, columns, ctx.adapter, ctx.data.labelled)
+        figures.save(
+            "examples.png",
+            "Clean and adversarial images with the model's output, and the perturbation amplified to full contrast",
+            draw_attack_gallery,
+            columns,
+            ctx.adapter,
+            ctx.data.labelled,
+        )

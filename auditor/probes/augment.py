@@ -17,8 +17,8 @@ AlexNet errors for 1000-class classifiers) the corruption error relative to it: 
 from __future__ import annotations
 
 import zlib
-from difflib import get_close_matches
 from dataclasses import dataclass
+from difflib import get_close_matches
 
 import numpy as np
 import torch
@@ -32,9 +32,28 @@ from auditor.tasks import ops_for, predict_all
 
 # Top-1 error of AlexNet on ImageNet-C, mean over severities 1-5 (Hendrycks & Dietterich 2019; the
 # normalisation used for mCE in the authors' repository, hendrycks/robustness).
-ALEXNET_ERRORS = dict(zip(CORRUPTIONS, (0.886428, 0.894468, 0.922640, 0.819880, 0.826268, 0.785948, 0.798360,
-                                        0.866816, 0.826572, 0.819324, 0.564592, 0.853204, 0.646056, 0.717840,
-                                        0.606500)))
+ALEXNET_ERRORS = dict(
+    zip(
+        CORRUPTIONS,
+        (
+            0.886428,
+            0.894468,
+            0.922640,
+            0.819880,
+            0.826268,
+            0.785948,
+            0.798360,
+            0.866816,
+            0.826572,
+            0.819324,
+            0.564592,
+            0.853204,
+            0.646056,
+            0.717840,
+            0.606500,
+        ),
+    )
+)
 METRIC_LABELS = {"accuracy": "accuracy", "miou": "mIoU", "map50": "mAP50"}
 UNHURT = 0.95  # a shift whose relative metric stays above this is not worth a finding of its own
 
@@ -57,8 +76,11 @@ class AugmentProbe(Probe):
             unknown = [n for n in self.shifts if n not in SHIFTS]
             if unknown:
                 hint = get_close_matches(unknown[0], list(SHIFTS), n=1)
-                raise ValueError(f"unknown shift {', '.join(unknown)}" + (f" (did you mean {hint[0]}?)" if hint else "")
-                                 + f"; known: {', '.join(SHIFTS)}")
+                raise ValueError(
+                    f"unknown shift {', '.join(unknown)}"
+                    + (f" (did you mean {hint[0]}?)" if hint else "")
+                    + f"; known: {', '.join(SHIFTS)}"
+                )
             if any(not 1 <= int(s) <= 5 for s in self.severities) or not self.severities:
                 raise ValueError(f"severities must lie in 1..5, got {', '.join(map(str, self.severities)) or 'none'}")
             if self.scale < 0:
@@ -125,27 +147,58 @@ class AugmentProbe(Probe):
                 metrics[f"flip_rate@{shift.name}:{lv}"] = flips[shift.name][lv]
             relative = _relative([values[shift.name][lv] for lv in levels], clean)
             metrics[f"relative@{shift.name}"] = relative
-            rows.append({"shift": shift.name, "family": shift.family, "imagenet_c": shift.imagenet_c,
-                         "cells": [{"level": shift.levels[lv - 1], "value": values[shift.name][lv],
-                                    "flip": flips[shift.name][lv],
-                                    "ratio": values[shift.name][lv] / clean if clean > 0 else None} for lv in levels],
-                         "relative": relative})
+            rows.append(
+                {
+                    "shift": shift.name,
+                    "family": shift.family,
+                    "imagenet_c": shift.imagenet_c,
+                    "cells": [
+                        {
+                            "level": shift.levels[lv - 1],
+                            "value": values[shift.name][lv],
+                            "flip": flips[shift.name][lv],
+                            "ratio": values[shift.name][lv] / clean if clean > 0 else None,
+                        }
+                        for lv in levels
+                    ],
+                    "relative": relative,
+                }
+            )
         corruption_rel = [r["relative"] for r in rows if r["imagenet_c"] and r["relative"] is not None]
         score = float(np.mean([min(max(v, 0.0), 1.0) for v in corruption_rel])) if corruption_rel else None
         ce_notes = self._corruption_errors(values, clean, kind, severities, adapter, data.labelled)
         metrics.update(ce_notes[0])
 
-        rows.sort(key=lambda r: (r["relative"] if r["relative"] is not None else 2.0))
+        rows.sort(key=lambda r: r["relative"] if r["relative"] is not None else 2.0)
         label = METRIC_LABELS[kind] if data.labelled else "agreement with the clean prediction"
         artifacts, captions = self._galleries(ctx, shifts, shown, clean_pred, example, ops, reference)
-        skipped = [s.name for s in SHIFTS.values() if s.colour_only and adapter.channels == 1 and
-                   (not p.shifts or s.name in p.shifts)]
-        details = {"rows": rows, "metric": label, "clean": clean, "label_free": not data.labelled,
-                   "severities": severities, "scale": scale, "size": [h, w], "reference": ce_notes[1],
-                   "skipped": skipped, "example": example, "captions": captions}
+        skipped = [
+            s.name
+            for s in SHIFTS.values()
+            if s.colour_only and adapter.channels == 1 and (not p.shifts or s.name in p.shifts)
+        ]
+        details = {
+            "rows": rows,
+            "metric": label,
+            "clean": clean,
+            "label_free": not data.labelled,
+            "severities": severities,
+            "scale": scale,
+            "size": [h, w],
+            "reference": ce_notes[1],
+            "skipped": skipped,
+            "example": example,
+            "captions": captions,
+        }
         findings = self._findings(rows, clean, label, scale, data.labelled, skipped, ce_notes)
-        return ProbeResult(status="ok", score=score, metrics=metrics, findings=tuple(findings),
-                           artifacts=tuple(artifacts), details=details)
+        return ProbeResult(
+            status="ok",
+            score=score,
+            metrics=metrics,
+            findings=tuple(findings),
+            artifacts=tuple(artifacts),
+            details=details,
+        )
 
     def _shifts(self, channels: int):
         names = list(self.params.shifts) or list(SHIFTS)
@@ -211,11 +264,17 @@ class AugmentProbe(Probe):
     def _findings(self, rows, clean, label, scale, labelled, skipped, ce_notes) -> list[Finding]:
         findings = []
         if not labelled:
-            findings.append(Finding("info", "label-free data: the clean prediction is the reference, so the metric is "
-                                            "the share of the prediction a shift leaves unchanged"))
+            findings.append(
+                Finding(
+                    "info",
+                    "label-free data: the clean prediction is the reference, so the metric is "
+                    "the share of the prediction a shift leaves unchanged",
+                )
+            )
         if clean <= 0:
-            findings.append(Finding("high", f"the model scores 0 {label} on the clean images; shift figures mean nothing",
-                                    key=True))
+            findings.append(
+                Finding("high", f"the model scores 0 {label} on the clean images; shift figures mean nothing", key=True)
+            )
             return findings
         scored = [r for r in rows if r["relative"] is not None]
         hurt = [r for r in scored if r["relative"] < UNHURT][:3]
@@ -223,24 +282,46 @@ class AugmentProbe(Probe):
             worst = min(r["cells"], key=lambda c: c["value"])
             rel = r["relative"]
             sev = "high" if rel < 0.5 else "medium" if rel < 0.8 else "low"
-            findings.append(Finding(sev, f"{r['shift']} ({r['family']}) at {worst['level']} cuts {label} from "
-                                         f"{clean:.1%} to {worst['value']:.1%}; over its severities the model keeps "
-                                         f"{rel:.0%} of its clean {label}", key=n == 0))
+            findings.append(
+                Finding(
+                    sev,
+                    f"{r['shift']} ({r['family']}) at {worst['level']} cuts {label} from "
+                    f"{clean:.1%} to {worst['value']:.1%}; over its severities the model keeps "
+                    f"{rel:.0%} of its clean {label}",
+                    key=n == 0,
+                )
+            )
         if scored and not hurt:
-            findings.append(Finding("low", f"no shift tested costs more than {1 - UNHURT:.0%} of the clean {label} on "
-                                           f"average over its severities (least kept: {scored[0]['shift']}, "
-                                           f"{scored[0]['relative']:.0%})", key=True))
+            findings.append(
+                Finding(
+                    "low",
+                    f"no shift tested costs more than {1 - UNHURT:.0%} of the clean {label} on "
+                    f"average over its severities (least kept: {scored[0]['shift']}, "
+                    f"{scored[0]['relative']:.0%})",
+                    key=True,
+                )
+            )
         if abs(scale - 1.0) > 1e-6:
-            findings.append(Finding("info", f"spatial corruption parameters scaled by {scale:.3g} (the images are not "
-                                            f"{REFERENCE_SIZE} px), so severities mean the same relative degradation"))
+            findings.append(
+                Finding(
+                    "info",
+                    f"spatial corruption parameters scaled by {scale:.3g} (the images are not "
+                    f"{REFERENCE_SIZE} px), so severities mean the same relative degradation",
+                )
+            )
         if skipped:
             findings.append(Finding("info", f"{', '.join(skipped)} not run: the model sees one channel"))
         metrics, described, note = ce_notes
         if note:
             findings.append(Finding("info", note))
         if "mce" in metrics:
-            findings.append(Finding("info", f"mCE {metrics['mce']:.1%} relative to {described}; below 100% means fewer "
-                                            "errors under corruption than the reference"))
+            findings.append(
+                Finding(
+                    "info",
+                    f"mCE {metrics['mce']:.1%} relative to {described}; below 100% means fewer "
+                    "errors under corruption than the reference",
+                )
+            )
         return findings
 
     def _galleries(self, ctx, shifts, shown, clean_pred, example, ops, reference):
@@ -257,9 +338,11 @@ class AugmentProbe(Probe):
             path, rel = ctx.artifact(f"examples_{family}.png")
             draw_shift_examples(rows, (x[0], clean_out), ctx.adapter, path)
             artifacts.append(rel)
-            captions[rel] = (f"{family.capitalize()}: image {example} of the set, clean and at each severity, with the "
-                             "model's output" + (" (classes that differ from the clean prediction in red)"
-                                                 if ctx.adapter.task == "classify" else ""))
+            captions[rel] = (
+                f"{family.capitalize()}: image {example} of the set, clean and at each severity, with the "
+                "model's output"
+                + (" (classes that differ from the clean prediction in red)" if ctx.adapter.task == "classify" else "")
+            )
         return artifacts, captions
 
 

@@ -13,10 +13,11 @@ import functools
 import sys
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -26,9 +27,14 @@ from auditor.models.base import ModelAdapter
 from auditor.results import ProbeResult
 
 ENTRY_POINT_GROUP = "auditor.probes"
-BUILTIN = {"filters": "auditor.probes.filters:FiltersProbe", "attacks": "auditor.probes.attacks:AttacksProbe",
-           "augment": "auditor.probes.augment:AugmentProbe", "gradcam": "auditor.probes.gradcam:GradCamProbe",
-           "actmax": "auditor.probes.actmax:ActMaxProbe", "patch": "auditor.probes.patch:PatchProbe"}
+BUILTIN = {
+    "filters": "auditor.probes.filters:FiltersProbe",
+    "attacks": "auditor.probes.attacks:AttacksProbe",
+    "augment": "auditor.probes.augment:AugmentProbe",
+    "gradcam": "auditor.probes.gradcam:GradCamProbe",
+    "actmax": "auditor.probes.actmax:ActMaxProbe",
+    "patch": "auditor.probes.patch:PatchProbe",
+}
 
 
 @dataclass

@@ -105,37 +105,78 @@ class FiltersProbe(Probe):
         bar.close()
 
         colour = {3: "RGB tiles", 1: "grey tiles"}.get(in_c, f"grey tiles (mean over the {in_c} input channels)")
-        findings = [Finding("info", f"layer {layer}: {out_c} filters of {in_c}x{kh}x{kw}; {colour}, mid-grey = 0, "
-                                    f"each filter scaled to its own peak"
-                                    + (f"; the grid shows the first {len(shown)}" if len(shown) < out_c else ""))]
+        findings = [
+            Finding(
+                "info",
+                f"layer {layer}: {out_c} filters of {in_c}x{kh}x{kw}; {colour}, mid-grey = 0, "
+                f"each filter scaled to its own peak"
+                + (f"; the grid shows the first {len(shown)}" if len(shown) < out_c else ""),
+            )
+        ]
         if dead_ids:
             listed = ", ".join(map(str, dead_ids[:NAMED])) + (" …" if len(dead_ids) > NAMED else "")
-            findings.append(Finding("medium", f"{len(dead_ids)} of {out_c} filters dead (weight norm under "
-                                              f"{DEAD_SHARE_OF_MAX_NORM:.0%} of the largest): {listed}", key=True))
+            findings.append(
+                Finding(
+                    "medium",
+                    f"{len(dead_ids)} of {out_c} filters dead (weight norm under "
+                    f"{DEAD_SHARE_OF_MAX_NORM:.0%} of the largest): {listed}",
+                    key=True,
+                )
+            )
         if duplicates:
-            findings.append(Finding("medium", f"{_count(len(duplicates), 'pair')} of near-identical filters "
-                                              f"(cosine ≥ {DUPLICATE_COSINE}; {len(paired)} of {out_c} filters): "
-                                              f"filters {_pairs_text(duplicates)}. Each pair detects one pattern twice", key=True))
+            findings.append(
+                Finding(
+                    "medium",
+                    f"{_count(len(duplicates), 'pair')} of near-identical filters "
+                    f"(cosine ≥ {DUPLICATE_COSINE}; {len(paired)} of {out_c} filters): "
+                    f"filters {_pairs_text(duplicates)}. Each pair detects one pattern twice",
+                    key=True,
+                )
+            )
         if opposites:
-            findings.append(Finding("info", f"{_count(len(opposites), 'sign-flipped pair')} "
-                                            f"(cosine ≤ -{DUPLICATE_COSINE}): filters {_pairs_text(opposites)}. "
-                                            f"Usual in early layers, which often learn both polarities of an edge "
-                                            f"(as CReLU does by design); not a defect"))
+            findings.append(
+                Finding(
+                    "info",
+                    f"{_count(len(opposites), 'sign-flipped pair')} "
+                    f"(cosine ≤ -{DUPLICATE_COSINE}): filters {_pairs_text(opposites)}. "
+                    f"Usual in early layers, which often learn both polarities of an edge "
+                    f"(as CReLU does by design); not a defect",
+                )
+            )
         if not dead_ids and not duplicates:
             findings.append(Finding("info", f"no dead or near-duplicate filters among all {out_c}"))
 
-        rows = ([{"filter": i, "issue": "dead", "norm": float(norms[i]), "partner": None, "cosine": None}
-                 for i in dead_ids]
-                + [{"filter": i, "issue": "duplicate", "norm": float(norms[i]), "partner": j, "cosine": c}
-                   for i, j, c in duplicates])
-        caption = (f"First-layer filters ({layer}), {len(shown)} of {out_c}, {colour}; the number under each is its "
-                   f"index; frames: red = dead, orange = has a near-identical partner")
-        return ProbeResult(status="ok", score=None,
-                           metrics={"filters": float(out_c), "dead_filters": float(len(dead_ids)),
-                                    "duplicate_filters": float(len(paired)),
-                                    "duplicate_pairs": float(len(duplicates)), "opposite_pairs": float(len(opposites))},
-                           findings=tuple(findings), artifacts=(rel,),
-                           details={"layer": layer, "shape": [out_c, in_c, kh, kw], "shown": len(shown),
-                                    "max_norm": float(norms.max()), "dead_share": DEAD_SHARE_OF_MAX_NORM,
-                                    "duplicate_cosine": DUPLICATE_COSINE, "flagged": rows[:TABLE_ROWS],
-                                    "flagged_total": len(rows), "captions": {rel: caption}})
+        rows = [
+            {"filter": i, "issue": "dead", "norm": float(norms[i]), "partner": None, "cosine": None} for i in dead_ids
+        ] + [
+            {"filter": i, "issue": "duplicate", "norm": float(norms[i]), "partner": j, "cosine": c}
+            for i, j, c in duplicates
+        ]
+        caption = (
+            f"First-layer filters ({layer}), {len(shown)} of {out_c}, {colour}; the number under each is its "
+            f"index; frames: red = dead, orange = has a near-identical partner"
+        )
+        return ProbeResult(
+            status="ok",
+            score=None,
+            metrics={
+                "filters": float(out_c),
+                "dead_filters": float(len(dead_ids)),
+                "duplicate_filters": float(len(paired)),
+                "duplicate_pairs": float(len(duplicates)),
+                "opposite_pairs": float(len(opposites)),
+            },
+            findings=tuple(findings),
+            artifacts=(rel,),
+            details={
+                "layer": layer,
+                "shape": [out_c, in_c, kh, kw],
+                "shown": len(shown),
+                "max_norm": float(norms.max()),
+                "dead_share": DEAD_SHARE_OF_MAX_NORM,
+                "duplicate_cosine": DUPLICATE_COSINE,
+                "flagged": rows[:TABLE_ROWS],
+                "flagged_total": len(rows),
+                "captions": {rel: caption},
+            },
+        )

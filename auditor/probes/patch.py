@@ -88,8 +88,9 @@ class PatchProbe(Probe):
         def __post_init__(self):
             bad = [s for s in (*self.scales, self.score_scale) if not 0 < s < 1]
             if bad or not self.scales:
-                raise ValueError(f"scales and score_scale are shares of the area in (0, 1), got "
-                                 f"{bad[0] if bad else 'no scales'}")
+                raise ValueError(
+                    f"scales and score_scale are shares of the area in (0, 1), got {bad[0] if bad else 'no scales'}"
+                )
             if not 0 < self.held_out < 1:
                 raise ValueError(f"held_out must lie in (0, 1), got {self.held_out}")
             for name in ("steps", "rows", "gallery"):
@@ -118,8 +119,9 @@ class PatchProbe(Probe):
             return names.index(text)
         if text.isdigit() and int(text) < len(names):
             return int(text)
-        raise ValueError(f"target: {text!r} is neither a class name{did_you_mean(text, names)} nor an index below "
-                         f"{len(names)}")
+        raise ValueError(
+            f"target: {text!r} is neither a class name{did_you_mean(text, names)} nor an index below {len(names)}"
+        )
 
     def run(self, ctx: Context) -> ProbeResult:
         p, adapter, task = self.params, ctx.adapter, ctx.adapter.task
@@ -133,8 +135,7 @@ class PatchProbe(Probe):
         chunks = -(-len(test) // ctx.batch_size)
         bar = ctx.progress(steps * len(modes) + chunks * len(scales) * (len(modes) + 1), self.name)
         generator = ctx.generator()
-        patches, target, choice = self._train(adapter, train, test, scales, steps, rows, generator, ctx.batch_size,
-                                              bar)
+        patches, target, choice = self._train(adapter, train, test, scales, steps, rows, generator, ctx.batch_size, bar)
         # Untrained patches of the same sizes: what covering that much of the image does by itself.
         baseline = [torch.rand(t.shape, generator=generator, device=t.device) for t in patches[modes[0]]]
         scored = test.evaluate(adapter, patches, baseline, scales, ctx.seed, ctx.batch_size, bar)
@@ -149,8 +150,10 @@ class PatchProbe(Probe):
             if mode == "targeted":
                 target, choice = self._given_target(adapter), "given"
                 if target is None:
-                    target, choice = choose_target(adapter, train, patches["untargeted"][-1], scales[-1],
-                                                   generator, batch_size), "auto"
+                    target, choice = (
+                        choose_target(adapter, train, patches["untargeted"][-1], scales[-1], generator, batch_size),
+                        "auto",
+                    )
                 train.target = test.target = target
             patches[mode] = train_patches(adapter, train, scales, mode, steps, rows, self.params.lr, generator, bar)
         return patches, target, choice
@@ -163,38 +166,73 @@ class PatchProbe(Probe):
         metrics["min_scale_for_half"] = reached[0] if reached else None
         at_score = success[scales.index(p.score_scale)]
         details = {
-            "task": adapter.task, "scales": [scale_label(s) for s in scales], "columns": scored["columns"],
-            "rows": scored["rows"], "what": test.what, "score_scale": scale_label(p.score_scale),
-            "min_scale_for_half": metrics["min_scale_for_half"], "train_images": len(train),
+            "task": adapter.task,
+            "scales": [scale_label(s) for s in scales],
+            "columns": scored["columns"],
+            "rows": scored["rows"],
+            "what": test.what,
+            "score_scale": scale_label(p.score_scale),
+            "min_scale_for_half": metrics["min_scale_for_half"],
+            "train_images": len(train),
             "trained_on": len(train.candidates),
-            "held_out_images": len(test), "steps": steps, "images_per_step": rows, "lr": p.lr,
-            "rotation": ROTATION, "side_jitter": list(SIDE_JITTER), "label_free": not ctx.data.labelled,
-            "modes": list(modes), "target": None,
+            "held_out_images": len(test),
+            "steps": steps,
+            "images_per_step": rows,
+            "lr": p.lr,
+            "rotation": ROTATION,
+            "side_jitter": list(SIDE_JITTER),
+            "label_free": not ctx.data.labelled,
+            "modes": list(modes),
+            "target": None,
         }
         if target is not None:
             details["target"] = {"index": target, "name": adapter.class_names[target], "choice": choice}
         findings = test.findings(scales, scored, p.score_scale)
         findings += self._versus_random(scored, scales.index(p.score_scale), modes[-1], steps)
         if target is not None:
-            how = ("given by patch.target" if choice == "given" else
-                   "chosen as the class the untargeted patch turned most training images into")
+            how = (
+                "given by patch.target"
+                if choice == "given"
+                else "chosen as the class the untargeted patch turned most training images into"
+            )
             findings.append(Finding("info", f"target class {adapter.class_names[target]!r} ({how})"))
         if metrics["min_scale_for_half"] is None:
             success = _first_lower(test.what["success"])
-            findings.append(Finding("info", f"no patch size tested (up to {scale_label(scales[-1])} of the "
-                                            f"{test.what['area']}) reaches {HALF:.0%} {success} on held-out images: "
-                                            "min_scale_for_half is null"))
+            findings.append(
+                Finding(
+                    "info",
+                    f"no patch size tested (up to {scale_label(scales[-1])} of the "
+                    f"{test.what['area']}) reaches {HALF:.0%} {success} on held-out images: "
+                    "min_scale_for_half is null",
+                )
+            )
         if len(train.candidates) == 0:
-            findings.append(Finding("medium", f"none of the {len(train)} training images has an object to put a "
-                                              "patch on: the patches stayed untrained"))
-        findings.append(Finding("info", f"patches trained on {len(train)} images ({steps} Adam steps of {rows} "
-                                        f"images shared by {len(scales)} sizes) and scored on {len(test)} held-out "
-                                        "images they never saw"))
+            findings.append(
+                Finding(
+                    "medium",
+                    f"none of the {len(train)} training images has an object to put a "
+                    "patch on: the patches stayed untrained",
+                )
+            )
+        findings.append(
+            Finding(
+                "info",
+                f"patches trained on {len(train)} images ({steps} Adam steps of {rows} "
+                f"images shared by {len(scales)} sizes) and scored on {len(test)} held-out "
+                "images they never saw",
+            )
+        )
         artifacts, captions, cam = self._figures(ctx, test, scales, scored, patches)
         details["captions"], details["gradcam"] = captions, cam
         score = None if at_score is None else min(max(1.0 - at_score, 0.0), 1.0)
-        return ProbeResult(status="ok", score=score, metrics=metrics, findings=tuple(findings),
-                           artifacts=tuple(artifacts), details=details)
+        return ProbeResult(
+            status="ok",
+            score=score,
+            metrics=metrics,
+            findings=tuple(findings),
+            artifacts=tuple(artifacts),
+            details=details,
+        )
 
     @staticmethod
     def _versus_random(scored, k, mode, steps) -> list[Finding]:
@@ -204,10 +242,16 @@ class PatchProbe(Probe):
         if trained is None or random is None or trained - random >= NO_BETTER:
             return []
         how = "no better" if trained <= random else "little better"
-        return [Finding("medium", f"the trained patch does {how} than a random patch of the same size "
-                                  f"({trained:.0%} vs {random:.0%} success): what the model loses there is occlusion "
-                                  f"rather than an attack; more steps (--set patch.steps={2 * steps}) may find a "
-                                  "stronger patch", key=True)]
+        return [
+            Finding(
+                "medium",
+                f"the trained patch does {how} than a random patch of the same size "
+                f"({trained:.0%} vs {random:.0%} success): what the model loses there is occlusion "
+                f"rather than an attack; more steps (--set patch.steps={2 * steps}) may find a "
+                "stronger patch",
+                key=True,
+            )
+        ]
 
     def _figures(self, ctx, test, scales, scored, patches) -> tuple[list[str], dict[str, str], bool]:
         from auditor import patch_figures
@@ -215,21 +259,51 @@ class PatchProbe(Probe):
         figures = Figures(ctx)
         save = figures.save
 
-        save("patches.png", "The trained patches at their own pixel size (enlarged), each with its success rate "
-             "on held-out images", patch_figures.draw_patches, patches, scales, scored)
-        save("success.png", "Success rate against patch size on held-out images (solid); dotted: a random patch "
-             "of the same size at the same places", patch_figures.draw_success, scales, scored, test.what, HALF)
+        save(
+            "patches.png",
+            "The trained patches at their own pixel size (enlarged), each with its success rate on held-out images",
+            patch_figures.draw_patches,
+            patches,
+            scales,
+            scored,
+        )
+        save(
+            "success.png",
+            "Success rate against patch size on held-out images (solid); dotted: a random patch "
+            "of the same size at the same places",
+            patch_figures.draw_success,
+            scales,
+            scored,
+            test.what,
+            HALF,
+        )
         cam = False
-        gallery = None if self.params.gallery == 0 else test.gallery(
-            ctx.adapter, patches, scales.index(self.params.score_scale), self.params.gallery, scored, ctx.seed,
-            "gradcam" in ctx.probes)
+        gallery = (
+            None
+            if self.params.gallery == 0
+            else test.gallery(
+                ctx.adapter,
+                patches,
+                scales.index(self.params.score_scale),
+                self.params.gallery,
+                scored,
+                ctx.seed,
+                "gradcam" in ctx.probes,
+            )
+        )
         if gallery is not None:
             cam = gallery.cams is not None
-            save("examples.png", f"Held-out images without and with the {scale_label(self.params.score_scale)} "
-                 f"patch ({test.what['area']} area), and the model's output" +
-                 (f"; below, Grad-CAM of {test.what['cam']} on both (the gradcam probe is in this run)"
-                  if cam else ""),
-                 patch_figures.draw_examples, ctx.adapter, gallery)
+            save(
+                "examples.png",
+                f"Held-out images without and with the {scale_label(self.params.score_scale)} "
+                f"patch ({test.what['area']} area), and the model's output"
+                + (
+                    f"; below, Grad-CAM of {test.what['cam']} on both (the gradcam probe is in this run)" if cam else ""
+                ),
+                patch_figures.draw_examples,
+                ctx.adapter,
+                gallery,
+            )
         path, rel = ctx.artifact("patches.pt")  # the patches themselves, to print or to test a defence with
         torch.save({mode: {f"{s:g}": t.cpu() for s, t in zip(scales, ts)} for mode, ts in patches.items()}, path)
         figures.artifacts.append(rel)
@@ -265,9 +339,14 @@ class Placement:
     extent: int
     on: torch.Tensor | None = None  # R bool: the rows that get this copy (detectors: images with fewer objects)
 
-    def take(self, rows) -> "Placement":
-        return Placement(self.centre[rows], self.side[rows], self.angle[rows], self.extent,
-                         None if self.on is None else self.on[rows])
+    def take(self, rows) -> Placement:
+        return Placement(
+            self.centre[rows],
+            self.side[rows],
+            self.angle[rows],
+            self.extent,
+            None if self.on is None else self.on[rows],
+        )
 
 
 def tile_extent(largest_side: float) -> int:
@@ -296,7 +375,7 @@ def patched(x: torch.Tensor, patch: torch.Tensor, where: list[Placement]) -> tup
         current = flat.gather(2, index_c)
         flat = flat.scatter(2, index_c, current * (1 - share) + colour)
         cover = cover.scatter_reduce(2, index, share.detach(), "amax")  # geometry only: no gradient needed
-    return flat[..., :h * w].reshape(n, c, h, w), cover[..., :h * w].reshape(n, 1, h, w)
+    return flat[..., : h * w].reshape(n, c, h, w), cover[..., : h * w].reshape(n, 1, h, w)
 
 
 def _tile(patch: torch.Tensor, where: Placement, size: tuple[int, int]):
@@ -313,8 +392,13 @@ def _tile(patch: torch.Tensor, where: Placement, size: tuple[int, int]):
     cos, sin = torch.cos(where.angle), torch.sin(where.angle)
     k = 2 / where.side
     dx, dy = origin[:, 0] + t / 2 - where.centre[:, 0], origin[:, 1] + t / 2 - where.centre[:, 1]
-    theta = torch.stack([torch.stack([k * cos * t / 2, k * sin * t / 2, k * (cos * dx + sin * dy)], 1),
-                         torch.stack([-k * sin * t / 2, k * cos * t / 2, k * (cos * dy - sin * dx)], 1)], 1)
+    theta = torch.stack(
+        [
+            torch.stack([k * cos * t / 2, k * sin * t / 2, k * (cos * dx + sin * dy)], 1),
+            torch.stack([-k * sin * t / 2, k * cos * t / 2, k * (cos * dy - sin * dx)], 1),
+        ],
+        1,
+    )
     grid = F.affine_grid(theta, [n, 1, t, t], align_corners=False)
     source = torch.cat([patch, torch.ones_like(patch[:1])]).expand(n, -1, -1, -1)
     sampled = F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=False).flatten(2)
@@ -353,15 +437,26 @@ def away_from(logits: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 # ---- training ---------------------------------------------------------------------------------------------
 
 
-def train_patches(adapter, goal: "Goal", scales: list[float], mode: str, steps: int, rows: int, lr: float,
-                  generator: torch.Generator, bar) -> list[torch.Tensor]:
+def train_patches(
+    adapter,
+    goal: Goal,
+    scales: list[float],
+    mode: str,
+    steps: int,
+    rows: int,
+    lr: float,
+    generator: torch.Generator,
+    bar,
+) -> list[torch.Tensor]:
     """One patch per scale, all trained together: each step, every patch on its own images, ONE forward+backward.
 
     Only the training goal's images are ever drawn (`goal.candidates`).
     """
     device = goal.images.device
-    patches = [torch.rand(adapter.channels, s, s, generator=generator, device=device).requires_grad_(True)
-               for s in goal.patch_sides(scales)]
+    patches = [
+        torch.rand(adapter.channels, s, s, generator=generator, device=device).requires_grad_(True)
+        for s in goal.patch_sides(scales)
+    ]
     optimiser = torch.optim.Adam(patches, lr=lr)
     pool = goal.candidates
     per = max(1, min(rows // len(scales), len(pool)))
@@ -390,8 +485,9 @@ def train_patches(adapter, goal: "Goal", scales: list[float], mode: str, steps: 
 
 
 @torch.no_grad()
-def choose_target(adapter, train: "ClassifyGoal", patch: torch.Tensor, scale: float, generator: torch.Generator,
-                  batch_size: int) -> int:
+def choose_target(
+    adapter, train: ClassifyGoal, patch: torch.Tensor, scale: float, generator: torch.Generator, batch_size: int
+) -> int:
     """The class easiest to reach, read off what the untargeted patch (largest scale) already does.
 
     An untargeted patch drifts each image to whichever class is nearest for it; the class it
@@ -455,7 +551,7 @@ class Goal:
         return as_unit_float(self.images[rows])
 
     @classmethod
-    def from_data(cls, ctx: Context, idx: torch.Tensor) -> "Goal":
+    def from_data(cls, ctx: Context, idx: torch.Tensor) -> Goal:
         """The images `idx` of the data, their reference (labels, else the clean prediction) and clean outputs."""
         x, labels = _gather(ctx, idx)
         with torch.no_grad():
@@ -491,8 +587,16 @@ class Goal:
         raise NotImplementedError
 
     @torch.no_grad()
-    def evaluate(self, adapter, patches: dict[str, list[torch.Tensor]], baseline: list[torch.Tensor],
-                 scales: list[float], seed: int, batch_size: int, bar) -> dict:
+    def evaluate(
+        self,
+        adapter,
+        patches: dict[str, list[torch.Tensor]],
+        baseline: list[torch.Tensor],
+        scales: list[float],
+        seed: int,
+        batch_size: int,
+        bar,
+    ) -> dict:
         """Every patch, and the random one, at every scale on every image, at the same seeded placements."""
         generator = torch.Generator(device=self.images.device).manual_seed(seed + 1)
         every = torch.arange(len(self), device=self.images.device)  # rows without objects get no copy
@@ -517,8 +621,12 @@ class Goal:
 
 
 class ClassifyGoal(Goal):
-    what = {"success": "Targeted success rate", "area": "image", "axis": "success rate (held-out images)",
-            "cam": "the class the patched image is given"}
+    what = {
+        "success": "Targeted success rate",
+        "area": "image",
+        "axis": "success rate (held-out images)",
+        "cam": "the class the patched image is given",
+    }
 
     def loss(self, out, idx, cover, mode):
         if mode == "targeted":
@@ -535,34 +643,62 @@ class ClassifyGoal(Goal):
         metrics, rows, sides = {}, [], self.patch_sides(scales)
         for k, s in enumerate(scales):
             tgt, unt, rnd = runs["targeted"][k], runs["untargeted"][k], runs["random"][k]
-            rates = [_rate(tgt == t, can_turn), _rate(rnd == t, can_turn), _rate(unt != clean, correct),
-                     _rate(rnd != clean, correct)]
+            rates = [
+                _rate(tgt == t, can_turn),
+                _rate(rnd == t, can_turn),
+                _rate(unt != clean, correct),
+                _rate(rnd != clean, correct),
+            ]
             metrics[f"success_rate@scale={s:g}"] = rates[0]
             metrics[f"untargeted_success_rate@scale={s:g}"] = rates[2]
             rows.append([scale_label(s), f"{sides[k]}×{sides[k]}", *rates])
-        return {"metrics": metrics, "rows": rows, "runs": runs, "sides": sides,
-                "success": [r[2] for r in rows],
-                "series": {"targeted": ([r[2] for r in rows], [r[3] for r in rows]),
-                           "untargeted": ([r[4] for r in rows], [r[5] for r in rows])},
-                "labels": {"targeted": f"targeted → {self.names[t]}", "untargeted": "untargeted"},
-                "eligible": (int(can_turn.sum()), int(correct.sum())),
-                "columns": ["patch area", "patch px", f"targeted: → {self.names[t]}", "random patch",
-                            "untargeted", "random patch"]}
+        return {
+            "metrics": metrics,
+            "rows": rows,
+            "runs": runs,
+            "sides": sides,
+            "success": [r[2] for r in rows],
+            "series": {
+                "targeted": ([r[2] for r in rows], [r[3] for r in rows]),
+                "untargeted": ([r[4] for r in rows], [r[5] for r in rows]),
+            },
+            "labels": {"targeted": f"targeted → {self.names[t]}", "untargeted": "untargeted"},
+            "eligible": (int(can_turn.sum()), int(correct.sum())),
+            "columns": [
+                "patch area",
+                "patch px",
+                f"targeted: → {self.names[t]}",
+                "random patch",
+                "untargeted",
+                "random patch",
+            ],
+        }
 
     def findings(self, scales, scored, score_scale):
         _, _, turned, random_turned, changed, random_changed = scored["rows"][scales.index(score_scale)]
         can_turn, correct = scored["eligible"]
         findings = []
         if turned is not None:
-            findings.append(Finding(_severity(turned), f"a patch covering {scale_label(score_scale)} of the image "
-                                                       f"turns {turned:.0%} of {can_turn} held-out images into "
-                                                       f"{self.names[self.target]!r} (a random patch of that size: "
-                                                       f"{random_turned:.0%})", key=True))
+            findings.append(
+                Finding(
+                    _severity(turned),
+                    f"a patch covering {scale_label(score_scale)} of the image "
+                    f"turns {turned:.0%} of {can_turn} held-out images into "
+                    f"{self.names[self.target]!r} (a random patch of that size: "
+                    f"{random_turned:.0%})",
+                    key=True,
+                )
+            )
         if changed is not None:
             which = "correctly classified " if self.labelled else ""
-            findings.append(Finding("info", f"untargeted, a patch of the same size changes the prediction of "
-                                            f"{changed:.0%} of {correct} {which}held-out images (a random patch: "
-                                            f"{random_changed:.0%})"))
+            findings.append(
+                Finding(
+                    "info",
+                    f"untargeted, a patch of the same size changes the prediction of "
+                    f"{changed:.0%} of {correct} {which}held-out images (a random patch: "
+                    f"{random_changed:.0%})",
+                )
+            )
         return findings
 
     def gallery(self, adapter, patches, k, n, scored, seed, with_cam) -> Gallery | None:
@@ -581,16 +717,32 @@ class ClassifyGoal(Goal):
         titles = []
         for i, a, b in zip(pick.tolist(), before.tolist(), after.tolist()):
             truth = self.names[int(self.reference[i])]
-            titles.append((self.names[a] + (f" (true {truth})" if self.labelled and truth != self.names[a] else ""),
-                           f"→ {self.names[b]}", a != b))
+            titles.append(
+                (
+                    self.names[a] + (f" (true {truth})" if self.labelled and truth != self.names[a] else ""),
+                    f"→ {self.names[b]}",
+                    a != b,
+                )
+            )
         cams = cam_pair(adapter, self.pixels(pick), x, _class_targets(after)) if with_cam else None
-        return Gallery(self.pixels(pick).cpu(), x.cpu(), cover[:, 0].cpu(), before.cpu().tolist(),
-                       after.cpu().tolist(), titles, cams)
+        return Gallery(
+            self.pixels(pick).cpu(),
+            x.cpu(),
+            cover[:, 0].cpu(),
+            before.cpu().tolist(),
+            after.cpu().tolist(),
+            titles,
+            cams,
+        )
 
 
 class SegmentGoal(Goal):
-    what = {"success": "Relative mIoU drop outside the patch", "area": "image", "axis": "relative mIoU drop outside",
-            "cam": "the main class outside the patch (its clean mask)"}
+    what = {
+        "success": "Relative mIoU drop outside the patch",
+        "area": "image",
+        "axis": "relative mIoU drop outside",
+        "cam": "the main class outside the patch (its clean mask)",
+    }
 
     def loss(self, out, idx, cover, mode):
         outside = 1 - cover[:, 0]
@@ -614,21 +766,48 @@ class SegmentGoal(Goal):
             metrics[f"patched_miou@scale={s:g}"] = after
             metrics[f"miou_drop@scale={s:g}"] = clean - after
             metrics[f"success_rate@scale={s:g}"] = _relative_drop(clean, after)
-            rows.append([scale_label(s), f"{sides[k]}×{sides[k]}", clean, after, random_after, flips,
-                         _relative_drop(clean, after), _relative_drop(clean, random_after)])
-        return {"metrics": metrics, "rows": [r[:6] for r in rows], "runs": runs, "sides": sides,
-                "success": [r[6] for r in rows], "series": {"untargeted": ([r[6] for r in rows], [r[7] for r in rows])},
-                "labels": {"untargeted": "outside the patch"},
-                "columns": ["patch area", "patch px", "clean mIoU outside", "patched", "random patch",
-                            "pixels changed outside"]}
+            rows.append(
+                [
+                    scale_label(s),
+                    f"{sides[k]}×{sides[k]}",
+                    clean,
+                    after,
+                    random_after,
+                    flips,
+                    _relative_drop(clean, after),
+                    _relative_drop(clean, random_after),
+                ]
+            )
+        return {
+            "metrics": metrics,
+            "rows": [r[:6] for r in rows],
+            "runs": runs,
+            "sides": sides,
+            "success": [r[6] for r in rows],
+            "series": {"untargeted": ([r[6] for r in rows], [r[7] for r in rows])},
+            "labels": {"untargeted": "outside the patch"},
+            "columns": [
+                "patch area",
+                "patch px",
+                "clean mIoU outside",
+                "patched",
+                "random patch",
+                "pixels changed outside",
+            ],
+        }
 
     def findings(self, scales, scored, score_scale):
         k = scales.index(score_scale)
         _, _, clean, after, random_after, flips = scored["rows"][k]
-        return [Finding(_severity(scored["success"][k]),
-                        f"a patch covering {scale_label(score_scale)} of the image cuts mIoU outside it from "
-                        f"{clean:.3f} to {after:.3f} and changes the class of {flips:.0%} of the pixels it does not "
-                        f"cover (a random patch of that size: mIoU {random_after:.3f})", key=True)]
+        return [
+            Finding(
+                _severity(scored["success"][k]),
+                f"a patch covering {scale_label(score_scale)} of the image cuts mIoU outside it from "
+                f"{clean:.3f} to {after:.3f} and changes the class of {flips:.0%} of the pixels it does not "
+                f"cover (a random patch of that size: mIoU {random_after:.3f})",
+                key=True,
+            )
+        ]
 
     def gallery(self, adapter, patches, k, n, scored, seed, with_cam) -> Gallery | None:
         """The held-out images whose prediction outside the patch changes most."""
@@ -640,19 +819,32 @@ class SegmentGoal(Goal):
         x, cover = self.replay(patches["untargeted"][k], k, pick)
         with torch.no_grad():
             after = adapter(x).argmax(1)
-        titles = [("clean prediction", f"{changed[i]:.0%} of pixels changed", bool(changed[i] > 0))
-                  for i in pick.tolist()]
-        cams = cam_pair(adapter, self.pixels(pick), x, _mask_targets(self.clean[pick], under[pick])) \
-            if with_cam else None
-        return Gallery(self.pixels(pick).cpu(), x.cpu(), cover[:, 0].cpu(), list(self.clean[pick].cpu()),
-                       list(after.cpu()), titles, cams)
+        titles = [
+            ("clean prediction", f"{changed[i]:.0%} of pixels changed", bool(changed[i] > 0)) for i in pick.tolist()
+        ]
+        cams = (
+            cam_pair(adapter, self.pixels(pick), x, _mask_targets(self.clean[pick], under[pick])) if with_cam else None
+        )
+        return Gallery(
+            self.pixels(pick).cpu(),
+            x.cpu(),
+            cover[:, 0].cpu(),
+            list(self.clean[pick].cpu()),
+            list(after.cpu()),
+            titles,
+            cams,
+        )
 
 
 class DetectGoal(Goal):
     """Objects (ground truth; for label-free data the clean detections) padded to M slots per image."""
 
-    what = {"success": "Share of found objects hidden", "area": "box", "axis": "share of found objects hidden",
-            "cam": "the most confident clean box (its candidate's class score)"}
+    what = {
+        "success": "Share of found objects hidden",
+        "area": "box",
+        "axis": "share of found objects hidden",
+        "cam": "the most confident clean box (its candidate's class score)",
+    }
 
     def __init__(self, adapter, images, reference, clean, labelled):
         super().__init__(adapter, images, reference, clean, labelled)
@@ -660,7 +852,7 @@ class DetectGoal(Goal):
         self.boxes = torch.zeros(len(images), m, 4, device=dev)
         self.valid = torch.zeros(len(images), m, dtype=torch.bool, device=dev)
         for i, r in enumerate(reference):
-            self.boxes[i, :len(r)], self.valid[i, :len(r)] = r[:, 1:5], True
+            self.boxes[i, : len(r)], self.valid[i, : len(r)] = r[:, 1:5], True
         self.candidates = torch.nonzero(self.valid.any(1)).flatten()  # training needs an object to sit on
         # the largest box sets the tiles' size: read once here, not at every step
         self.largest_area = float(_box_area(self.boxes[self.valid]).max()) if self.valid.any() else 1.0
@@ -700,7 +892,7 @@ class DetectGoal(Goal):
         decoded = _decoded(out)  # R x (4 + classes [+ mask coefficients]) x candidates; boxes cx, cy, w, h
         xywh = decoded[:, :4].detach().transpose(1, 2)
         boxes = torch.cat([xywh[..., :2] - xywh[..., 2:] / 2, xywh[..., :2] + xywh[..., 2:] / 2], -1)
-        confidence = decoded[:, 4:4 + self.num_classes].amax(1)  # YOLOv8's stand-in for objectness
+        confidence = decoded[:, 4 : 4 + self.num_classes].amax(1)  # YOLOv8's stand-in for objectness
         excess = (torch.logit(confidence, eps=1e-6) - math.log(HIDE_CONF / (1 - HIDE_CONF))).clamp_min(0)
         own = (_pair_iou(self.boxes[idx], boxes) >= MATCH_IOU) & self.valid[idx, :, None]  # R x M x candidates
         per_object = (excess[:, None, :] * own).sum(-1)
@@ -713,7 +905,7 @@ class DetectGoal(Goal):
         """N x M: each object still found (a shown box of its class at IoU >= 0.5), for the images in order."""
         found = torch.zeros_like(self.valid)
         for i, hit in enumerate(ops_for("detect").found(detections, self.reference)):
-            found[i, :len(hit)] = hit
+            found[i, : len(hit)] = hit
         return found
 
     def score(self, runs, scales):
@@ -729,24 +921,58 @@ class DetectGoal(Goal):
             metrics[f"patched_recall@scale={s:g}"] = recall
             metrics[f"recall_drop@scale={s:g}"] = None if recall is None else clean_recall - recall
             metrics[f"success_rate@scale={s:g}"] = hidden
-            rows.append([scale_label(s), f"~{sides[k]}×{sides[k]}", clean_recall, recall,
-                         float(rnd.sum()) / objects if objects else None, hidden, random_hidden])
-        return {"metrics": metrics, "rows": rows, "runs": runs, "sides": sides, "success": [r[5] for r in rows],
-                "series": {"hide": ([r[5] for r in rows], [r[6] for r in rows])}, "labels": {"hide": "hide objects"},
-                "objects": (objects, int(was_found.sum())),
-                "columns": ["patch area (of each box)", "patch px", "clean recall", "patched recall",
-                            "random patch recall", "found objects hidden", "random patch"]}
+            rows.append(
+                [
+                    scale_label(s),
+                    f"~{sides[k]}×{sides[k]}",
+                    clean_recall,
+                    recall,
+                    float(rnd.sum()) / objects if objects else None,
+                    hidden,
+                    random_hidden,
+                ]
+            )
+        return {
+            "metrics": metrics,
+            "rows": rows,
+            "runs": runs,
+            "sides": sides,
+            "success": [r[5] for r in rows],
+            "series": {"hide": ([r[5] for r in rows], [r[6] for r in rows])},
+            "labels": {"hide": "hide objects"},
+            "objects": (objects, int(was_found.sum())),
+            "columns": [
+                "patch area (of each box)",
+                "patch px",
+                "clean recall",
+                "patched recall",
+                "random patch recall",
+                "found objects hidden",
+                "random patch",
+            ],
+        }
 
     def findings(self, scales, scored, score_scale):
         _, _, clean, recall, _, hidden, random_hidden = scored["rows"][scales.index(score_scale)]
         objects, found = scored["objects"]
         if hidden is None:
-            return [Finding("medium", f"nothing to hide: the detector finds none of the {objects} held-out objects "
-                                      "without a patch", key=True)]
-        return [Finding(_severity(hidden), f"a patch covering {scale_label(score_scale)} of each object's box hides "
-                                           f"{hidden:.0%} of the {found} held-out objects the detector found (recall "
-                                           f"{clean:.3f} → {recall:.3f}; a random patch of that size hides "
-                                           f"{random_hidden:.0%})", key=True)]
+            return [
+                Finding(
+                    "medium",
+                    f"nothing to hide: the detector finds none of the {objects} held-out objects without a patch",
+                    key=True,
+                )
+            ]
+        return [
+            Finding(
+                _severity(hidden),
+                f"a patch covering {scale_label(score_scale)} of each object's box hides "
+                f"{hidden:.0%} of the {found} held-out objects the detector found (recall "
+                f"{clean:.3f} → {recall:.3f}; a random patch of that size hides "
+                f"{random_hidden:.0%})",
+                key=True,
+            )
+        ]
 
     def gallery(self, adapter, patches, k, n, scored, seed, with_cam) -> Gallery | None:
         """The held-out images that lose the most objects."""
@@ -759,8 +985,14 @@ class DetectGoal(Goal):
             after = [{key: v.cpu() for key, v in d.items()} for d in adapter.predict(x, conf=SHOW_CONF)]
         before = [{key: v.cpu() for key, v in self.clean[i].items()} for i in pick.tolist()]
         found = self.found_clean.sum(1)
-        titles = [(f"{len(b['boxes'])} boxes", f"{len(a['boxes'])} boxes; {int(lost[i])} of {int(found[i])} hidden",
-                   int(lost[i]) > 0) for b, a, i in zip(before, after, pick.tolist())]
+        titles = [
+            (
+                f"{len(b['boxes'])} boxes",
+                f"{len(a['boxes'])} boxes; {int(lost[i])} of {int(found[i])} hidden",
+                int(lost[i]) > 0,
+            )
+            for b, a, i in zip(before, after, pick.tolist())
+        ]
         cams = cam_pair(adapter, self.pixels(pick), x, _box_targets(adapter, self.pixels(pick))) if with_cam else None
         return Gallery(self.pixels(pick).cpu(), x.cpu(), cover[:, 0].cpu(), before, after, titles, cams)
 
@@ -788,8 +1020,9 @@ def cam_pair(adapter, clean: torch.Tensor, patched_x: torch.Tensor, targets) -> 
         return None
     both = _twice(targets)
     x = torch.cat([clean, patched_x])
-    maps = upsample(cam_maps(lambda b: target_scores(adapter, b, both), layers, x, ["gradcam"])["gradcam"],
-                    tuple(x.shape[-2:]))
+    maps = upsample(
+        cam_maps(lambda b: target_scores(adapter, b, both), layers, x, ["gradcam"])["gradcam"], tuple(x.shape[-2:])
+    )
     n = len(clean)
     return maps[:n].cpu(), maps[n:].cpu()
 
@@ -799,8 +1032,14 @@ def _twice(t):
     from auditor.probes.gradcam import Targets
 
     twice = lambda v: None if v is None else torch.cat([v, v])  # noqa: E731
-    return Targets(image=torch.cat([t.image, t.image + len(t.image)]), cls=twice(t.cls), role=t.role * 2,
-                   anchor=twice(t.anchor), box=twice(t.box), mask=twice(t.mask))
+    return Targets(
+        image=torch.cat([t.image, t.image + len(t.image)]),
+        cls=twice(t.cls),
+        role=t.role * 2,
+        anchor=twice(t.anchor),
+        box=twice(t.box),
+        mask=twice(t.mask),
+    )
 
 
 def _class_targets(classes: torch.Tensor):
@@ -819,8 +1058,12 @@ def _mask_targets(clean: torch.Tensor, under: torch.Tensor):
     foreground = counts.clone()
     foreground[:, 0] = 0
     cls = torch.where(foreground.amax(1) > 0, foreground.argmax(1), counts.argmax(1))
-    return Targets(image=torch.arange(len(clean), device=clean.device), cls=cls, role=["mask"] * len(clean),
-                   mask=outside == cls[:, None, None])
+    return Targets(
+        image=torch.arange(len(clean), device=clean.device),
+        cls=cls,
+        role=["mask"] * len(clean),
+        mask=outside == cls[:, None, None],
+    )
 
 
 def _box_targets(adapter, x: torch.Tensor):
@@ -832,10 +1075,13 @@ def _box_targets(adapter, x: torch.Tensor):
     if any(len(d["scores"]) == 0 for d, _ in found):
         return None
     best = [int(d["scores"].argmax()) for d, _ in found]
-    return Targets(image=torch.arange(len(x), device=x.device),
-                   cls=torch.stack([d["labels"][b] for (d, _), b in zip(found, best)]), role=["box"] * len(x),
-                   anchor=torch.stack([a[b] for (_, a), b in zip(found, best)]),
-                   box=torch.stack([d["boxes"][b] for (d, _), b in zip(found, best)]))
+    return Targets(
+        image=torch.arange(len(x), device=x.device),
+        cls=torch.stack([d["labels"][b] for (d, _), b in zip(found, best)]),
+        role=["box"] * len(x),
+        anchor=torch.stack([a[b] for (_, a), b in zip(found, best)]),
+        box=torch.stack([d["boxes"][b] for (d, _), b in zip(found, best)]),
+    )
 
 
 # ---- small helpers -----------------------------------------------------------------------------------------
