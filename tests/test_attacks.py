@@ -191,7 +191,7 @@ class _Quantise(torch.nn.Module):
 
 
 def test_disappearance_counts_objects_found_clean_and_lost():
-    from auditor.tasks import ops_for
+    from auditor.tasks import task_of
 
     def det(*boxes):
         b = torch.tensor([list(x) for x in boxes], dtype=torch.float32).reshape(-1, 4)
@@ -203,9 +203,9 @@ def test_disappearance_counts_objects_found_clean_and_lost():
     ]
     clean = [det((0, 0, 10, 10), (20, 20, 30, 30)), det()]  # 2 of 3 objects found clean
     attacked = [det((0, 0, 10, 10)), det((0, 0, 10, 10))]  # one of them lost; one never found now appears
-    rates = AttacksProbe._disappearance(ops_for("detect"), clean, [attacked, clean], reference)
+    rates = AttacksProbe._disappearance(task_of("detect"), clean, [attacked, clean], reference)
     assert rates == [0.5, 0.0]
-    assert AttacksProbe._disappearance(ops_for("detect"), [det(), det()], [attacked], reference) == [None]
+    assert AttacksProbe._disappearance(task_of("detect"), [det(), det()], [attacked], reference) == [None]
 
 
 def test_unknown_and_badly_typed_params():

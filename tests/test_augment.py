@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from auditor.corruptions import CORRUPTIONS, corrupt
-from auditor.shifts import SHIFTS, warp_boxes, warp_images, warp_masks
+from auditor.shifts import SHIFTS
+from auditor.tasks.warp import warp_boxes, warp_images, warp_masks
 from tests.conftest import read_results
 
 # Published severities that do not grow monotonically away from the clean image. The

@@ -169,7 +169,8 @@ def test_segmenter_and_detector_rows_each_get_their_own_map(audit, tmp_path, mod
 
 def test_every_row_of_a_segmentation_batch_gets_a_map(tmp_path):
     """The trap of batched segmentation CAMs: only the first image's map is non-zero."""
-    from auditor.probes.gradcam import GradCamProbe, target_scores
+    from auditor.probes.gradcam import GradCamProbe
+    from auditor.targets import target_scores
 
     model = load_model(ModelSpec(model="shapes-unet")).eval()
     from zoo import shapes

@@ -19,6 +19,12 @@ TASKS = ("classify", "detect", "segment")
 MAP_CONF = 0.001  # detectors: keep low-confidence boxes for mAP, as COCO evaluation does
 SHOW_CONF = 0.25  # detectors: boxes shown, and the label-free reference
 
+# Capabilities an adapter may declare (ModelAdapter.capabilities), beyond the contract every adapter keeps.
+# BOX_TARGETS: `detect_with_anchors(outputs)` gives each shown box with the head column (anchor) that holds
+# it, and `anchor_scores(outputs, anchors, classes)` a differentiable score per box: what gradcam explains
+# and the detector patch suppresses.
+BOX_TARGETS = "box_targets"
+
 
 @dataclass(frozen=True)
 class Preprocess:
@@ -55,6 +61,7 @@ class ModelAdapter(nn.Module, abc.ABC):
     """Wraps a network so that it takes pixel-space input and says what it is."""
 
     task: str = ""
+    capabilities: frozenset[str] = frozenset()  # see BOX_TARGETS and its kin above
 
     def __init__(
         self,
@@ -85,6 +92,9 @@ class ModelAdapter(nn.Module, abc.ABC):
         self.epsilons = tuple(epsilons)
         self.eval_set = eval_set  # zoo models: (name, seed -> tensors or folder, default limit); else None
         self._cam_layers: list[tuple[str, nn.Module]] | None = None
+
+    def supports(self, capability: str) -> bool:
+        return capability in self.capabilities
 
     @property
     def num_classes(self) -> int:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from auditor.errors import AuditError
-from auditor.models.base import SHOW_CONF, ModelAdapter, ModelFacts, Preprocess
+from auditor.models.base import BOX_TARGETS, SHOW_CONF, ModelAdapter, ModelFacts, Preprocess
 from auditor.models.common import first_line
 
 NMS_IOU = 0.7  # ultralytics' validation default
@@ -56,6 +56,7 @@ class DetectorAdapter(ModelAdapter):
     """Boxes in pixels of the model input: `predict` gives per image {boxes xyxy, scores, labels}."""
 
     task = "detect"
+    capabilities = frozenset({BOX_TARGETS})
 
     def forward(self, x: torch.Tensor):
         return self.net(self.normalize(x))  # eval: (decoded N x (4 + nc) x anchors, raw head outputs)

@@ -19,7 +19,7 @@ from auditor.adversary import LinfAttack, bisect_min_eps
 from auditor.data import seeded_subset
 from auditor.probes.base import Context, Figures, Probe
 from auditor.results import Finding, ProbeResult
-from auditor.tasks import ops_for, predict_all
+from auditor.tasks import predict_all, task_of
 
 METRIC_LABELS = {"accuracy": "accuracy", "miou": "mIoU", "map50": "mAP50"}
 BROKEN_SHARE = 0.5  # an image is broken when it keeps less than half of its clean agreement with the reference
@@ -78,7 +78,7 @@ class AttacksProbe(Probe):
                 "attacks.steps and attacks.restarts must be at least 1; bisect, min_eps_images and "
                 "check_images at least 0"
             )
-        ops = ops_for(ctx.adapter.task)
+        ops = task_of(ctx.adapter.task)
         data = ctx.data
         engine = LinfAttack(ctx.adapter, p.steps, p.step_factor, p.restarts, ctx.generator())
         clean_pred = predict_all(ctx.adapter, data, ops, ctx.batch_size, ctx.device)

@@ -28,7 +28,7 @@ from auditor.models.base import TASKS
 from auditor.probes.base import Context, Probe
 from auditor.results import Finding, ProbeResult
 from auditor.shifts import FAMILY_ORDER, SHIFTS
-from auditor.tasks import ops_for, predict_all
+from auditor.tasks import predict_all, task_of
 
 # Top-1 error of AlexNet on ImageNet-C, mean over severities 1-5 (Hendrycks & Dietterich 2019; the
 # normalisation used for mCE in the authors' repository, hendrycks/robustness).
@@ -93,7 +93,7 @@ class AugmentProbe(Probe):
         severities = sorted(set(p.severities))
         h, w = adapter.input_size
         scale = p.scale or min(h, w) / REFERENCE_SIZE
-        ops = ops_for(adapter.task)
+        ops = task_of(adapter.task)
         kind = ops.metric
 
         clean_pred = predict_all(ctx.adapter, ctx.data, ops, ctx.batch_size, ctx.device)

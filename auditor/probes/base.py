@@ -25,6 +25,7 @@ from auditor.data import EvalData
 from auditor.errors import AuditError, did_you_mean
 from auditor.models.base import ModelAdapter
 from auditor.results import ProbeResult
+from auditor.tasks import Task, task_of
 
 ENTRY_POINT_GROUP = "auditor.probes"
 BUILTIN = {
@@ -50,6 +51,11 @@ class Context:
     probe_name: str
     progress: Callable[[int, str], Any]  # (total, description) -> a tqdm-like bar
     probes: tuple[str, ...] = ()  # every probe selected for this run (a probe may add a view another one explains)
+
+    @property
+    def task(self) -> Task:
+        """What differs by task (predicting, scoring, references, wording) for this run's model."""
+        return task_of(self.adapter)
 
     def artifact(self, filename: str) -> tuple[Path, str]:
         """(absolute path to write, path relative to the output folder to record)."""

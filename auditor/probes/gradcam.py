@@ -17,7 +17,7 @@ flagged (`untrustworthy` = 1), because it does not show what the model uses.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -42,9 +42,10 @@ from auditor.explain import (
     sobel_maps,
     upsample,
 )
-from auditor.models.base import SHOW_CONF, TASKS
+from auditor.models.base import BOX_TARGETS, SHOW_CONF, TASKS
 from auditor.probes.base import Context, Figures, Probe
 from auditor.results import Finding, ProbeResult
+from auditor.targets import Targets, target_scores
 
 SIMILAR = 0.5  # mean rank correlation at or above which randomised maps count as unchanged
 CHANCE_MARGIN = 0.02  # an AUC within this of the random map's is no better than chance
@@ -58,49 +59,6 @@ ROW_KIND = {
     "detect": "one detected box",
     "segment": "one class predicted in an image (background left out)",
 }
-
-
-@dataclass
-class Targets:
-    """Rows to explain: each an image of the sample and a target in it."""
-
-    image: torch.Tensor  # R: index into the sampled images
-    cls: torch.Tensor  # R: target class
-    role: list[str]  # "predicted" / "true" (classify), "box" (detect), "mask" (segment)
-    anchor: torch.Tensor | None = None  # detect: the head's column that holds the box
-    box: torch.Tensor | None = None  # detect: R x 4 xyxy
-    mask: torch.Tensor | None = None  # segment: R x H x W, the predicted mask of the class
-
-    def __len__(self) -> int:
-        return len(self.image)
-
-    def take(self, rows) -> Targets:
-        picked = {f.name: getattr(self, f.name) for f in fields(self)}
-        for k, v in picked.items():
-            if isinstance(v, torch.Tensor):
-                picked[k] = v[rows]
-        picked["role"] = (
-            [self.role[int(i)] for i in torch.as_tensor(rows).flatten().tolist()]
-            if not isinstance(rows, slice)
-            else self.role[rows]
-        )
-        return Targets(**picked)
-
-
-def target_scores(adapter, x: torch.Tensor, t: Targets, probability: bool = False) -> torch.Tensor:
-    """One score per row: the row's class logit (or probability); for segmenters summed over its mask."""
-    out = adapter(x)
-    rows = torch.arange(len(x), device=x.device)
-    if adapter.task == "detect":
-        score = adapter.anchor_scores(out, t.anchor, t.cls)
-        # The gradient of a saturated sigmoid vanishes (maps peak at 1e-4); its logit's does not.
-        return score if probability else torch.logit(score, eps=1e-6)
-    values = out.softmax(dim=1) if probability else out
-    if adapter.task == "classify":
-        return values[rows, t.cls]
-    mask = t.mask.float()
-    total = (values[rows, t.cls] * mask).flatten(1).sum(1)
-    return total / mask.flatten(1).sum(1).clamp_min(1) if probability else total
 
 
 class GradCamProbe(Probe):
@@ -142,7 +100,7 @@ class GradCamProbe(Probe):
     def skip_reason(self, adapter) -> str | None:
         if isinstance(adapter.net, torch.jit.ScriptModule):
             return "TorchScript modules take no hooks, and Grad-CAM reads a layer through them (audit the eager model)"
-        if adapter.task == "detect" and not hasattr(adapter, "anchor_scores"):
+        if adapter.task == "detect" and not adapter.supports(BOX_TARGETS):
             return "per-box maps need a detector whose boxes map to head outputs (ultralytics); this one has none"
         if not self.params.layer and adapter.task in self.tasks:
             try:

@@ -46,10 +46,11 @@ import torch.nn.functional as F
 
 from auditor.data import as_unit_float, seeded_subset
 from auditor.errors import did_you_mean
-from auditor.models.base import SHOW_CONF, TASKS
+from auditor.models.base import BOX_TARGETS, SHOW_CONF, TASKS
 from auditor.probes.base import Context, Figures, Probe
 from auditor.results import Finding, ProbeResult
-from auditor.tasks import ops_for
+from auditor.targets import best_box_targets, class_targets, mask_targets, target_scores
+from auditor.tasks import task_of
 
 ROTATION = 20.0  # degrees either way: a patch stuck on by hand, on an upright scene
 SIDE_JITTER = (0.8, 1.2)  # training: the side varies by this factor, so the patch works at about its size
@@ -100,7 +101,7 @@ class PatchProbe(Probe):
                 raise ValueError(f"lr must be positive, got {self.lr}")
 
     def skip_reason(self, adapter) -> str | None:
-        if adapter.task == "detect" and not hasattr(adapter, "detect_with_anchors"):
+        if adapter.task == "detect" and not adapter.supports(BOX_TARGETS):
             return "hiding objects needs a detector whose candidates are read from its head (ultralytics)"
         return super().skip_reason(adapter)
 
@@ -724,7 +725,7 @@ class ClassifyGoal(Goal):
                     a != b,
                 )
             )
-        cams = cam_pair(adapter, self.pixels(pick), x, _class_targets(after)) if with_cam else None
+        cams = cam_pair(adapter, self.pixels(pick), x, class_targets(after)) if with_cam else None
         return Gallery(
             self.pixels(pick).cpu(),
             x.cpu(),
@@ -823,7 +824,7 @@ class SegmentGoal(Goal):
             ("clean prediction", f"{changed[i]:.0%} of pixels changed", bool(changed[i] > 0)) for i in pick.tolist()
         ]
         cams = (
-            cam_pair(adapter, self.pixels(pick), x, _mask_targets(self.clean[pick], under[pick])) if with_cam else None
+            cam_pair(adapter, self.pixels(pick), x, mask_targets(self.clean[pick], under[pick])) if with_cam else None
         )
         return Gallery(
             self.pixels(pick).cpu(),
@@ -904,7 +905,7 @@ class DetectGoal(Goal):
     def _found(self, detections: list[dict]) -> torch.Tensor:
         """N x M: each object still found (a shown box of its class at IoU >= 0.5), for the images in order."""
         found = torch.zeros_like(self.valid)
-        for i, hit in enumerate(ops_for("detect").found(detections, self.reference)):
+        for i, hit in enumerate(task_of("detect").found(detections, self.reference)):
             found[i, : len(hit)] = hit
         return found
 
@@ -993,7 +994,9 @@ class DetectGoal(Goal):
             )
             for b, a, i in zip(before, after, pick.tolist())
         ]
-        cams = cam_pair(adapter, self.pixels(pick), x, _box_targets(adapter, self.pixels(pick))) if with_cam else None
+        cams = (
+            cam_pair(adapter, self.pixels(pick), x, best_box_targets(adapter, self.pixels(pick))) if with_cam else None
+        )
         return Gallery(self.pixels(pick).cpu(), x.cpu(), cover[:, 0].cpu(), before, after, titles, cams)
 
 
@@ -1006,11 +1009,10 @@ GOALS = {"classify": ClassifyGoal, "segment": SegmentGoal, "detect": DetectGoal}
 def cam_pair(adapter, clean: torch.Tensor, patched_x: torch.Tensor, targets) -> tuple | None:
     """Grad-CAM of the same target on the clean and the patched images, in one forward and backward.
 
-    `targets` is the gradcam probe's Targets for the N examples (row i = image i), or None.
+    `targets` are the Targets for the N examples (row i = image i), or None.
     Models without hookable layers (TorchScript, exported graphs) give None.
     """
     from auditor.explain import cam_maps, upsample
-    from auditor.probes.gradcam import target_scores
 
     if targets is None or isinstance(adapter.net, torch.jit.ScriptModule):
         return None
@@ -1018,70 +1020,13 @@ def cam_pair(adapter, clean: torch.Tensor, patched_x: torch.Tensor, targets) -> 
         layers = [module for _, module in adapter.cam_layers]
     except ValueError:
         return None
-    both = _twice(targets)
+    both = targets.twice()
     x = torch.cat([clean, patched_x])
     maps = upsample(
         cam_maps(lambda b: target_scores(adapter, b, both), layers, x, ["gradcam"])["gradcam"], tuple(x.shape[-2:])
     )
     n = len(clean)
     return maps[:n].cpu(), maps[n:].cpu()
-
-
-def _twice(t):
-    """The same targets for a batch of the clean images followed by the patched ones."""
-    from auditor.probes.gradcam import Targets
-
-    twice = lambda v: None if v is None else torch.cat([v, v])  # noqa: E731
-    return Targets(
-        image=torch.cat([t.image, t.image + len(t.image)]),
-        cls=twice(t.cls),
-        role=t.role * 2,
-        anchor=twice(t.anchor),
-        box=twice(t.box),
-        mask=twice(t.mask),
-    )
-
-
-def _class_targets(classes: torch.Tensor):
-    from auditor.probes.gradcam import Targets
-
-    rows = torch.arange(len(classes), device=classes.device)
-    return Targets(image=rows, cls=classes, role=["patched"] * len(classes))
-
-
-def _mask_targets(clean: torch.Tensor, under: torch.Tensor):
-    """Each image's most common class outside the patch (background only if nothing else), over its clean mask."""
-    from auditor.probes.gradcam import Targets
-
-    outside = clean.masked_fill(under, -1)
-    counts = torch.stack([(outside == c).flatten(1).sum(1) for c in range(int(clean.max()) + 1)], 1)
-    foreground = counts.clone()
-    foreground[:, 0] = 0
-    cls = torch.where(foreground.amax(1) > 0, foreground.argmax(1), counts.argmax(1))
-    return Targets(
-        image=torch.arange(len(clean), device=clean.device),
-        cls=cls,
-        role=["mask"] * len(clean),
-        mask=outside == cls[:, None, None],
-    )
-
-
-def _box_targets(adapter, x: torch.Tensor):
-    """Each image's most confident clean detection (its candidate and class); None if an image has none."""
-    from auditor.probes.gradcam import Targets
-
-    with torch.no_grad():
-        found = adapter.detect_with_anchors(adapter(x))
-    if any(len(d["scores"]) == 0 for d, _ in found):
-        return None
-    best = [int(d["scores"].argmax()) for d, _ in found]
-    return Targets(
-        image=torch.arange(len(x), device=x.device),
-        cls=torch.stack([d["labels"][b] for (d, _), b in zip(found, best)]),
-        role=["box"] * len(x),
-        anchor=torch.stack([a[b] for (_, a), b in zip(found, best)]),
-        box=torch.stack([d["boxes"][b] for (d, _), b in zip(found, best)]),
-    )
 
 
 # ---- small helpers -----------------------------------------------------------------------------------------

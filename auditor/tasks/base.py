@@ -1,0 +1,70 @@
+"""The Task contract: everything that differs between classifiers, detectors and segmenters.
+
+Probes are written once for all tasks: they ask the task (``ctx.task``, or ``task_of(adapter)``)
+to predict a batch, join and slice predictions, turn them into a reference, score them, warp
+labels under a geometric shift, choose what to explain, and word a finding. A probe never
+compares task names; a new task is a new subclass here.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+import torch
+
+
+class Task(abc.ABC):
+    name: ClassVar[str]  # classify | detect | segment, as results.json and the adapters spell it
+    metric: ClassVar[str]  # the task's clean score: accuracy | map50 | miou
+
+    def __repr__(self) -> str:
+        return f"<task {self.name}>"
+
+    # ---- predictions and references -------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def predict(self, adapter, x: torch.Tensor) -> Any:
+        """The decoded prediction of a pixel-space batch, on the CPU."""
+
+    def concat(self, parts: list) -> Any:
+        return torch.cat(parts)
+
+    def take(self, items, index):
+        """Items at a slice, or at a list (or tensor) of indices."""
+        return items[index] if isinstance(index, slice) else items[torch.as_tensor(index, dtype=torch.long)]
+
+    def to(self, items, device):
+        return items.to(device)
+
+    def reference(self, data, clean_pred):
+        """What predictions are scored against: the labels, or (label-free) the clean prediction."""
+        return data.labels.long() if data.labelled else self.as_reference(clean_pred)
+
+    def as_reference(self, clean_pred):
+        """The clean prediction in the form of a reference (label-free audits, flip rates)."""
+        return clean_pred.clone()
+
+    def warp(self, items, affine, size):
+        """References moved with a geometric shift (affine: B x 3 x 3, output -> input pixel)."""
+        return items
+
+    # ---- scores -----------------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def score(self, pred, reference, adapter) -> float:
+        """The task's metric over a whole set of predictions."""
+
+    @abc.abstractmethod
+    def agreement(self, pred, reference) -> torch.Tensor:
+        """Per image, how much of its reference the prediction still matches, in [0, 1]."""
+
+    def image_score(self, pred, reference, num_classes: int) -> torch.Tensor:
+        """Each image's own score against its reference, in [0, 1]: what "this image broke" is judged on."""
+        return self.agreement(pred, reference)
+
+
+@torch.no_grad()
+def predict_all(adapter, data, task: Task, batch_size: int, device) -> Any:
+    """The model's clean predictions on the whole set, batch by batch, joined."""
+    return task.concat([task.predict(adapter, x) for x, _ in data.batches(batch_size, device)])

@@ -1,0 +1,21 @@
+"""Classifiers: predictions are class ids, references labels; the score is accuracy."""
+
+from __future__ import annotations
+
+import torch
+
+from auditor.tasks.base import Task
+
+
+class Classify(Task):
+    name = "classify"
+    metric = "accuracy"
+
+    def predict(self, adapter, x: torch.Tensor) -> torch.Tensor:
+        return adapter.predict(x).cpu()
+
+    def score(self, pred, reference, adapter) -> float:
+        return (pred == reference).double().mean().item()
+
+    def agreement(self, pred, reference) -> torch.Tensor:
+        return (pred == reference).double()

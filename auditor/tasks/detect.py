@@ -1,0 +1,62 @@
+"""Detectors: predictions are per image {boxes, scores, labels} at mAP confidence; references K x 5
+(class, x1, y1, x2, y2) in pixels; the score is mAP50."""
+
+from __future__ import annotations
+
+import torch
+from torchvision.ops import box_iou
+
+from auditor.metrics import detection_map
+from auditor.models.base import MAP_CONF, SHOW_CONF
+from auditor.tasks.base import Task
+from auditor.tasks.warp import warp_boxes
+
+
+class Detect(Task):
+    name = "detect"
+    metric = "map50"
+
+    def predict(self, adapter, x: torch.Tensor) -> list[dict]:
+        return [{k: v.cpu() for k, v in d.items()} for d in adapter.predict(x, conf=MAP_CONF)]
+
+    def concat(self, parts: list) -> list:
+        return [d for part in parts for d in part]
+
+    def take(self, items, index):
+        return items[index] if isinstance(index, slice) else [items[int(i)] for i in index]
+
+    def to(self, items, device):
+        return [t.to(device) for t in items]
+
+    def reference(self, data, clean_pred):
+        return data.labels if data.labelled else self.as_reference(clean_pred)
+
+    def as_reference(self, clean_pred):
+        """The boxes shown (confidence >= SHOW_CONF) as K x 5 references."""
+        return [torch.cat([d["labels"][:, None].float(), d["boxes"]], 1)[d["scores"] >= SHOW_CONF] for d in clean_pred]
+
+    def warp(self, items, affine, size):
+        return warp_boxes(items, affine, *size)
+
+    def score(self, pred, reference, adapter) -> float:
+        return detection_map(pred, reference, map50_only=True)["map50"]
+
+    def agreement(self, pred, reference) -> torch.Tensor:
+        """Share of reference boxes still found (IoU >= 0.5, same class, shown confidence)."""
+        return torch.tensor(
+            [f.double().mean().item() if len(f) else 1.0 for f in self.found(pred, reference)], dtype=torch.float64
+        )
+
+    def found(self, pred, reference) -> list[torch.Tensor]:
+        """Per image, whether each reference box is detected (IoU >= 0.5, same class, shown confidence)."""
+        out = []
+        for d, ref in zip(pred, reference):
+            keep = d["scores"] >= SHOW_CONF
+            boxes, labels = d["boxes"][keep], d["labels"][keep]
+            if len(ref) == 0 or len(boxes) == 0:
+                out.append(torch.zeros(len(ref), dtype=torch.bool))
+                continue
+            ref = ref.to(boxes.device)
+            iou = box_iou(ref[:, 1:5], boxes) * (ref[:, :1].long() == labels[None])
+            out.append(iou.max(1).values >= 0.5)
+        return out
