@@ -53,6 +53,7 @@ class Section:
     figures: list[Figure]
     files: list[str]  # non-image artifacts, relative paths
     details: dict[str, Any]
+    view: Any  # what the probe's template reads: Probe.view(details) (the details themselves by default)
     error: str | None
     reason: str | None
     template: str
@@ -246,6 +247,7 @@ def build_view(results: Results, out: Path) -> ReportView:
                 figures=figures,
                 files=files,
                 details=p.details,
+                view=registry[name].view(p.details) if name in registry and p.status == "ok" else p.details,
                 error=p.error,
                 reason=p.reason,
                 template=f"probes/{name}.html.j2",

@@ -67,6 +67,8 @@ SMALL_CANVAS, SMALL_STEPS, AUTO_STEPS = 64 * 64, 256, 96
 
 class ActMaxProbe(Probe):
     name = "actmax"
+    template = "probes/actmax.html.j2"
+    report_order = 50
     description = "activation maximisation: optimised images for classes and hidden channels (Fourier parameterisation)"
     tasks = TASKS
     # class_confidence, class_hit_rate, channel_gain, channel_beats_data: higher is better

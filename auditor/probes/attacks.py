@@ -37,6 +37,8 @@ def parse_eps(text: str) -> float:
 
 class AttacksProbe(Probe):
     name = "attacks"
+    template = "probes/attacks.html.j2"
+    report_order = 10
     description = (
         "L-inf FGSM and PGD over an ε grid: accuracy, mIoU or mAP50 under attack, minimal ε per image, "
         "gradient-masking checks"

@@ -60,6 +60,8 @@ UNHURT = 0.95  # a shift whose relative metric stays above this is not worth a f
 
 class AugmentProbe(Probe):
     name = "augment"
+    template = "probes/augment.html.j2"
+    report_order = 30
     description = "ImageNet-C corruptions x 5 severities, geometric and photometric shifts: metric, flip rate, mCE"
     tasks = TASKS
     # accuracy/miou/map50 (clean_ and @SHIFT) and relative@: higher is better; ce@ and mce are error ratios

@@ -93,6 +93,11 @@ class Probe(abc.ABC):
     # metric before any '@' (`flip_rate` covers `flip_rate@fog:3`) or one full key; the rest: higher is better.
     lower_is_better: ClassVar[tuple[str, ...]] = ()
     no_direction: ClassVar[tuple[str, ...]] = ()  # counts and settings, neither better nor worse
+    # The report: the probe's section template (a jinja2 file looked up beside the probe's module first,
+    # then among the report's own templates; None: the generic section of findings, figures and metrics),
+    # and its place on the page (lower first; the built-ins use 10-60: robustness, explanations, the rest).
+    template: ClassVar[str | None] = None
+    report_order: ClassVar[int] = 100
 
     @dataclass
     class Params:
@@ -100,6 +105,12 @@ class Probe(abc.ABC):
 
     def __init__(self, params: Any = None):
         self.params = params if params is not None else self.Params()
+
+    @classmethod
+    def view(cls, details: dict[str, Any]) -> Any:
+        """What the probe's template reads as `s.view`: its details (as results.json keeps them) made into
+        the rows and sentences the section shows. A probe with typed details rebuilds them here."""
+        return details
 
     def skip_reason(self, adapter: ModelAdapter) -> str | None:
         """Why this probe cannot run on this model, or None."""

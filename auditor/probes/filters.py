@@ -69,6 +69,8 @@ def _pairs_text(pairs: list[tuple[int, int, float]]) -> str:
 
 class FiltersProbe(Probe):
     name = "filters"
+    template = "probes/filters.html.j2"
+    report_order = 60
     description = "first conv layer's weights as an image grid (weights visualisation); dead and duplicate filters"
     tasks = TASKS
     # filters: how many the layer has; opposite_pairs: sign-flipped pairs, usual and no defect

@@ -63,6 +63,8 @@ ROW_KIND = {
 
 class GradCamProbe(Probe):
     name = "gradcam"
+    template = "probes/gradcam.html.j2"
+    report_order = 40
     description = (
         "CAM, Grad-CAM, Grad-CAM++ maps; deletion/insertion vs random and edge maps; weight randomisation check"
     )

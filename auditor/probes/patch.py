@@ -70,6 +70,8 @@ MODES = {"classify": ("untargeted", "targeted"), "detect": ("hide",), "segment":
 
 class PatchProbe(Probe):
     name = "patch"
+    template = "probes/patch.html.j2"
+    report_order = 20
     description = "adversarial patches at several sizes, trained on one split and scored on held-out images"
     tasks = TASKS
     # clean_/patched_ recall and miou and min_scale_for_half: higher is better
