@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from auditor.figures import _short, draw_boxes, pyplot, save_figure, to_display
+from auditor.figures import _short, draw_boxes, overlay_heat, pyplot, save_figure, to_display
 
 LABELS = {
     "cam": "CAM",
@@ -16,16 +16,6 @@ LABELS = {
     "random": "random map",
     "edges": "edges (Sobel)",
 }
-
-
-def overlay_heat(image: torch.Tensor, heat: torch.Tensor, alpha: float = 0.5) -> np.ndarray:
-    """The map (scaled to its own maximum) in 'jet' over a dimmed copy of the image."""
-    arr, _ = to_display(image)
-    rgb = np.repeat(arr[..., None], 3, axis=2) if arr.ndim == 2 else arr
-    h = heat.detach().float().cpu()
-    h = (h / h.max()).numpy() if h.max() > 0 else h.numpy()
-    colours = pyplot().get_cmap("jet")(h)[..., :3]
-    return (1 - alpha) * (0.3 + 0.7 * rgb) + alpha * colours
 
 
 def _mark_target(ax, adapter, t, r: int) -> None:

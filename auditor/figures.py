@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -222,3 +223,13 @@ def draw_titled_tiles(images: torch.Tensor, titles: list[str], path: Path, *, al
             ax.set_title(titles[i], fontsize=7, color="#c0392b" if alert and alert[i] else "black")
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def overlay_heat(image: torch.Tensor, heat: torch.Tensor, alpha: float = 0.5) -> np.ndarray:
+    """The map (scaled to its own maximum) in 'jet' over a dimmed copy of the image."""
+    arr, _ = to_display(image)
+    rgb = np.repeat(arr[..., None], 3, axis=2) if arr.ndim == 2 else arr
+    h = heat.detach().float().cpu()
+    h = (h / h.max()).numpy() if h.max() > 0 else h.numpy()
+    colours = pyplot().get_cmap("jet")(h)[..., :3]
+    return (1 - alpha) * (0.3 + 0.7 * rgb) + alpha * colours

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from auditor.figures import _short, draw_boxes, overlay_mask, pyplot, save_figure, to_display
+from auditor.figures import _short, draw_boxes, overlay_heat, overlay_mask, pyplot, save_figure, to_display
 
 COLOURS = {"targeted": "#c0392b", "untargeted": "#2471a3", "hide": "#c0392b"}
 CHANGED = "#c0392b"
@@ -71,7 +71,6 @@ def _nan(values) -> list[float]:
 
 def draw_examples(adapter, gallery, path: Path) -> None:
     """A column per example: clean and patched with the model's output; Grad-CAM of both below when given."""
-    from auditor.cam_figures import overlay_heat
 
     plt = pyplot()
     n = len(gallery.clean)

@@ -1,4 +1,4 @@
-"""Grad-CAM throughput: the project's `auditor.explain.cam_maps` versus the model's forward+backward and peers.
+"""Grad-CAM throughput: the project's `auditor.cam.cam_maps` versus the model's forward+backward and peers.
 
 One model, one batch of B images, one target class per image (the model's own prediction), one
 device, one run. Images per second of each row, and ratios: row / "model fwd+bwd" (1.0 = Grad-CAM
@@ -10,7 +10,7 @@ costs nothing on top of the one pass it needs; design target: one fwd+bwd per ba
     (+ weight grads)     forward, then .backward() of that sum through the whole net, weight gradients
                          included: what pytorch-grad-cam's loss.backward() computes (context only)
     ours gradcam         cam_maps(score_fn, [layer], x, ["gradcam"]): raw N x h x w maps
-    ours gradcam+up+norm the same, then auditor.explain.upsample to the input size and normalise (/ peak)
+    ours gradcam+up+norm the same, then auditor.cam.upsample to the input size and normalise (/ peak)
     ours gradcam+gc++    cam_maps(..., ["gradcam", "gradcam++"]): both from the same pass
     captum batched       captum LayerGradCam(model, layer).attribute(x, target=..., relu_attributions=True)
     captum per image     the same, in a loop over the B images
@@ -96,7 +96,7 @@ def main() -> None:
     from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from auditor.explain import cam_maps, normalise, upsample
+    from auditor.cam import cam_maps, normalise, upsample
 
     model, layer, x, about = build(args.model, args.batch)
     model, x = model.to(device), x.to(device)

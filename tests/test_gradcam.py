@@ -5,17 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from auditor.cam import cam_maps, class_activation_maps, gap_linear_head
 from auditor.data import EvalData
-from auditor.explain import (
-    auc,
-    cam_maps,
-    class_activation_maps,
-    deletion_insertion,
-    energy_in_object,
-    gap_linear_head,
-    pointing_hits,
-    rank_correlation,
-)
+from auditor.explain import auc, deletion_insertion, energy_in_object, pointing_hits, rank_correlation
 from auditor.models import ModelSpec, load_model
 from auditor.probes.base import Context, parse_params
 from auditor.probes.gradcam import GradCamProbe

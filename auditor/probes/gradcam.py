@@ -1,6 +1,6 @@
 """`gradcam`: where the model looks, and whether the maps deserve belief.
 
-Maps (auditor.explain): CAM where the network ends in global average pooling + linear,
+Maps (auditor.cam): CAM where the network ends in global average pooling + linear,
 Grad-CAM and Grad-CAM++ for every model, one forward and one backward per batch of
 "rows". A row is one thing to explain: a classifier's predicted class (and the true
 class where they differ), a detector's box (target: that box's class score at its
@@ -22,25 +22,21 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from auditor.cam import METHODS, cam_maps, class_activation_maps, gap_linear_head, upsample
 from auditor.cam_figures import LABELS as METHOD_LABELS
 from auditor.errors import did_you_mean
 from auditor.explain import (
-    METHODS,
     auc,
     box_masks,
-    cam_maps,
     cascade_stages,
-    class_activation_maps,
     deletion_insertion,
     energy_in_object,
-    gap_linear_head,
     parametrised_layers,
     pointing_hits,
     random_maps,
     randomise,
     rank_correlation,
     sobel_maps,
-    upsample,
 )
 from auditor.models.base import BOX_TARGETS, SHOW_CONF, TASKS
 from auditor.probes.base import Context, Figures, Probe

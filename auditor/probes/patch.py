@@ -1014,7 +1014,7 @@ def cam_pair(adapter, clean: torch.Tensor, patched_x: torch.Tensor, targets) -> 
     `targets` are the Targets for the N examples (row i = image i), or None.
     Models without hookable layers (TorchScript, exported graphs) give None.
     """
-    from auditor.explain import cam_maps, upsample
+    from auditor.cam import cam_maps, upsample
 
     if targets is None or isinstance(adapter.net, torch.jit.ScriptModule):
         return None
