@@ -1,6 +1,6 @@
 """`attacks`: L-inf FGSM and PGD over the model's ε grid, the minimal ε per image, and checks on the attack itself.
 
-All tasks go through the project's batched loop (auditor/adversary.py) on the adapter's own
+All tasks go through the project's batched loop (engine.py) on the adapter's own
 per-image loss; ART supplies the gradient-free Square attack that checks PGD on classifiers.
 Every image counts in the metric: one that is wrong when clean counts as broken.
 Label-free data uses the clean prediction as the reference.
@@ -14,9 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from auditor import masking
-from auditor.adversary import LinfAttack, bisect_min_eps
 from auditor.data import seeded_subset
+from auditor.probes.attacks import figures as figs
+from auditor.probes.attacks import gradient_masking as masking
+from auditor.probes.attacks.engine import LinfAttack, bisect_min_eps
 from auditor.probes.base import Context, Figures, Probe
 from auditor.results import Finding, ProbeResult
 from auditor.tasks import predict_all, task_of
@@ -158,8 +159,6 @@ class AttacksProbe(Probe):
         score = float(np.mean([min(v / clean, 1.0) for v in pgd])) if clean > 0 else 0.0
 
         label = METRIC_LABELS[kind] if data.labelled else "agreement with the clean prediction"
-        from auditor import attack_figures as figs
-
         figures = Figures(ctx)
         figures.save(
             "robust_accuracy.png",
@@ -541,12 +540,10 @@ class AttacksProbe(Probe):
                 else [{k: v.cpu() for k, v in o.items()} for o in outs]
             )
             columns.append((x[0].cpu(), adv[0].cpu(), outs[0], outs[1], grid[gi], values[gi], ref[0]))
-        from auditor.figures import draw_attack_gallery
-
         figures.save(
             "examples.png",
             "Clean and adversarial images with the model's output, and the perturbation amplified to full contrast",
-            draw_attack_gallery,
+            figs.draw_attack_gallery,
             columns,
             ctx.adapter,
             ctx.data.labelled,
