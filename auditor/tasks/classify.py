@@ -19,3 +19,14 @@ class Classify(Task):
 
     def agreement(self, pred, reference) -> torch.Tensor:
         return (pred == reference).double()
+
+    # attacks
+    attack_stops_when_wrong = True
+    attack_min_eps_images = 64
+    attack_bisect_rounds = 4
+    attack_check_images = 32
+    attack_check_restarts = 2
+    attack_square = True
+    attack_per_class = True
+    attack_gallery_at_flip = True
+    attack_gallery = "classes"

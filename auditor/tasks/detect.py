@@ -60,3 +60,7 @@ class Detect(Task):
             iou = box_iou(ref[:, 1:5], boxes) * (ref[:, :1].long() == labels[None])
             out.append(iou.max(1).values >= 0.5)
         return out
+
+    # attacks
+    attack_disappearance = True
+    attack_gallery = "boxes"

@@ -38,3 +38,15 @@ class Segment(Classify):
                 )
             )
         return torch.stack(ious, 1).double().nanmean(1).nan_to_num(1.0)
+
+    # attacks: a mask is not right or wrong as a whole, and an attack step costs as much as a detector's
+    # (so the sizes are the detector's, Task's defaults, not the classifier's that this class inherits)
+    attack_stops_when_wrong = False
+    attack_min_eps_images = 8
+    attack_bisect_rounds = 2
+    attack_check_images = 8
+    attack_check_restarts = 0
+    attack_square = False
+    attack_per_class = False
+    attack_gallery_at_flip = False
+    attack_gallery = "masks"
