@@ -3,11 +3,16 @@ and the gallery of clean and adversarial images."""
 
 from __future__ import annotations
 
+import abc
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
+import torch
 
 from auditor.figures import _short, draw_boxes, overlay_mask, pyplot, save_figure, to_display
+from auditor.tasks import task_of
 
 
 def robustness_curve(grid, values, pgd, fgsm, clean, label: str, steps: int, path: Path) -> None:
@@ -88,59 +93,127 @@ def confusion_heatmap(matrix, class_names, eps: str, path: Path) -> None:
     save_figure(fig, path)
 
 
-def draw_attack_gallery(columns, adapter, labelled: bool, path: Path) -> None:
-    """One column per image: clean, adversarial, perturbation (and masks overlaid for segmenters).
+@dataclass
+class GalleryColumn:
+    """One image of the gallery: clean and attacked, the model's output on each, the budget, the reference."""
 
-    columns: (clean, adversarial, clean output, adversarial output, eps label, eps, reference).
-    """
+    clean: torch.Tensor  # C x H x W in [0, 1]
+    adversarial: torch.Tensor
+    out_clean: Any  # the adapter's prediction for one image (a class id, a mask, or boxes)
+    out_adversarial: Any
+    eps_label: str  # as the grid spells it
+    eps: float
+    reference: Any
+
+
+@dataclass
+class Panel:
+    image: np.ndarray
+    cmap: str | None
+    title: str
+    boxes: dict | None = None  # boxes to draw over the image: {"boxes": K x 4, "labels": K}
+
+
+def _perturbation(c: GalleryColumn) -> Panel:
+    delta = (c.adversarial - c.clean) / (2 * c.eps) + 0.5  # the full budget maps to black / white
+    return Panel(*to_display(delta), f"δ ×{0.5 / c.eps:.0f}")
+
+
+class GalleryStyle(abc.ABC):
+    """How the gallery draws one task's outputs; chosen by the task's `attack_gallery` (GALLERY_STYLES)."""
+
+    reference_row: ClassVar[bool] = False  # the reference in a row of its own (when the data is labelled)
+    legend_from: ClassVar[int | None] = None  # the first class named in a legend over the gallery; None: no legend
+
+    @abc.abstractmethod
+    def panels(self, c: GalleryColumn, names, num_classes: int, labelled: bool) -> list[Panel]:
+        """The panels of one column, top to bottom."""
+
+    def legend_name(self, i: int, name: str) -> str:
+        return _short(name, 12)
+
+
+class ClassPanels(GalleryStyle):
+    """Classifiers: the class in each title (and the reference under the clean one); no legend."""
+
+    def panels(self, c: GalleryColumn, names, num_classes: int, labelled: bool) -> list[Panel]:
+        truth = f"\n(ref {_short(names[int(c.reference)], 12)})" if labelled else ""
+        return [
+            Panel(*to_display(c.clean), f"{_short(names[int(c.out_clean)], 14)}{truth}"),
+            Panel(*to_display(c.adversarial), f"ε={c.eps_label}:\n{_short(names[int(c.out_adversarial)], 14)}"),
+            _perturbation(c),
+        ]
+
+
+class BoxPanels(GalleryStyle):
+    """Detectors: the boxes found, drawn over the images; the labelled boxes in a row of their own."""
+
+    reference_row = True
+    legend_from = 0
+
+    def panels(self, c: GalleryColumn, names, num_classes: int, labelled: bool) -> list[Panel]:
+        out = [
+            Panel(*to_display(c.clean), f"{len(c.out_clean['boxes'])} boxes", c.out_clean),
+            Panel(
+                *to_display(c.adversarial),
+                f"ε={c.eps_label}: {len(c.out_adversarial['boxes'])} boxes",
+                c.out_adversarial,
+            ),
+            _perturbation(c),
+        ]
+        if labelled:
+            ref = c.reference
+            out.append(Panel(*to_display(c.clean), "ground truth", {"boxes": ref[:, 1:5], "labels": ref[:, 0].long()}))
+        return out
+
+
+class MaskPanels(GalleryStyle):
+    """Segmenters: the masks overlaid on a grey copy of the image; the labelled mask in a row of its own."""
+
+    reference_row = True
+    legend_from = 1  # class 0 is the background, never drawn
+
+    def panels(self, c: GalleryColumn, names, num_classes: int, labelled: bool) -> list[Panel]:
+        k = num_classes
+        out = [
+            Panel(overlay_mask(c.clean, c.out_clean, k), None, "prediction"),
+            Panel(overlay_mask(c.adversarial, c.out_adversarial, k), None, f"ε={c.eps_label}"),
+            _perturbation(c),
+        ]
+        if labelled:
+            out.append(Panel(overlay_mask(c.clean, c.reference, k), None, "ground truth"))
+        return out
+
+    def legend_name(self, i: int, name: str) -> str:
+        return f"{_short(name, 12)}={i}"  # the class id, as the masks hold it
+
+
+GALLERY_STYLES: dict[str, GalleryStyle] = {"classes": ClassPanels(), "boxes": BoxPanels(), "masks": MaskPanels()}
+
+
+def draw_attack_gallery(columns: list[GalleryColumn], adapter, labelled: bool, path: Path) -> None:
+    """One column per image: clean, adversarial, perturbation (and the reference where it is drawn)."""
     plt = pyplot()
     names = adapter.class_names
-    segment = adapter.task == "segment"
-    detect = adapter.task == "detect"
-    rows = ["clean", "adversarial", "perturbation"] + (["reference"] if (segment or detect) and labelled else [])
+    style = GALLERY_STYLES[task_of(adapter).attack_gallery]
+    rows = ["clean", "adversarial", "perturbation"] + (["reference"] if style.reference_row and labelled else [])
     fig, axes = plt.subplots(
         len(rows), len(columns), figsize=(1.45 * len(columns) + 0.3, 1.55 * len(rows)), squeeze=False
     )
-    for col, (clean, adv, out_clean, out_adv, eps_label, eps, ref) in enumerate(columns):
-        delta = (adv - clean) / (2 * eps) + 0.5  # the full budget maps to black / white
-        if segment:
-            k = adapter.num_classes
-            panels = [
-                (overlay_mask(clean, out_clean, k), None, "prediction"),
-                (overlay_mask(adv, out_adv, k), None, f"ε={eps_label}"),
-                (*to_display(delta), f"δ ×{0.5 / eps:.0f}"),
-            ]
-            if labelled:
-                panels.append((overlay_mask(clean, ref, k), None, "ground truth"))
-        elif detect:
-            panels = [
-                (*to_display(clean), f"{len(out_clean['boxes'])} boxes", out_clean),
-                (*to_display(adv), f"ε={eps_label}: {len(out_adv['boxes'])} boxes", out_adv),
-                (*to_display(delta), f"δ ×{0.5 / eps:.0f}"),
-            ]
-            if labelled:
-                panels.append((*to_display(clean), "ground truth", {"boxes": ref[:, 1:5], "labels": ref[:, 0].long()}))
-        else:
-            truth = f"\n(ref {_short(names[int(ref)], 12)})" if labelled else ""
-            panels = [
-                (*to_display(clean), f"{_short(names[int(out_clean)], 14)}{truth}"),
-                (*to_display(adv), f"ε={eps_label}:\n{_short(names[int(out_adv)], 14)}"),
-                (*to_display(delta), f"δ ×{0.5 / eps:.0f}"),
-            ]
-        for row, (arr, cmap, title, *boxes) in enumerate(panels):
+    for col, column in enumerate(columns):
+        for row, panel in enumerate(style.panels(column, names, adapter.num_classes, labelled)):
             ax = axes[row, col]
-            ax.imshow(arr, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-            if boxes:
-                draw_boxes(ax, boxes[0], names)
-            ax.set_title(title, fontsize=7)
+            ax.imshow(panel.image, cmap=panel.cmap, vmin=0, vmax=1, interpolation="nearest")
+            if panel.boxes is not None:
+                draw_boxes(ax, panel.boxes, names)
+            ax.set_title(panel.title, fontsize=7)
             ax.set_xticks([])
             ax.set_yticks([])
     for row, label in enumerate(rows):
         axes[row, 0].set_ylabel(label, fontsize=8)
-    if segment or detect:
-        first = 1 if segment else 0  # a segmenter's class 0 is the background, never drawn
+    if style.legend_from is not None:
         legend = ", ".join(
-            f"{_short(n, 12)}" + (f"={i}" if segment else "") for i, n in enumerate(names[first:], start=first)
+            style.legend_name(i, n) for i, n in enumerate(names[style.legend_from :], start=style.legend_from)
         )
         fig.suptitle(f"classes (colour order of tab10): {legend}", fontsize=7, y=1.0)
     fig.tight_layout()
