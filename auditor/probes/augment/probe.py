@@ -2,7 +2,7 @@
 
 The 15 ImageNet-C corruptions (Hendrycks & Dietterich 2019) at severities 1-5, plus
 geometric (rotation, translation, scale, flip) and photometric (hue, saturation, gamma)
-shifts, all applied batch-wise on the device (auditor.corruptions, auditor.shifts).
+shifts, all applied batch-wise on the device (corruptions/, shifts.py).
 Geometric shifts move the references with the image (masks warped, boxes moved), so a
 detector is not blamed for an object that left the frame.
 
@@ -23,11 +23,11 @@ from difflib import get_close_matches
 import numpy as np
 import torch
 
-from auditor.corruptions import CORRUPTIONS, REFERENCE_SIZE
 from auditor.models.base import TASKS
+from auditor.probes.augment.corruptions import CORRUPTIONS, REFERENCE_SIZE
+from auditor.probes.augment.shifts import FAMILY_ORDER, SHIFTS
 from auditor.probes.base import Context, Probe
 from auditor.results import Finding, ProbeResult
-from auditor.shifts import FAMILY_ORDER, SHIFTS
 from auditor.tasks import predict_all, task_of
 
 # Top-1 error of AlexNet on ImageNet-C, mean over severities 1-5 (Hendrycks & Dietterich 2019; the

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from auditor.corruptions import CORRUPTIONS, FAMILIES, corrupt
+from auditor.probes.augment.corruptions import CORRUPTIONS, FAMILIES, corrupt
 from auditor.tasks.warp import warp_images
 
 ROTATE_DEGREES = (5, 10, 15, 20, 30)  # random sign per image
