@@ -11,11 +11,13 @@ Metrics per shift and severity: the task's metric (accuracy, mIoU, mAP50) and
 is the mean over severities of shifted / clean metric; `score` the mean of those over the
 ImageNet-C corruptions. With a reference (another model's results.json, or the paper's
 AlexNet errors for 1000-class classifiers) the corruption error relative to it: `ce@C`,
-`mce` (and `relative_mce` where both clean metrics are known), as defined in the paper.
+`mce` (and `relative_mce` where both clean metrics are known), as defined in the paper
+(corruption_error.py). Figures in figures.py; the details' types in details.py.
 """
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass
 from difflib import get_close_matches
@@ -24,38 +26,26 @@ import numpy as np
 import torch
 
 from auditor.models.base import TASKS
-from auditor.probes.augment.corruptions import CORRUPTIONS, REFERENCE_SIZE
-from auditor.probes.augment.shifts import FAMILY_ORDER, SHIFTS
+from auditor.probes.augment.corruption_error import NOT_COMPUTED, CorruptionErrors, check_reference, corruption_errors
+from auditor.probes.augment.corruptions import REFERENCE_SIZE
+from auditor.probes.augment.details import AugmentDetails, ShiftCell, ShiftRow
+from auditor.probes.augment.figures import draw_galleries
+from auditor.probes.augment.shifts import SHIFTS, Shift
 from auditor.probes.base import Context, Probe
 from auditor.results import Finding, ProbeResult
 from auditor.tasks import predict_all, task_of
 
-# Top-1 error of AlexNet on ImageNet-C, mean over severities 1-5 (Hendrycks & Dietterich 2019; the
-# normalisation used for mCE in the authors' repository, hendrycks/robustness).
-ALEXNET_ERRORS = dict(
-    zip(
-        CORRUPTIONS,
-        (
-            0.886428,
-            0.894468,
-            0.922640,
-            0.819880,
-            0.826268,
-            0.785948,
-            0.798360,
-            0.866816,
-            0.826572,
-            0.819324,
-            0.564592,
-            0.853204,
-            0.646056,
-            0.717840,
-            0.606500,
-        ),
-    )
-)
 METRIC_LABELS = {"accuracy": "accuracy", "miou": "mIoU", "map50": "mAP50"}
 UNHURT = 0.95  # a shift whose relative metric stays above this is not worth a finding of its own
+
+
+@dataclass
+class Sweep:
+    """What the passes over the data under every (shift, severity) measured, by shift name and severity."""
+
+    values: dict[str, dict[int, float]]  # the task's metric
+    flips: dict[str, dict[int, float]]  # share of the clean prediction that changed
+    shown: dict[str, list]  # [(level label, shifted example image, the model's output on it)], one per severity
 
 
 class AugmentProbe(Probe):
@@ -85,183 +75,110 @@ class AugmentProbe(Probe):
                 )
             if any(not 1 <= int(s) <= 5 for s in self.severities) or not self.severities:
                 raise ValueError(f"severities must lie in 1..5, got {', '.join(map(str, self.severities)) or 'none'}")
-            if self.scale < 0:
-                raise ValueError("scale must be positive (0: the image size / 224)")
+            if not math.isfinite(self.scale) or self.scale < 0:
+                raise ValueError(f"scale must be a number >= 0 (0: the image size / 224), got {self.scale}")
+            check_reference(self.reference)
+
+    @classmethod
+    def view(cls, details: dict) -> AugmentDetails:
+        return AugmentDetails.from_dict(details)
+
+    def check(self, adapter) -> None:
+        self._shifts(adapter.channels)  # a colour-only choice on a one-channel model: say so before anything runs
 
     def run(self, ctx: Context) -> ProbeResult:
-        p = self.params
-        adapter, data = ctx.adapter, ctx.data
+        p, adapter, data, task = self.params, ctx.adapter, ctx.data, ctx.task
         shifts = self._shifts(adapter.channels)
         severities = sorted(set(p.severities))
         h, w = adapter.input_size
         scale = p.scale or min(h, w) / REFERENCE_SIZE
-        ops = task_of(adapter.task)
-        kind = ops.metric
+        kind = task.metric
 
-        clean_pred = predict_all(ctx.adapter, ctx.data, ops, ctx.batch_size, ctx.device)
-        reference = ops.reference(data, clean_pred)
-        clean_ref = ops.as_reference(clean_pred)
-        clean = ops.score(clean_pred, reference, adapter) if data.labelled else 1.0
-        example = self._example_index(ctx, ops, clean_pred, reference)
+        clean_pred = predict_all(adapter, data, task, ctx.batch_size, ctx.device)
+        reference = task.reference(data, clean_pred)
+        clean = task.score(clean_pred, reference, adapter) if data.labelled else 1.0
+        example = self._example_index(ctx, clean_pred, reference)
+        sweep = self._sweep(ctx, shifts, severities, scale, clean_pred, reference, example)
 
-        variants = [(s, lv) for s in shifts for lv in (severities if len(s.levels) == 5 else [1])]
-        n_batches = -(-len(data) // ctx.batch_size)
-        bar = ctx.progress(len(variants) * n_batches, self.name)
-        values: dict[str, dict[int, float]] = {s.name: {} for s in shifts}
-        flips: dict[str, dict[int, float]] = {s.name: {} for s in shifts}
-        shown: dict[str, list] = {s.name: [] for s in shifts}
-        for shift, level in variants:
-            g = torch.Generator(device=ctx.device).manual_seed(_seed(ctx.seed, shift.name, level))
-            preds, refs, cleans = [], [], []
-            for b in range(n_batches):
-                sl = slice(b * ctx.batch_size, (b + 1) * ctx.batch_size)
-                x, _ = data.batch(sl, ctx.device)
-                with torch.no_grad():
-                    shifted, affine = shift.apply(x, level, g, scale)
-                    pred = ops.predict(adapter, shifted)
-                ref_b, clean_b = ops.take(reference, sl), ops.take(clean_ref, sl)
-                if affine is not None:  # the references follow the image (they live on the CPU)
-                    affine = affine.cpu()
-                    ref_b, clean_b = ops.warp(ref_b, affine, (h, w)), ops.warp(clean_b, affine, (h, w))
-                preds.append(pred)
-                refs.append(ref_b)
-                cleans.append(clean_b)
-                if sl.start <= example < sl.start + len(x):
-                    j = example - sl.start
-                    # copies: a view would keep the whole batch alive for every variant
-                    out_j = ops.take(pred, slice(j, j + 1))[0]
-                    out_j = {k: v.clone() for k, v in out_j.items()} if isinstance(out_j, dict) else out_j.clone()
-                    shown[shift.name].append((shift.levels[level - 1], shifted[j].detach().cpu().clone(), out_j))
-                bar.update(1)
-            pred_all, ref_all, clean_all = ops.concat(preds), ops.concat(refs), ops.concat(cleans)
-            values[shift.name][level] = ops.score(pred_all, ref_all, adapter)
-            flips[shift.name][level] = 1.0 - ops.agreement(pred_all, clean_all).mean().item()
-        bar.close()
-
-        metrics: dict[str, float | None] = {}
-        if data.labelled:
-            metrics[f"clean_{kind}"] = clean
-        rows = []
-        for shift in shifts:
-            levels = sorted(values[shift.name])
-            for lv in levels:
-                metrics[f"{kind}@{shift.name}:{lv}"] = values[shift.name][lv]
-                metrics[f"flip_rate@{shift.name}:{lv}"] = flips[shift.name][lv]
-            relative = _relative([values[shift.name][lv] for lv in levels], clean)
-            metrics[f"relative@{shift.name}"] = relative
-            rows.append(
-                {
-                    "shift": shift.name,
-                    "family": shift.family,
-                    "imagenet_c": shift.imagenet_c,
-                    "cells": [
-                        {
-                            "level": shift.levels[lv - 1],
-                            "value": values[shift.name][lv],
-                            "flip": flips[shift.name][lv],
-                            "ratio": values[shift.name][lv] / clean if clean > 0 else None,
-                        }
-                        for lv in levels
-                    ],
-                    "relative": relative,
-                }
-            )
-        corruption_rel = [r["relative"] for r in rows if r["imagenet_c"] and r["relative"] is not None]
+        metrics: dict[str, float | None] = {f"clean_{kind}": clean} if data.labelled else {}
+        rows = _rows(shifts, sweep, clean, kind, metrics)
+        corruption_rel = [r.relative for r in rows if r.imagenet_c and r.relative is not None]
         score = float(np.mean([min(max(v, 0.0), 1.0) for v in corruption_rel])) if corruption_rel else None
-        ce_notes = self._corruption_errors(values, clean, kind, severities, adapter, data.labelled)
-        metrics.update(ce_notes[0])
+        ce_notes = self._corruption_errors(sweep.values, clean, kind, severities, adapter, data.labelled)
+        metrics.update(ce_notes.metrics)
 
-        rows.sort(key=lambda r: r["relative"] if r["relative"] is not None else 2.0)
+        rows.sort(key=lambda r: r.relative if r.relative is not None else 2.0)
         label = METRIC_LABELS[kind] if data.labelled else "agreement with the clean prediction"
-        artifacts, captions = self._galleries(ctx, shifts, shown, clean_pred, example, ops, reference)
+        clean_out = task.take(clean_pred, slice(example, example + 1))[0]
+        figures = draw_galleries(ctx, shifts, sweep.shown, clean_out, example)
         skipped = [
             s.name
             for s in SHIFTS.values()
             if s.colour_only and adapter.channels == 1 and (not p.shifts or s.name in p.shifts)
         ]
-        details = {
-            "rows": rows,
-            "metric": label,
-            "clean": clean,
-            "label_free": not data.labelled,
-            "severities": severities,
-            "scale": scale,
-            "size": [h, w],
-            "reference": ce_notes[1],
-            "skipped": skipped,
-            "example": example,
-            "captions": captions,
-        }
+        details = AugmentDetails(
+            rows=rows,
+            metric=label,
+            clean=clean,
+            label_free=not data.labelled,
+            severities=severities,
+            scale=scale,
+            size=[h, w],
+            reference=ce_notes.described,
+            skipped=skipped,
+            example=example,
+            captions=figures.captions,
+        )
         findings = self._findings(rows, clean, label, scale, data.labelled, skipped, ce_notes)
         return ProbeResult(
             status="ok",
             score=score,
             metrics=metrics,
             findings=tuple(findings),
-            artifacts=tuple(artifacts),
-            details=details,
+            artifacts=tuple(figures.artifacts),
+            details=details.to_dict(),
         )
 
-    def _shifts(self, channels: int):
+    def _shifts(self, channels: int) -> list[Shift]:
         names = list(self.params.shifts) or list(SHIFTS)
         chosen = [SHIFTS[n] for n in names if not (SHIFTS[n].colour_only and channels == 1)]
         if not chosen:
-            raise ValueError("augment.shifts: every shift asked for needs colour, and the model sees one channel")
+            raise ValueError(
+                f"shifts={','.join(names)}: every shift asked for needs colour, and the model sees one channel"
+            )
         return chosen
 
-    def _example_index(self, ctx, ops, clean_pred, reference) -> int:
+    def _example_index(self, ctx, clean_pred, reference) -> int:
         """A seeded pick among the images the model gets most right (and, for detectors, that have objects)."""
-        agree = ops.agreement(clean_pred, reference).double()
-        if ctx.adapter.task == "detect":
-            agree = agree * torch.tensor([float(len(r) > 0) for r in reference], dtype=torch.float64)
+        agree = ctx.task.agreement(clean_pred, reference).double() * ctx.task.has_objects(reference)
         best = torch.nonzero(agree >= agree.max()).flatten()
         g = torch.Generator().manual_seed(ctx.seed)
         return int(best[torch.randint(len(best), (1,), generator=g)])
 
-    def _corruption_errors(self, values, clean, kind, severities, adapter, labelled):
+    def _sweep(self, ctx, shifts, severities, scale, clean_pred, reference, example) -> Sweep:
+        """Every shift at every severity asked for (one level for a shift that has one) over the whole set."""
+        clean_ref = ctx.task.as_reference(clean_pred)
+        variants = [(s, lv) for s in shifts for lv in (severities if len(s.levels) == 5 else [1])]
+        n_batches = -(-len(ctx.data) // ctx.batch_size)
+        bar = ctx.progress(len(variants) * n_batches, self.name)
+        sweep = Sweep({s.name: {} for s in shifts}, {s.name: {} for s in shifts}, {s.name: [] for s in shifts})
+        for shift, level in variants:
+            value, flip, shown = _measure(ctx, shift, level, scale, reference, clean_ref, example, bar)
+            sweep.values[shift.name][level] = value
+            sweep.flips[shift.name][level] = flip
+            if shown is not None:
+                sweep.shown[shift.name].append(shown)
+        bar.close()
+        return sweep
+
+    def _corruption_errors(self, values, clean, kind, severities, adapter, labelled) -> CorruptionErrors:
         """(metrics, description, note) of the corruption error against the reference, if any."""
         ref = self.params.reference.strip()
         if ref == "auto":
-            ref = "alexnet" if adapter.task == "classify" and adapter.num_classes == 1000 else "none"
+            ref = "alexnet" if task_of(adapter).imagenet_classes(adapter.num_classes) else "none"
         if ref.lower() == "none" or not labelled:
-            return {}, None, None
-        corruptions = [c for c in CORRUPTIONS if c in values]
-        out: dict[str, float | None] = {}
-        if ref.lower() == "alexnet":
-            if kind != "accuracy" or severities != [1, 2, 3, 4, 5]:
-                return {}, None, "mCE against AlexNet needs accuracy at all five severities; not computed"
-            for c in corruptions:
-                err = float(np.mean([1 - values[c][s] for s in severities]))
-                out[f"ce@{c}"] = err / ALEXNET_ERRORS[c]
-            described = "AlexNet's ImageNet-C errors (Hendrycks & Dietterich 2019)"
-        else:
-            from auditor.results import load
-
-            loaded = load(ref)
-            other = loaded.probes.get(self.name)
-            if other is None or other.status != "ok":
-                raise ValueError(f"augment.reference={ref}: that results.json has no finished augment probe")
-            theirs = other.metrics
-            their_clean = theirs.get(f"clean_{kind}")
-            rel_terms = []
-            for c in corruptions:
-                keys = [f"{kind}@{c}:{s}" for s in severities]
-                if any(theirs.get(k) is None for k in keys):
-                    raise ValueError(f"augment.reference={ref}: no {kind} for {c} at severities {severities}")
-                their_err = sum(1 - theirs[k] for k in keys)
-                mine = sum(1 - values[c][s] for s in severities)
-                out[f"ce@{c}"] = mine / their_err if their_err > 0 else None
-                if their_clean is not None:
-                    denominator = sum(their_clean - theirs[k] for k in keys)
-                    if denominator > 0:
-                        rel_terms.append(sum(clean - values[c][s] for s in severities) / denominator)
-            if rel_terms and len(rel_terms) == len(corruptions):
-                out["relative_mce"] = float(np.mean(rel_terms))
-            described = f"{loaded.model.get('name', '?')} ({ref})"
-        ces = [v for k, v in out.items() if k.startswith("ce@") and v is not None]
-        if ces:
-            out["mce"] = float(np.mean(ces))
-        return out, described, None
+            return NOT_COMPUTED
+        return corruption_errors(values, clean, kind, severities, ref)
 
     def _findings(self, rows, clean, label, scale, labelled, skipped, ce_notes) -> list[Finding]:
         findings = []
@@ -278,31 +195,10 @@ class AugmentProbe(Probe):
                 Finding("high", f"the model scores 0 {label} on the clean images; shift figures mean nothing", key=True)
             )
             return findings
-        scored = [r for r in rows if r["relative"] is not None]
-        hurt = [r for r in scored if r["relative"] < UNHURT][:3]
-        for n, r in enumerate(hurt):
-            worst = min(r["cells"], key=lambda c: c["value"])
-            rel = r["relative"]
-            sev = "high" if rel < 0.5 else "medium" if rel < 0.8 else "low"
-            findings.append(
-                Finding(
-                    sev,
-                    f"{r['shift']} ({r['family']}) at {worst['level']} cuts {label} from "
-                    f"{clean:.1%} to {worst['value']:.1%}; over its severities the model keeps "
-                    f"{rel:.0%} of its clean {label}",
-                    key=n == 0,
-                )
-            )
-        if scored and not hurt:
-            findings.append(
-                Finding(
-                    "low",
-                    f"no shift tested costs more than {1 - UNHURT:.0%} of the clean {label} on "
-                    f"average over its severities (least kept: {scored[0]['shift']}, "
-                    f"{scored[0]['relative']:.0%})",
-                    key=True,
-                )
-            )
+        # rows as results.json keeps them are read too
+        findings += _shift_findings(
+            [r if isinstance(r, ShiftRow) else ShiftRow.from_dict(r) for r in rows], clean, label
+        )
         if abs(scale - 1.0) > 1e-6:
             findings.append(
                 Finding(
@@ -326,26 +222,87 @@ class AugmentProbe(Probe):
             )
         return findings
 
-    def _galleries(self, ctx, shifts, shown, clean_pred, example, ops, reference):
-        """One figure per family: a row per shift, the example image clean and at each severity."""
-        from auditor.figures import draw_shift_examples
 
-        x, _ = ctx.data.batch(slice(example, example + 1), "cpu")
-        clean_out = ops.take(clean_pred, slice(example, example + 1))[0]
-        artifacts, captions = [], {}
-        for family in FAMILY_ORDER:
-            rows = [(s.name, shown[s.name]) for s in shifts if s.family == family and shown[s.name]]
-            if not rows:
-                continue
-            path, rel = ctx.artifact(f"examples_{family}.png")
-            draw_shift_examples(rows, (x[0], clean_out), ctx.adapter, path)
-            artifacts.append(rel)
-            captions[rel] = (
-                f"{family.capitalize()}: image {example} of the set, clean and at each severity, with the "
-                "model's output"
-                + (" (classes that differ from the clean prediction in red)" if ctx.adapter.task == "classify" else "")
+def _measure(ctx: Context, shift: Shift, level: int, scale: float, reference, clean_ref, example: int, bar):
+    """One shift at one severity over the whole set, batch by batch: (the task's metric, flip rate, and
+    (level label, shifted image, output) of the example image)."""
+    task, adapter, data = ctx.task, ctx.adapter, ctx.data
+    h, w = adapter.input_size
+    g = torch.Generator(device=ctx.device).manual_seed(_seed(ctx.seed, shift.name, level))
+    preds, refs, cleans, shown = [], [], [], None
+    for start in range(0, len(data), ctx.batch_size):
+        sl = slice(start, start + ctx.batch_size)
+        x, _ = data.batch(sl, ctx.device)
+        with torch.no_grad():
+            shifted, affine = shift.apply(x, level, g, scale)
+            pred = task.predict(adapter, shifted)
+        ref_b, clean_b = task.take(reference, sl), task.take(clean_ref, sl)
+        if affine is not None:  # the references follow the image (they live on the CPU)
+            affine = affine.cpu()
+            ref_b, clean_b = task.warp(ref_b, affine, (h, w)), task.warp(clean_b, affine, (h, w))
+        preds.append(pred)
+        refs.append(ref_b)
+        cleans.append(clean_b)
+        if sl.start <= example < sl.start + len(x):
+            j = example - sl.start
+            # copies: a view would keep the whole batch alive for every variant
+            out_j = task.take(pred, slice(j, j + 1))[0]
+            out_j = {k: v.clone() for k, v in out_j.items()} if isinstance(out_j, dict) else out_j.clone()
+            shown = (shift.levels[level - 1], shifted[j].detach().cpu().clone(), out_j)
+        bar.update(1)
+    pred_all, ref_all, clean_all = task.concat(preds), task.concat(refs), task.concat(cleans)
+    return task.score(pred_all, ref_all, adapter), 1.0 - task.agreement(pred_all, clean_all).mean().item(), shown
+
+
+def _rows(shifts: list[Shift], sweep: Sweep, clean: float, kind: str, metrics: dict) -> list[ShiftRow]:
+    """A row per shift, in the order run; adds KIND@SHIFT:SEVERITY, flip_rate@SHIFT:SEVERITY and
+    relative@SHIFT to `metrics`."""
+    rows = []
+    for shift in shifts:
+        values, flips = sweep.values[shift.name], sweep.flips[shift.name]
+        levels = sorted(values)
+        for lv in levels:
+            metrics[f"{kind}@{shift.name}:{lv}"] = values[lv]
+            metrics[f"flip_rate@{shift.name}:{lv}"] = flips[lv]
+        relative = _relative([values[lv] for lv in levels], clean)
+        metrics[f"relative@{shift.name}"] = relative
+        cells = [
+            ShiftCell(shift.levels[lv - 1], values[lv], flips[lv], values[lv] / clean if clean > 0 else None)
+            for lv in levels
+        ]
+        rows.append(ShiftRow(shift.name, shift.family, shift.imagenet_c, cells, relative))
+    return rows
+
+
+def _shift_findings(rows: list[ShiftRow], clean: float, label: str) -> list[Finding]:
+    """The (up to three) worst shifts that cost more than 1 - UNHURT of the clean metric, or that none did."""
+    findings = []
+    scored = [r for r in rows if r.relative is not None]
+    hurt = [r for r in scored if r.relative < UNHURT][:3]
+    for n, r in enumerate(hurt):
+        worst = min(r.cells, key=lambda c: c.value)
+        rel = r.relative
+        sev = "high" if rel < 0.5 else "medium" if rel < 0.8 else "low"
+        findings.append(
+            Finding(
+                sev,
+                f"{r.shift} ({r.family}) at {worst.level} cuts {label} from "
+                f"{clean:.1%} to {worst.value:.1%}; over its severities the model keeps "
+                f"{rel:.0%} of its clean {label}",
+                key=n == 0,
             )
-        return artifacts, captions
+        )
+    if scored and not hurt:
+        findings.append(
+            Finding(
+                "low",
+                f"no shift tested costs more than {1 - UNHURT:.0%} of the clean {label} on "
+                f"average over its severities (least kept: {scored[0].shift}, "
+                f"{scored[0].relative:.0%})",
+                key=True,
+            )
+        )
+    return findings
 
 
 def _relative(values: list[float], clean: float) -> float | None:
