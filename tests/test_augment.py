@@ -284,8 +284,8 @@ def test_corruption_error_against_a_reference_run(audit, tmp_path):
 
 
 def test_alexnet_reference_uses_the_published_errors():
+    from auditor.probes.augment import AugmentProbe
     from auditor.probes.augment.corruption_error import ALEXNET_ERRORS
-    from auditor.probes.augment.probe import AugmentProbe
 
     class Thousand:
         task, num_classes = "classify", 1000
