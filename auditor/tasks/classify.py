@@ -19,3 +19,8 @@ class Classify(Task):
 
     def agreement(self, pred, reference) -> torch.Tensor:
         return (pred == reference).double()
+
+    # ---- augment ----------------------------------------------------------------------------------------
+
+    def imagenet_classes(self, num_classes: int) -> bool:
+        return num_classes == 1000

@@ -60,3 +60,8 @@ class Detect(Task):
             iou = box_iou(ref[:, 1:5], boxes) * (ref[:, :1].long() == labels[None])
             out.append(iou.max(1).values >= 0.5)
         return out
+
+    # ---- augment ----------------------------------------------------------------------------------------
+
+    def has_objects(self, reference) -> torch.Tensor:
+        return torch.tensor([float(len(r) > 0) for r in reference], dtype=torch.float64)

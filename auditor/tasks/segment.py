@@ -38,3 +38,8 @@ class Segment(Classify):
                 )
             )
         return torch.stack(ious, 1).double().nanmean(1).nan_to_num(1.0)
+
+    # ---- augment ----------------------------------------------------------------------------------------
+
+    def imagenet_classes(self, num_classes: int) -> bool:
+        return False  # a class per pixel, not per image (Classify's answer does not carry over)
