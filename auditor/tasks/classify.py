@@ -20,7 +20,13 @@ class Classify(Task):
     def agreement(self, pred, reference) -> torch.Tensor:
         return (pred == reference).double()
 
-    # attacks
+    # ---- augment ----------------------------------------------------------------------------------------
+
+    def imagenet_classes(self, num_classes: int) -> bool:
+        return num_classes == 1000
+
+    # ---- attacks ----------------------------------------------------------------------------------------
+
     attack_stops_when_wrong = True
     attack_min_eps_images = 64
     attack_bisect_rounds = 4

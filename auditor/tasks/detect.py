@@ -61,6 +61,12 @@ class Detect(Task):
             out.append(iou.max(1).values >= 0.5)
         return out
 
-    # attacks
+    # ---- augment ----------------------------------------------------------------------------------------
+
+    def has_objects(self, reference) -> torch.Tensor:
+        return torch.tensor([float(len(r) > 0) for r in reference], dtype=torch.float64)
+
+    # ---- attacks ----------------------------------------------------------------------------------------
+
     attack_disappearance = True
     attack_gallery = "boxes"

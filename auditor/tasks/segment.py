@@ -39,7 +39,13 @@ class Segment(Classify):
             )
         return torch.stack(ious, 1).double().nanmean(1).nan_to_num(1.0)
 
-    # attacks: a mask is not right or wrong as a whole, and an attack step costs as much as a detector's
+    # ---- augment ----------------------------------------------------------------------------------------
+
+    def imagenet_classes(self, num_classes: int) -> bool:
+        return False  # a class per pixel, not per image (Classify's answer does not carry over)
+
+    # ---- attacks ----------------------------------------------------------------------------------------
+    # A mask is not right or wrong as a whole, and an attack step costs as much as a detector's
     # (so the sizes are the detector's, Task's defaults, not the classifier's that this class inherits)
     attack_stops_when_wrong = False
     attack_min_eps_images = 8
