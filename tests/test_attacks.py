@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from auditor.adversary import LinfAttack, bisect_min_eps
 from auditor.data import EvalData
 from auditor.errors import AuditError
 from auditor.models import ModelSpec, load_model
 from auditor.probes.attacks import AttacksProbe, parse_eps
+from auditor.probes.attacks.engine import LinfAttack, bisect_min_eps
 from auditor.probes.base import Context, parse_params
 from auditor.runner import make_progress
 

@@ -75,6 +75,27 @@ class Task(abc.ABC):
         figures: the augment probe then takes AlexNet's ImageNet-C errors as its default mCE reference."""
         return False
 
+    # ---- attacks ----------------------------------------------------------------------------------------
+
+    # Whether an image is right or wrong as a whole (one class): then it leaves the PGD batch at its first
+    # misclassified iterate (AutoAttack's rule) and the check runs restarts cheaply. Otherwise every image
+    # takes every step and keeps its highest-loss iterate.
+    attack_stops_when_wrong: ClassVar[bool] = False
+    # Sizes used when attacks.min_eps_images / attacks.bisect / attacks.check_images are unset: images
+    # whose minimal ε is bisected, bisection rounds, images for the stronger-PGD and ε = 1 checks. A
+    # detector's or segmenter's attack step costs 10-100 times a classifier's.
+    attack_min_eps_images: ClassVar[int] = 8
+    attack_bisect_rounds: ClassVar[int] = 2
+    attack_check_images: ClassVar[int] = 8
+    attack_check_restarts: ClassVar[int] = 0  # restarts the stronger-PGD check adds to attacks.restarts
+    attack_square: ClassVar[bool] = False  # ART's gradient-free Square attack (it needs a classifier) checks PGD
+    attack_per_class: ClassVar[bool] = False  # accuracy per true class and the confusion under attack
+    attack_disappearance: ClassVar[bool] = False  # the share of objects found clean that PGD makes disappear
+    # The gallery: True shows each image at the smallest budget that flips it; False the images that lose
+    # most at the budget that halves the metric.
+    attack_gallery_at_flip: ClassVar[bool] = False
+    attack_gallery: ClassVar[str] = "classes"  # how the gallery draws an output: classes | boxes | masks
+
 
 @torch.no_grad()
 def predict_all(adapter, data, task: Task, batch_size: int, device) -> Any:

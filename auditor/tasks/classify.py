@@ -24,3 +24,15 @@ class Classify(Task):
 
     def imagenet_classes(self, num_classes: int) -> bool:
         return num_classes == 1000
+
+    # ---- attacks ----------------------------------------------------------------------------------------
+
+    attack_stops_when_wrong = True
+    attack_min_eps_images = 64
+    attack_bisect_rounds = 4
+    attack_check_images = 32
+    attack_check_restarts = 2
+    attack_square = True
+    attack_per_class = True
+    attack_gallery_at_flip = True
+    attack_gallery = "classes"

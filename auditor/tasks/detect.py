@@ -65,3 +65,8 @@ class Detect(Task):
 
     def has_objects(self, reference) -> torch.Tensor:
         return torch.tensor([float(len(r) > 0) for r in reference], dtype=torch.float64)
+
+    # ---- attacks ----------------------------------------------------------------------------------------
+
+    attack_disappearance = True
+    attack_gallery = "boxes"

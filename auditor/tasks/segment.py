@@ -43,3 +43,16 @@ class Segment(Classify):
 
     def imagenet_classes(self, num_classes: int) -> bool:
         return False  # a class per pixel, not per image (Classify's answer does not carry over)
+
+    # ---- attacks ----------------------------------------------------------------------------------------
+    # A mask is not right or wrong as a whole, and an attack step costs as much as a detector's
+    # (so the sizes are the detector's, Task's defaults, not the classifier's that this class inherits)
+    attack_stops_when_wrong = False
+    attack_min_eps_images = 8
+    attack_bisect_rounds = 2
+    attack_check_images = 8
+    attack_check_restarts = 0
+    attack_square = False
+    attack_per_class = False
+    attack_gallery_at_flip = False
+    attack_gallery = "masks"
