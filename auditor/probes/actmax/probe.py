@@ -29,34 +29,21 @@ on the image optimised for them.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from auditor.errors import did_you_mean
 from auditor.models.base import TASKS
+from auditor.probes.actmax.channels import Unit, has_convs, layer_units, reading, spread
+from auditor.probes.actmax.parameterisation import DEGREES, SCALES, SHIFT, FourierImage, transform
 from auditor.probes.base import Context, Probe
 from auditor.results import Finding, ProbeResult
 
-# Square root (via SVD) of ImageNet's RGB colour correlation, as published with Lucid; columns
-# scaled so the largest has norm 1, which keeps a unit step in decorrelated space a unit step in RGB.
-COLOUR_SVD_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
-COLOUR = COLOUR_SVD_SQRT / COLOUR_SVD_SQRT.norm(dim=0).max()
-INIT_SD = 0.01  # spectrum at the start: a faint low-frequency noise around mid-grey
-# The image is half the inverse FFT. Adam's steps have a fixed size in the spectrum, so this sets
-# the pace: at lr 0.05, full size left high-frequency speckle on shapes-unet; Lucid's quarter, made
-# for 512+ steps, left more of shapes-yolov8n's deepest channels below what real images reach
-# within AUTO_STEPS (channel_gain 1.78 vs 2.04 at half).
-IMAGE_SCALE = 0.5
 CANVAS = 128  # detectors and segmenters optimise on at most this many pixels a side (Lucid's usual size)
 MANY_CLASSES = 100  # from here on, classifiers show TOP_CLASSES classes instead of all
 TOP_CLASSES = 16
-SHIFT = 1 / 16  # translation up to this share of the side (8 px at 128, as Lucid's jitter)
-SCALES = (0.9, 1.1)
-DEGREES = 10.0
 LAYERS = 3  # layers chosen by default: at about 1/3 and 2/3 of the depth, and the last
 LEAK = 0.01  # slope of the channel objective below zero while optimising
 # Default steps: 256 on canvases up to 64x64 px, else 96. `audit run --probes actmax` on 2 idle CPU
@@ -95,7 +82,7 @@ class ActMaxProbe(Probe):
 
     def skip_reason(self, adapter):
         reason = super().skip_reason(adapter)
-        if reason is None and adapter.task != "classify" and not _has_convs(adapter.net):
+        if reason is None and adapter.task != "classify" and not has_convs(adapter.net):
             return "actmax reads hidden channels through forward hooks, which TorchScript and exported graphs lack"
         return reason
 
@@ -339,53 +326,6 @@ class ActMaxProbe(Probe):
                 findings.append(Finding(severity, f"{len(names)} of {len(beats)} channels {text} ({listed})"))
 
 
-class FourierImage:
-    """A batch of images parameterised by learnable spectra, scaled by 1/frequency.
-
-    pixels = sigmoid(colour @ (IMAGE_SCALE * irfft2(spectrum * scale))), with the orthonormal
-    inverse FFT, so that a unit of spectrum is a unit of image; 3 channels go through the colour
-    matrix (decorrelated -> RGB), other channel counts straight to the sigmoid.
-    """
-
-    def __init__(self, n: int, channels: int, size: tuple[int, int], generator: torch.Generator, device: torch.device):
-        h, w = size
-        fy = torch.fft.fftfreq(h, device=device)[:, None]
-        fx = torch.fft.rfftfreq(w, device=device)[None, :]
-        # the constant term would get an infinite weight; it is capped at the lowest frequency's
-        self.scale = 1.0 / torch.sqrt(fx**2 + fy**2).clamp_min(1.0 / max(h, w))
-        self.size = size
-        self.colour = COLOUR.to(device) if channels == 3 else None
-        self.spectrum = (
-            INIT_SD * torch.randn(n, channels, h, w // 2 + 1, 2, generator=generator, device=device)
-        ).requires_grad_(True)
-
-    def linear(self) -> torch.Tensor:
-        """The image before the sigmoid."""
-        image = IMAGE_SCALE * torch.fft.irfft2(
-            torch.view_as_complex(self.spectrum) * self.scale, s=self.size, norm="ortho"
-        )
-        if self.colour is not None:
-            image = torch.einsum("ij,njhw->nihw", self.colour, image)
-        return image
-
-    def __call__(self) -> torch.Tensor:
-        return torch.sigmoid(self.linear())
-
-
-def transform(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Each image translated, scaled and rotated at random (one draw per image), grey where it leaves the frame."""
-    n = len(images)
-    u = torch.rand(n, 4, generator=generator, device=images.device)
-    angle = torch.deg2rad((2 * u[:, 0] - 1) * DEGREES)
-    zoom = SCALES[0] + (SCALES[1] - SCALES[0]) * u[:, 1]
-    shift = (2 * u[:, 2:] - 1) * 2 * SHIFT  # affine_grid's coordinates span 2 per side
-    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    # sampling the image minus grey, zeros outside, then adding grey back: a grey surround, as Lucid pads
-    return F.grid_sample(images - 0.5, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + 0.5
-
-
 def optimise(ctx: Context, classes: list[int], targets: list, canvas, steps: int, lr: float, bar) -> dict:
     """All targets as rows of one batch: class rows first, then each layer's channels in order.
 
@@ -451,111 +391,3 @@ def data_statistics(ctx: Context, targets: list) -> tuple[dict[str, torch.Tensor
                 v = acts[u.name][:, chans].relu().mean(dim=(2, 3)).float().cpu()
                 maxes[u.name] = torch.maximum(maxes[u.name], v.max(0).values)
     return maxes, torch.cat(predicted) if predicted else torch.zeros(0, dtype=torch.long)
-
-
-@contextmanager
-def reading(net: nn.Module, units: list):
-    """Forward hooks that keep each unit's latest output under the unit's name; removed on exit."""
-    modules = dict(net.named_modules())
-    acts: dict[str, torch.Tensor] = {}
-
-    def keep(name):
-        def hook(_module, _inputs, output):
-            acts[name] = output
-
-        return hook
-
-    handles = [modules[u.hook].register_forward_hook(keep(u.name)) for u in units]
-    try:
-        yield acts
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-@dataclass(frozen=True)
-class Unit:
-    """A layer whose channels can be shown: what the user names, and the module whose output is read."""
-
-    name: str
-    hook: str
-    shape: tuple[int, int, int]  # C x H x W on the canvas
-    kind: str  # "normed": a conv read after its normalisation layer; "conv": a bare conv; "head": a conv of an
-    # ultralytics output head; "other": any other module
-
-
-def layer_units(net: nn.Module, example: torch.Tensor) -> dict[str, Unit]:
-    """Every module with an N x C x H x W output on the canvas, convs first, each in execution order.
-
-    A conv followed by a normalisation layer (conv-BN-ReLU blocks, ultralytics' Conv) is read
-    at the normalisation's output, before the activation: the raw conv output would be
-    ascended against the channel wherever the norm's scale is negative, and after a ReLU a
-    channel that starts switched off has no gradient at all. Convs without a norm (output
-    heads among them) are kind "conv"; defaults come from the "normed" ones when there are any.
-    An ultralytics model ends in its head (Detect, Segment, ...: the last block of `net.model`),
-    whose convs turn the neck's features into boxes and class scores; they are kind "head",
-    so that the deepest default layer is the neck's last.
-    """
-    if isinstance(net, torch.jit.ScriptModule):
-        return {}  # TorchScript modules take no forward hooks
-    h, w = example.shape[-2:]
-    outputs: dict[str, torch.Tensor] = {}
-    convs: list[str] = []
-    produced: dict[int, str] = {}  # id of a conv's output -> that conv
-    norm_after: dict[str, str] = {}
-
-    def hook(name):
-        def record(module, inputs, output):
-            outputs[name] = output  # kept alive, so ids in `produced` stay unique
-            if isinstance(module, nn.Conv2d) and name not in convs:
-                convs.append(name)
-                produced[id(output)] = name
-            # BatchNorm2d, torchvision's FrozenBatchNorm2d, GroupNorm, ... applied to a conv's output
-            elif "Norm" in type(module).__name__ and inputs and id(inputs[0]) in produced:
-                norm_after.setdefault(produced[id(inputs[0])], name)
-
-        return record
-
-    handles = [module.register_forward_hook(hook(name)) for name, module in net.named_modules() if name]
-    try:
-        with torch.no_grad():
-            net(example)
-    except RuntimeError as exc:  # a canvas the model cannot take (a detector's stride must divide it)
-        raise ValueError(f"size: the model does not run on a {h}x{w} canvas: {exc}".splitlines()[0]) from exc
-    finally:
-        for handle in handles:
-            handle.remove()
-
-    def spatial(name):
-        t = outputs.get(name)
-        return (
-            isinstance(t, torch.Tensor)
-            and t.dim() == 4
-            and 2 <= min(t.shape[-2:])
-            and t.shape[-2] <= h
-            and t.shape[-1] <= w
-        )
-
-    blocks = getattr(net, "model", None)
-    head = f"model.{len(blocks) - 1}." if isinstance(blocks, nn.Sequential) and hasattr(net, "stride") else None
-    units = {}
-    for conv in convs:
-        read = norm_after.get(conv, conv)
-        if spatial(read):
-            kind = "head" if head and conv.startswith(head) else "normed" if read != conv else "conv"
-            units[conv] = Unit(conv, read, tuple(outputs[read].shape[1:]), kind)
-    for name in outputs:
-        if name not in units and spatial(name):
-            units[name] = Unit(name, name, tuple(outputs[name].shape[1:]), "other")
-    return units
-
-
-def spread(width: int, k: int) -> list[int]:
-    """k channel indices evenly spaced over 0..width-1 (all of them when k >= width)."""
-    if k >= width:
-        return list(range(width))
-    return sorted({round(i * (width - 1) / (k - 1)) for i in range(k)}) if k > 1 else [0]
-
-
-def _has_convs(net: nn.Module) -> bool:
-    return any(isinstance(m, nn.Conv2d) for m in net.modules())

@@ -23,23 +23,14 @@ import numpy as np
 import torch
 
 from auditor.cam import METHODS, cam_maps, class_activation_maps, gap_linear_head, upsample
-from auditor.cam_figures import LABELS as METHOD_LABELS
 from auditor.errors import did_you_mean
-from auditor.explain import (
-    auc,
-    box_masks,
-    cascade_stages,
-    deletion_insertion,
-    energy_in_object,
-    parametrised_layers,
-    pointing_hits,
-    random_maps,
-    randomise,
-    rank_correlation,
-    sobel_maps,
-)
 from auditor.models.base import BOX_TARGETS, SHOW_CONF, TASKS
 from auditor.probes.base import Context, Figures, Probe
+from auditor.probes.gradcam import figures as cam_figures
+from auditor.probes.gradcam.faithfulness import auc, deletion_insertion, random_maps, sobel_maps
+from auditor.probes.gradcam.figures import LABELS as METHOD_LABELS
+from auditor.probes.gradcam.localisation import box_masks, energy_in_object, pointing_hits
+from auditor.probes.gradcam.sanity import cascade_stages, parametrised_layers, randomise, rank_correlation
 from auditor.results import Finding, ProbeResult
 from auditor.targets import Targets, target_scores
 
@@ -503,8 +494,6 @@ class GradCamProbe(Probe):
         return findings, untrusted
 
     def _figures(self, ctx, x, t, maps, scored, curves, aucs, similarity, primary, picked, labels):
-        from auditor import cam_figures
-
         adapter = ctx.adapter
         figures = Figures(ctx)
         save = figures.save
