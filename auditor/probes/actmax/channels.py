@@ -82,28 +82,34 @@ def layer_units(net: nn.Module, example: torch.Tensor) -> dict[str, Unit]:
         for handle in handles:
             handle.remove()
 
-    def spatial(name):
-        t = outputs.get(name)
-        return (
-            isinstance(t, torch.Tensor)
-            and t.dim() == 4
-            and 2 <= min(t.shape[-2:])
-            and t.shape[-2] <= h
-            and t.shape[-1] <= w
-        )
-
-    blocks = getattr(net, "model", None)
-    head = f"model.{len(blocks) - 1}." if isinstance(blocks, nn.Sequential) and hasattr(net, "stride") else None
+    head = _ultralytics_head(net)
     units = {}
     for conv in convs:
         read = norm_after.get(conv, conv)
-        if spatial(read):
+        if _spatial(outputs.get(read), h, w):
             kind = "head" if head and conv.startswith(head) else "normed" if read != conv else "conv"
             units[conv] = Unit(conv, read, tuple(outputs[read].shape[1:]), kind)
     for name in outputs:
-        if name not in units and spatial(name):
+        if name not in units and _spatial(outputs[name], h, w):
             units[name] = Unit(name, name, tuple(outputs[name].shape[1:]), "other")
     return units
+
+
+def _spatial(t, h: int, w: int) -> bool:
+    """An N x C x H x W output at least 2 px a side and no larger than the canvas."""
+    return (
+        isinstance(t, torch.Tensor)
+        and t.dim() == 4
+        and 2 <= min(t.shape[-2:])
+        and t.shape[-2] <= h
+        and t.shape[-1] <= w
+    )
+
+
+def _ultralytics_head(net: nn.Module) -> str | None:
+    """The module-name prefix of an ultralytics model's head (the last block of `net.model`), or None."""
+    blocks = getattr(net, "model", None)
+    return f"model.{len(blocks) - 1}." if isinstance(blocks, nn.Sequential) and hasattr(net, "stride") else None
 
 
 def spread(width: int, k: int) -> list[int]:

@@ -28,24 +28,26 @@ on the image optimised for them.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from auditor.errors import did_you_mean
-from auditor.models.base import TASKS
-from auditor.probes.actmax.channels import Unit, has_convs, layer_units, reading, spread
-from auditor.probes.actmax.parameterisation import DEGREES, SCALES, SHIFT, FourierImage, transform
-from auditor.probes.base import Context, Probe
+from auditor.figures import draw_titled_tiles
+from auditor.probes.actmax.channels import Unit, has_convs, layer_units, spread
+from auditor.probes.actmax.details import ActMaxDetails, ChannelLayer, ClassImage
+from auditor.probes.actmax.optimisation import Optimised, data_statistics, optimise
+from auditor.probes.actmax.parameterisation import DEGREES, SCALES, SHIFT
+from auditor.probes.base import Context, Figures, Probe
 from auditor.results import Finding, ProbeResult
+from auditor.tasks import TASKS, task_of
 
-CANVAS = 128  # detectors and segmenters optimise on at most this many pixels a side (Lucid's usual size)
+CANVAS = 128  # fully convolutional models (Task.fully_convolutional) optimise on at most this many px a side (Lucid)
 MANY_CLASSES = 100  # from here on, classifiers show TOP_CLASSES classes instead of all
 TOP_CLASSES = 16
 LAYERS = 3  # layers chosen by default: at about 1/3 and 2/3 of the depth, and the last
-LEAK = 0.01  # slope of the channel objective below zero while optimising
 # Default steps: 256 on canvases up to 64x64 px, else 96. `audit run --probes actmax` on 2 idle CPU
 # cores took 7.9 s for digits-cnn (28 px, 34 images), 38.8 s for shapes-unet and 13.5 s for
 # shapes-yolov8n (128 px, 24 images); a step costs about 0.4 s on shapes-unet, which sets the limit.
@@ -57,7 +59,7 @@ class ActMaxProbe(Probe):
     template = "probes/actmax.html.j2"
     report_order = 50
     description = "activation maximisation: optimised images for classes and hidden channels (Fourier parameterisation)"
-    tasks = TASKS
+    tasks = tuple(TASKS)
     # class_confidence, class_hit_rate, channel_gain, channel_beats_data: higher is better
     lower_is_better = ("dead_channels",)
 
@@ -79,10 +81,17 @@ class ActMaxProbe(Probe):
                 raise ValueError(f"channels must be at least 1, got {self.channels}")
             if self.size is not None and self.size < 8:
                 raise ValueError(f"size must be at least 8 px, got {self.size}")
+            for name in ("classes", "layers"):
+                if any(not item.strip() for item in getattr(self, name)):
+                    raise ValueError(f"{name}: an entry is empty")
+
+    @classmethod
+    def view(cls, details) -> ActMaxDetails:
+        return ActMaxDetails.from_dict(details)
 
     def skip_reason(self, adapter):
         reason = super().skip_reason(adapter)
-        if reason is None and adapter.task != "classify" and not has_convs(adapter.net):
+        if reason is None and not task_of(adapter).class_logits and not has_convs(adapter.net):
             return "actmax reads hidden channels through forward hooks, which TorchScript and exported graphs lack"
         return reason
 
@@ -108,59 +117,52 @@ class ActMaxProbe(Probe):
         finally:
             net.train(was_training)
 
+        figures = Figures(ctx)
+        details = ActMaxDetails(
+            canvas=list(canvas),
+            steps=steps,
+            lr=p.lr,
+            batch=len(run.images),
+            colour=adapter.channels == 3,
+            shift=SHIFT,
+            scales=list(SCALES),
+            degrees=DEGREES,
+            class_choice=class_choice,
+            captions=figures.captions,
+        )
         metrics: dict[str, float | None] = {}
-        details = {
-            "canvas": list(canvas),
-            "steps": steps,
-            "lr": p.lr,
-            "batch": len(run["images"]),
-            "colour": adapter.channels == 3,
-            "shift": SHIFT,
-            "scales": list(SCALES),
-            "degrees": DEGREES,
-            "class_choice": class_choice,
-            "classes": [],
-            "layers": [],
-            "captions": {},
-        }
-        findings, artifacts = [], []
+        findings = [_summary(classes, targets, details)]
         if classes:
-            self._class_gallery(ctx, run, classes, class_choice, steps, metrics, details, findings, artifacts)
+            details.classes, class_scores = class_images(adapter.class_names, run, classes)
+            metrics.update(class_scores)
+            findings += class_findings(adapter.class_names, details.classes, class_choice, steps)
+            draw_class_images(figures, run, details.classes)
         if targets:
-            self._channel_galleries(ctx, run, len(classes), targets, data_max, metrics, details, findings, artifacts)
-        elif adapter.task == "classify":
+            details.layers = channel_layers(run, len(classes), targets, data_max)
+            metrics.update(channel_metrics(details.layers))
+            findings += channel_findings(details.layers)
+            draw_channel_images(figures, run, len(classes), targets, details.layers)
+        elif ctx.task.class_logits:
             findings.append(
                 Finding(
                     "info",
                     "no hidden layer can be hooked in this model (TorchScript or an exported graph): class images only",
                 )
             )
-        what = [f"{len(classes)} class logits"] if classes else []
-        if targets:
-            what.append(f"{sum(len(c) for _, c in targets)} channels of {', '.join(u.name for u, _ in targets)}")
-        findings.insert(
-            0,
-            Finding(
-                "info",
-                f"optimised {' and '.join(what)} together: one batch of "
-                f"{details['batch']} images on a {canvas[0]}×{canvas[1]} canvas, {steps} "
-                "Adam steps",
-            ),
-        )
         return ProbeResult(
             status="ok",
             score=None,
             metrics=metrics,
             findings=tuple(findings),
-            artifacts=tuple(artifacts),
-            details=details,
+            artifacts=tuple(figures.artifacts),
+            details=details.to_dict(),
         )
 
     def _canvas(self, adapter) -> tuple[int, int]:
         if self.params.size is not None:
             return self.params.size, self.params.size
         h, w = adapter.input_size
-        return (h, w) if adapter.task == "classify" else (min(h, CANVAS), min(w, CANVAS))
+        return (min(h, CANVAS), min(w, CANVAS)) if task_of(adapter).fully_convolutional else (h, w)
 
     def _layers(self, adapter) -> list[Unit]:
         net = adapter.net
@@ -188,7 +190,7 @@ class ActMaxProbe(Probe):
 
     def _given_classes(self, adapter) -> list[int]:
         """The class indices of actmax.classes (names or indices), in order, without repeats."""
-        if self.params.classes and adapter.task != "classify":
+        if self.params.classes and not task_of(adapter).class_logits:
             raise ValueError(f"classes: class images need a classifier; this model is a {adapter.task} model")
         names, picked = adapter.class_names, []
         for item in self.params.classes:
@@ -204,7 +206,8 @@ class ActMaxProbe(Probe):
         return list(dict.fromkeys(picked))
 
     def _classes(self, adapter, predicted: torch.Tensor) -> tuple[list[int], str]:
-        if adapter.task != "classify":
+        """The classes to optimise an image for, and how they were chosen (ActMaxDetails.class_choice)."""
+        if not task_of(adapter).class_logits:
             return [], "none"
         if self.params.classes:
             return self._given_classes(adapter), "given"
@@ -215,179 +218,155 @@ class ActMaxProbe(Probe):
         order = torch.sort(counts, descending=True, stable=True).indices[:TOP_CLASSES]  # ties: lower index first
         return [int(i) for i in order], "most predicted"
 
-    def _class_gallery(self, ctx, run, classes, class_choice, steps, metrics, details, findings, artifacts):
-        from auditor.figures import draw_titled_tiles
 
-        names, n = ctx.adapter.class_names, len(classes)
-        probs, ids = run["probs"], torch.tensor(classes)
-        own = probs[torch.arange(n), ids]
-        hits = probs.argmax(1) == ids
-        metrics["class_confidence"] = own.mean().item()
-        metrics["class_hit_rate"] = hits.double().mean().item()
-        details["classes"] = [
-            {
-                "index": c,
-                "name": names[c],
-                "probability": own[i].item(),
-                "hit": bool(hits[i]),
-                "predicted": names[int(probs[i].argmax())],
-                "logit_start": run["start"][i].item(),
-                "logit_end": run["final"][i].item(),
-            }
-            for i, c in enumerate(classes)
-        ]
-        path, rel = ctx.artifact("classes.png")
-        draw_titled_tiles(
-            run["images"][:n],
-            [f"{names[c]}\np={own[i]:.2f}" for i, c in enumerate(classes)],
-            path,
-            alert=(~hits).tolist(),
+def _summary(classes: list[int], targets: list, details: ActMaxDetails) -> Finding:
+    what = [f"{len(classes)} class logits"] if classes else []
+    if targets:
+        what.append(f"{sum(len(c) for _, c in targets)} channels of {', '.join(u.name for u, _ in targets)}")
+    canvas = details.canvas
+    return Finding(
+        "info",
+        f"optimised {' and '.join(what)} together: one batch of "
+        f"{details.batch} images on a {canvas[0]}×{canvas[1]} canvas, {details.steps} "
+        "Adam steps",
+    )
+
+
+# ---- class images -------------------------------------------------------------------------------------------
+
+
+def class_images(names: list[str], run: Optimised, classes: list[int]) -> tuple[list[ClassImage], dict[str, float]]:
+    """How the model sees each class's optimised image (rows 0..len(classes) of the batch), and the metrics:
+    the mean probability of its own class, the share classified as it."""
+    probs, ids = run.probs, torch.tensor(classes)
+    own = probs[torch.arange(len(classes)), ids]
+    hits = probs.argmax(1) == ids
+    metrics = {"class_confidence": own.mean().item(), "class_hit_rate": hits.double().mean().item()}
+    images = [
+        ClassImage(
+            index=c,
+            name=names[c],
+            probability=own[i].item(),
+            hit=bool(hits[i]),
+            predicted=names[int(probs[i].argmax())],
+            logit_start=run.start[i].item(),
+            logit_end=run.final[i].item(),
         )
-        artifacts.append(rel)
-        details["captions"][rel] = (
-            "One image per class, optimised to raise the class logit; title: the class and "
-            "the probability the model gives it (red: classified as another class)"
+        for i, c in enumerate(classes)
+    ]
+    return images, metrics
+
+
+def class_findings(names: list[str], images: list[ClassImage], class_choice: str, steps: int) -> list[Finding]:
+    findings, n = [], len(images)
+    missed = [c for c in images if not c.hit]
+    if missed:
+        listed = ", ".join(f"{c.name} (seen as {c.predicted})" for c in missed[:5])
+        findings.append(
+            Finding(
+                "medium",
+                f"{len(missed)} of {n} class images are not classified as their class after {steps} steps: {listed}",
+                key=True,
+            )
         )
-        missed = [d for d in details["classes"] if not d["hit"]]
-        if missed:
-            listed = ", ".join(f"{d['name']} (seen as {d['predicted']})" for d in missed[:5])
-            findings.append(
-                Finding(
-                    "medium",
-                    f"{len(missed)} of {n} class images are not classified as their class "
-                    f"after {steps} steps: {listed}",
-                    key=True,
-                )
-            )
-        if class_choice == "most predicted":
-            findings.append(
-                Finding(
-                    "info",
-                    f"{len(names)} classes: showing the {n} the model predicts most often on "
-                    f"the evaluation data ({', '.join(names[c] for c in classes)}); choose "
-                    "others with --set actmax.classes=...",
-                )
-            )
-
-    def _channel_galleries(self, ctx, run, row, targets, data_max, metrics, details, findings, artifacts):
-        from auditor.figures import draw_titled_tiles
-
-        ratios, beats, dead, unreached = [], [], [], []
-        for i, (unit, chans) in enumerate(targets):
-            k = len(chans)
-            got, best = run["final"][row : row + k], data_max[unit.name]
-            ratio = [g / b if b > 0 else None for g, b in zip(got.tolist(), best.tolist())]
-            ratios += [r for r in ratio if r is not None]
-            beats += (got > best).tolist()
-            off = got <= 0
-            dead += [f"{unit.name}:{c}" for c, d in zip(chans, off & (best <= 0)) if d]
-            unreached += [f"{unit.name}:{c}" for c, u in zip(chans, off & (best > 0)) if u]
-            details["layers"].append(
-                {
-                    "name": unit.name,
-                    "read_at": unit.hook,
-                    "width": unit.shape[0],
-                    "grid": list(unit.shape[1:]),
-                    "channels": chans,
-                    "activation": got.tolist(),
-                    "data_max": best.tolist(),
-                }
-            )
-            path, rel = ctx.artifact(f"channels_{i}.png")
-            draw_titled_tiles(
-                run["images"][row : row + k],
-                [f"ch {c}" + (f"\n×{r:.1f}" if r is not None else "") for c, r in zip(chans, ratio)],
-                path,
-                alert=off.tolist(),
-            )
-            artifacts.append(rel)
-            read = f", read after {unit.hook}" if unit.hook != unit.name else ""
-            details["captions"][rel] = (
-                f"Layer {unit.name} ({unit.shape[0]} channels, {unit.shape[1]}×{unit.shape[2]} on the canvas{read}): "
-                "each image raises one channel's mean activation over all positions; ×: that activation over the "
-                "highest any evaluation image gives the channel (red: the channel stays off)"
-            )
-            row += k
-        metrics["channel_gain"] = float(torch.tensor(ratios).median()) if ratios else None
-        metrics["channel_beats_data"] = sum(beats) / len(beats)
-        metrics["dead_channels"] = float(len(dead))
-        for names, text, severity in (
-            (dead, "stay off on every evaluation image and on the image optimised for them: dead units", "low"),
-            (
-                unreached,
-                "stay off on the image optimised for them although evaluation "
-                "images switch them on: the optimisation found no jitter-robust "
-                "input for them",
+    if class_choice == "most predicted":
+        findings.append(
+            Finding(
                 "info",
-            ),
-        ):
-            if names:
-                listed = ", ".join(names[:8]) + (" ..." if len(names) > 8 else "")
-                findings.append(Finding(severity, f"{len(names)} of {len(beats)} channels {text} ({listed})"))
+                f"{len(names)} classes: showing the {n} the model predicts most often on "
+                f"the evaluation data ({', '.join(c.name for c in images)}); choose "
+                "others with --set actmax.classes=...",
+            )
+        )
+    return findings
 
 
-def optimise(ctx: Context, classes: list[int], targets: list, canvas, steps: int, lr: float, bar) -> dict:
-    """All targets as rows of one batch: class rows first, then each layer's channels in order.
-
-    Returns the final images and every row's objective at the first step and at the end.
-    Forward passes: `steps`, plus one on the final images without transforms.
-    """
-    adapter, device = ctx.adapter, ctx.device
-    generator = ctx.generator()
-    rows = len(classes) + sum(len(c) for _, c in targets)
-    image = FourierImage(rows, adapter.channels, canvas, generator, device)
-    class_ids = torch.tensor(classes, dtype=torch.long, device=device)
-    channels = [(u.name, torch.tensor(c, device=device)) for u, c in targets]
-    optimiser = torch.optim.Adam([image.spectrum], lr=lr)
-    with reading(adapter.net, [u for u, _ in targets]) as acts:
-        with torch.enable_grad():
-            for step in range(steps):
-                values = _objectives(adapter(transform(image(), generator)), acts, class_ids, channels, LEAK)
-                if step == 0:
-                    start = values.detach()
-                # the gradient of the spectrum alone: the model's weights get no .grad
-                (image.spectrum.grad,) = torch.autograd.grad(-values.sum(), [image.spectrum])
-                optimiser.step()
-                bar.update(1)
-        with torch.no_grad():
-            final_images = image()
-            out = adapter(final_images)
-            final = _objectives(out, acts, class_ids, channels)
-    probs = out[: len(classes)].softmax(1).cpu() if classes else None
-    return {"images": final_images.cpu(), "start": start.cpu(), "final": final.cpu(), "probs": probs}
+def draw_class_images(figures: Figures, run: Optimised, images: list[ClassImage]) -> None:
+    figures.save(
+        "classes.png",
+        "One image per class, optimised to raise the class logit; title: the class and "
+        "the probability the model gives it (red: classified as another class)",
+        functools.partial(draw_titled_tiles, alert=[not c.hit for c in images]),
+        run.images[: len(images)],
+        [f"{c.name}\np={c.probability:.2f}" for c in images],
+    )
 
 
-def _objectives(out, acts, class_ids, channels, leak: float = 0.0) -> torch.Tensor:
-    """Row i's own objective: its class logit, or its channel's rectified mean over all positions.
+# ---- channel images -----------------------------------------------------------------------------------------
 
-    Channels are read before their activation function and rectified here: with `leak` > 0
-    (while optimising) a channel switched off everywhere still has a gradient towards on.
-    """
-    n = len(class_ids)
-    parts = [out[torch.arange(n, device=class_ids.device), class_ids]] if n else []
-    row = n
-    for name, chans in channels:
+
+def channel_layers(run: Optimised, row: int, targets: list, data_max: dict[str, torch.Tensor]) -> list[ChannelLayer]:
+    """Each layer's channels: their objective on their optimised image (rows from `row` on) and in the data."""
+    layers = []
+    for unit, chans in targets:
+        got = run.final[row : row + len(chans)]
+        layers.append(
+            ChannelLayer(
+                name=unit.name,
+                read_at=unit.hook,
+                width=unit.shape[0],
+                grid=list(unit.shape[1:]),
+                channels=chans,
+                activation=got.tolist(),
+                data_max=data_max[unit.name].tolist(),
+            )
+        )
+        row += len(chans)
+    return layers
+
+
+def _ratios(layer: ChannelLayer) -> list[float | None]:
+    """Each channel's optimised activation over the highest in the data; None where the data never switch it on."""
+    return [g / b if b > 0 else None for g, b in zip(layer.activation, layer.data_max)]
+
+
+def channel_metrics(layers: list[ChannelLayer]) -> dict[str, float | None]:
+    ratios = [r for layer in layers for r in _ratios(layer) if r is not None]
+    beats = [g > b for layer in layers for g, b in zip(layer.activation, layer.data_max)]
+    dead = [g <= 0 and b <= 0 for layer in layers for g, b in zip(layer.activation, layer.data_max)]
+    return {
+        "channel_gain": float(torch.tensor(ratios).median()) if ratios else None,
+        "channel_beats_data": sum(beats) / len(beats),
+        "dead_channels": float(sum(dead)),
+    }
+
+
+def channel_findings(layers: list[ChannelLayer]) -> list[Finding]:
+    pairs = [
+        (f"{layer.name}:{c}", g, b)
+        for layer in layers
+        for c, g, b in zip(layer.channels, layer.activation, layer.data_max)
+    ]
+    dead = [name for name, g, b in pairs if g <= 0 and b <= 0]
+    unreached = [name for name, g, b in pairs if g <= 0 and b > 0]
+    findings = []
+    for names, text, severity in (
+        (dead, "stay off on every evaluation image and on the image optimised for them: dead units", "low"),
+        (
+            unreached,
+            "stay off on the image optimised for them although evaluation "
+            "images switch them on: the optimisation found no jitter-robust "
+            "input for them",
+            "info",
+        ),
+    ):
+        if names:
+            listed = ", ".join(names[:8]) + (" ..." if len(names) > 8 else "")
+            findings.append(Finding(severity, f"{len(names)} of {len(pairs)} channels {text} ({listed})"))
+    return findings
+
+
+def draw_channel_images(figures: Figures, run: Optimised, row: int, targets: list, layers: list[ChannelLayer]) -> None:
+    for i, ((unit, chans), layer) in enumerate(zip(targets, layers)):
         k = len(chans)
-        act = acts[name][row : row + k]
-        parts.append(F.leaky_relu(act[torch.arange(k, device=act.device), chans], leak).mean(dim=(1, 2)))
+        read = f", read after {unit.hook}" if unit.hook != unit.name else ""
+        figures.save(
+            f"channels_{i}.png",
+            f"Layer {unit.name} ({unit.shape[0]} channels, {unit.shape[1]}×{unit.shape[2]} on the canvas{read}): "
+            "each image raises one channel's mean activation over all positions; ×: that activation over the "
+            "highest any evaluation image gives the channel (red: the channel stays off)",
+            functools.partial(draw_titled_tiles, alert=[g <= 0 for g in layer.activation]),
+            run.images[row : row + k],
+            [f"ch {c}" + (f"\n×{r:.1f}" if r is not None else "") for c, r in zip(chans, _ratios(layer))],
+        )
         row += k
-    return torch.cat(parts)
-
-
-def data_statistics(ctx: Context, targets: list) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Over the evaluation images: the highest objective each target channel reaches, and the predicted classes.
-
-    One forward per batch of ctx.batch_size.
-    """
-    adapter = ctx.adapter
-    maxes = {u.name: torch.full((len(c),), -math.inf) for u, c in targets}
-    predicted = []
-    with reading(adapter.net, [u for u, _ in targets]) as acts, torch.no_grad():
-        for x, _ in ctx.data.batches(ctx.batch_size, ctx.device):
-            out = adapter(x)
-            if adapter.task == "classify":
-                predicted.append(out.argmax(1).cpu())
-            for u, chans in targets:
-                v = acts[u.name][:, chans].relu().mean(dim=(2, 3)).float().cpu()
-                maxes[u.name] = torch.maximum(maxes[u.name], v.max(0).values)
-    return maxes, torch.cat(predicted) if predicted else torch.zeros(0, dtype=torch.long)

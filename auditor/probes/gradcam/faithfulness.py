@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2.functional import gaussian_blur
 
 from auditor.cam import ScoreFn, normalise, upsample
+from auditor.probes.gradcam.details import Auc
+from auditor.probes.gradcam.figures import LABELS
+from auditor.probes.gradcam.maps import Maps
+from auditor.results import Finding
+from auditor.targets import Targets, target_scores
+
+BASELINES = ("random", "edges")
+CHANCE_MARGIN = 0.02  # an AUC within this of the random map's is no better than chance
 
 # ---- baselines -------------------------------------------------------------------------------------
 
@@ -125,3 +134,82 @@ def prob_fn_rows(prob_fn, batch: torch.Tensor, n: int, rows: torch.Tensor | None
 def auc(curves: torch.Tensor) -> torch.Tensor:
     """Area under each row's curve over [0, 1] (trapezoid rule)."""
     return torch.trapezoid(curves, dx=1.0 / (curves.shape[1] - 1), dim=1)
+
+
+# ---- the check ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Faithfulness:
+    curves: dict[str, dict[str, torch.Tensor]]  # map -> {"deletion", "insertion"} -> rows x (steps + 1)
+    aucs: dict[str, Auc]  # map -> the mean AUCs: the methods' maps, then the baselines'
+
+
+def faithfulness(
+    adapter,
+    x: torch.Tensor,
+    t: Targets,
+    maps: Maps,
+    rows: int,
+    steps: int,
+    generator: torch.Generator,
+    batch_size: int,
+    progress: Callable[[int], None],
+) -> Faithfulness:
+    """The first `rows` rows, each map and the two baselines through deletion and insertion."""
+    size = tuple(x.shape[-2:])
+    first = torch.arange(rows, device=x.device)
+    x_rows = x[t.image[first]]
+    scored = {m: v[first] for m, v in maps.full.items()}
+    scored["random"] = random_maps(rows, tuple(maps.coarse[maps.primary].shape[-2:]), size, generator).to(x.device)
+    scored["edges"] = sobel_maps(x_rows)
+    sub = t.take(first)
+    curves = deletion_insertion(
+        lambda b, r: target_scores(adapter, b, sub.take(r), probability=True),
+        x_rows,
+        scored,
+        steps,
+        generator,
+        batch_size,
+        progress,
+    )
+    aucs = {m: Auc(**{mode: auc(c).mean().item() for mode, c in modes.items()}) for m, modes in curves.items()}
+    return Faithfulness(curves, aucs)
+
+
+def faithfulness_findings(aucs: dict[str, Auc], method: str, what: str, rows: int) -> tuple[list[Finding], bool]:
+    """Whether `method`'s maps beat the random map and the edge map, and whether that leaves them untrustworthy;
+    `what` words the score explained (Task.explain_score)."""
+    label, mine, rand, edges = LABELS[method], aucs[method], aucs["random"], aucs["edges"]
+    if mine.insertion - rand.insertion < CHANCE_MARGIN and rand.deletion - mine.deletion < CHANCE_MARGIN:
+        finding = Finding(
+            "high",
+            f"{label} maps are no better than a random map at finding what "
+            f"the model uses: insertion AUC {mine.insertion:.3f} vs random "
+            f"{rand.insertion:.3f}, deletion AUC {mine.deletion:.3f} vs random "
+            f"{rand.deletion:.3f} ({what}, {rows} rows)",
+            key=True,
+        )
+        return [finding], True
+    findings = [
+        Finding(
+            "info",
+            f"{label} beats a random map: revealing its top pixels first "
+            f"restores {what} faster (insertion AUC {mine.insertion:.3f} vs "
+            f"{rand.insertion:.3f}), removing them destroys it faster (deletion AUC "
+            f"{mine.deletion:.3f} vs {rand.deletion:.3f})",
+            key=True,
+        )
+    ]
+    if edges.insertion >= mine.insertion and edges.deletion <= mine.deletion:
+        findings.append(
+            Finding(
+                "medium",
+                f"an edge map (Sobel) explains the model as well as {label} "
+                f"(insertion {edges.insertion:.3f} vs {mine.insertion:.3f}, "
+                f"deletion {edges.deletion:.3f} vs {mine.deletion:.3f}): the "
+                "maps may show image structure more than the model's reasons",
+                key=True,
+            )
+        )
+    return findings, False

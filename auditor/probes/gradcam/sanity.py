@@ -7,8 +7,22 @@ the model learned fall apart; maps that survive show the input, not the model.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 from torch import nn
+
+from auditor.probes.gradcam.details import Stage
+from auditor.probes.gradcam.figures import LABELS
+from auditor.probes.gradcam.maps import row_maps
+from auditor.results import Finding
+from auditor.targets import Targets
+from auditor.tasks import Task
+
+SIMILAR = 0.5  # mean rank correlation at or above which randomised maps count as unchanged
 
 
 def parametrised_layers(net: nn.Module, example: torch.Tensor, forward) -> list[tuple[str, nn.Module]]:
@@ -68,3 +82,85 @@ def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(
         denominator > 0, (ra * rb).sum(1) / denominator.clamp_min(1e-12), torch.full_like(denominator, float("nan"))
     )
+
+
+# ---- the cascade ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Cascade:
+    """Each stage's result and its maps (coarse, one per row), and the mean similarity over the stages."""
+
+    stages: list[Stage]
+    maps: list[torch.Tensor]
+    mean: float
+
+
+def learned_layers(adapter, task: Task) -> list[list[tuple[str, nn.Module]]]:
+    """Learned layers in the order they run, grouped into the units the cascade randomises
+    (Task.randomised_group: single layers, or an ultralytics detector's blocks)."""
+    layers = parametrised_layers(adapter.net, adapter.normalize(adapter.example_input(2)), adapter.net)
+    # Fixed tensors (YOLO's DFL projection) are part of the decoding, not learned: left alone.
+    layers = [(n, m) for n, m in layers if any(p.requires_grad for p in m.parameters(recurse=False))]
+    groups: dict[str, list] = {}
+    for name, module in layers:
+        groups.setdefault(task.randomised_group(name), []).append((name, module))
+    return list(groups.values())
+
+
+def randomisation(
+    adapter,
+    learned: list[list[tuple[str, nn.Module]]],
+    layer_names: list[str],
+    x: torch.Tensor,
+    t: Targets,
+    original: torch.Tensor,
+    method: str,
+    stages: list[int],
+    seed: int,
+    batch_size: int,
+    progress: Callable[[int], object],
+) -> Cascade:
+    """Adebayo et al.'s cascade: randomise the top k learned units of a copy, recompute the maps, compare ranks."""
+    results, maps_of = [], []
+    for k in stages:
+        twin = copy.deepcopy(adapter)
+        twin_modules = dict(twin.net.named_modules())
+        top = [layer for group in learned[-k:] for layer in group]
+        for j, (name, _) in enumerate(top):
+            randomise(twin_modules[name], seed * 7919 + j)
+        twin_layers = [twin_modules[n] for n in layer_names]
+        maps = row_maps(twin, twin_layers, x, t, [method], batch_size, progress)[method]
+        rho = rank_correlation(original, maps)
+        finite = rho[~torch.isnan(rho)]
+        results.append(
+            Stage(
+                layers=learned[-k][0][0] if k < len(learned) else "all",
+                top=k,
+                similarity=float(finite.mean()) if len(finite) else 0.0,
+            )
+        )
+        maps_of.append(maps)
+        del twin
+    return Cascade(results, maps_of, float(np.mean([r.similarity for r in results])))
+
+
+def sanity_findings(cascade: Cascade, method: str, unit: str) -> tuple[list[Finding], bool]:
+    """The check's finding, and whether it makes the maps untrustworthy; `unit` words what is randomised."""
+    label, sim = LABELS[method], cascade.mean
+    if sim >= SIMILAR:
+        finding = Finding(
+            "high",
+            f"{label} maps barely change when the weights are randomised "
+            f"(mean rank correlation {sim:.2f} over {len(cascade.stages)} stages): "
+            "they show the input, not what the model learned (Adebayo et al. 2018)",
+            key=True,
+        )
+        return [finding], True
+    finding = Finding(
+        "info",
+        f"sanity check passed: randomising the top {unit} alone brings the rank "
+        f"correlation with the original maps to {cascade.stages[0].similarity:.2f}, all "
+        f"stages average {sim:.2f} (maps depend on the learned weights)",
+    )
+    return [finding], False
