@@ -65,7 +65,7 @@ class Task(abc.ABC):
         """Each image's own score against its reference, in [0, 1]: what "this image broke" is judged on."""
         return self.agreement(pred, reference)
 
-    # gradcam --------------------------------------------------------------------------------------------
+    # ---- gradcam ----------------------------------------------------------------------------------------
     # What the gradcam probe explains for this task and the words its report uses. A row is one thing to
     # explain (auditor.targets.Targets): a class of an image, a detected box, a class's predicted mask.
     # The output is one vector of class logits per image (classifiers): gradcam adds CAM (the linear head's
@@ -93,7 +93,7 @@ class Task(abc.ABC):
         """The rows gradcam explains on pixel-space images x (labels: theirs, or None), at most `cap`,
         spread over the images; the model sees x in batches of `batch_size`."""
 
-    # actmax ---------------------------------------------------------------------------------------------
+    # ---- actmax -----------------------------------------------------------------------------------------
     # The model takes inputs smaller than its own size (detectors, segmenters are fully convolutional), so
     # actmax optimises on a smaller canvas; a classifier's head may need its input size.
     fully_convolutional: ClassVar[bool] = True

@@ -21,7 +21,7 @@ class Classify(Task):
     def agreement(self, pred, reference) -> torch.Tensor:
         return (pred == reference).double()
 
-    # gradcam --------------------------------------------------------------------------------------------
+    # ---- gradcam ----------------------------------------------------------------------------------------
     class_logits = True
     label_kind = "class"
     explain_images = 32
@@ -52,5 +52,5 @@ class Classify(Task):
             role=[role[i] for i in order],
         )
 
-    # actmax ---------------------------------------------------------------------------------------------
+    # ---- actmax -----------------------------------------------------------------------------------------
     fully_convolutional = False

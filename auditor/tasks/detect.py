@@ -62,7 +62,7 @@ class Detect(Task):
             out.append(iou.max(1).values >= 0.5)
         return out
 
-    # gradcam --------------------------------------------------------------------------------------------
+    # ---- gradcam ----------------------------------------------------------------------------------------
     label_kind = "boxes"
     explain_images = 8
     explain_faithful_rows = 8

@@ -40,7 +40,7 @@ class Segment(Classify):
             )
         return torch.stack(ious, 1).double().nanmean(1).nan_to_num(1.0)
 
-    # gradcam --------------------------------------------------------------------------------------------
+    # ---- gradcam ----------------------------------------------------------------------------------------
     class_logits = False
     label_kind = "mask"
     explain_images = 8
@@ -67,5 +67,5 @@ class Segment(Classify):
         cls_t = torch.tensor([cls[i] for i in order], device=dev, dtype=torch.long)
         return Targets(image=image_t, cls=cls_t, role=["mask"] * len(order), mask=pred[image_t] == cls_t[:, None, None])
 
-    # actmax ---------------------------------------------------------------------------------------------
+    # ---- actmax -----------------------------------------------------------------------------------------
     fully_convolutional = True
