@@ -168,46 +168,6 @@ def _short(text: str, n: int = 34) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def draw_shift_examples(rows, clean, adapter, path: Path) -> None:
-    """A row per shift: the clean image, then the image at each severity, each with the model's output.
-
-    rows: (shift name, [(level label, image, output), ...]); clean: (image, output).
-    Classifier outputs are titles (red where the class differs from the clean one), segmenter
-    outputs masks over a grey copy of the image, detector outputs boxes at the shown confidence.
-    """
-    from auditor.models.base import SHOW_CONF
-
-    plt = pyplot()
-    names = adapter.class_names
-    columns = 1 + max(len(cells) for _, cells in rows)
-    fig, axes = plt.subplots(len(rows), columns, figsize=(1.35 * columns + 0.4, 1.45 * len(rows) + 0.2), squeeze=False)
-    clean_image, clean_out = clean
-    for r, (name, cells) in enumerate(rows):
-        for c, (label, image, out) in enumerate([("clean", clean_image, clean_out), *cells]):
-            ax = axes[r, c]
-            title, colour = label, "black"
-            if adapter.task == "segment":
-                ax.imshow(overlay_mask(image, out, adapter.num_classes), interpolation="nearest")
-            else:
-                arr, cmap = to_display(image)
-                ax.imshow(arr, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-                if adapter.task == "detect":
-                    keep = out["scores"] >= SHOW_CONF
-                    draw_boxes(ax, {"boxes": out["boxes"][keep], "labels": out["labels"][keep]}, names)
-                    title = f"{label}: {int(keep.sum())} boxes"
-                else:
-                    title = f"{label}: {_short(names[int(out)], 12)}"
-                    colour = "#c0392b" if int(out) != int(clean_out) else "black"
-            ax.set_title(title, fontsize=6.5, color=colour)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        for c in range(len(cells) + 1, columns):
-            axes[r, c].axis("off")
-        axes[r, 0].set_ylabel(name.replace("_", " "), fontsize=7.5)
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
 def draw_titled_tiles(images: torch.Tensor, titles: list[str], path: Path, *, alert=None, columns: int = 8) -> None:
     """N x C x H x W images in [0, 1] as a grid, a title over each (in red where `alert` is true)."""
     plt = pyplot()

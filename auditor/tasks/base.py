@@ -65,6 +65,18 @@ class Task(abc.ABC):
         """Each image's own score against its reference, in [0, 1]: what "this image broke" is judged on."""
         return self.agreement(pred, reference)
 
+    # ---- augment ----------------------------------------------------------------------------------------
+
+    def has_objects(self, reference) -> torch.Tensor:
+        """Per image (float64), 1 where its reference holds something a figure can show, else 0: the augment
+        probe draws its shift examples on such an image. A label or a mask is always there."""
+        return torch.ones(len(reference), dtype=torch.float64)
+
+    def imagenet_classes(self, num_classes: int) -> bool:
+        """Whether the model names one of ImageNet's 1000 classes per image, the setting of published ImageNet
+        figures: the augment probe then takes AlexNet's ImageNet-C errors as its default mCE reference."""
+        return False
+
     # ---- gradcam ----------------------------------------------------------------------------------------
     # What the gradcam probe explains for this task and the words its report uses. A row is one thing to
     # explain (auditor.targets.Targets): a class of an image, a detected box, a class's predicted mask.

@@ -21,6 +21,11 @@ class Classify(Task):
     def agreement(self, pred, reference) -> torch.Tensor:
         return (pred == reference).double()
 
+    # ---- augment ----------------------------------------------------------------------------------------
+
+    def imagenet_classes(self, num_classes: int) -> bool:
+        return num_classes == 1000
+
     # ---- gradcam ----------------------------------------------------------------------------------------
     class_logits = True
     label_kind = "class"

@@ -62,6 +62,11 @@ class Detect(Task):
             out.append(iou.max(1).values >= 0.5)
         return out
 
+    # ---- augment ----------------------------------------------------------------------------------------
+
+    def has_objects(self, reference) -> torch.Tensor:
+        return torch.tensor([float(len(r) > 0) for r in reference], dtype=torch.float64)
+
     # ---- gradcam ----------------------------------------------------------------------------------------
     label_kind = "boxes"
     explain_images = 8

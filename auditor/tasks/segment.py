@@ -40,6 +40,11 @@ class Segment(Classify):
             )
         return torch.stack(ious, 1).double().nanmean(1).nan_to_num(1.0)
 
+    # ---- augment ----------------------------------------------------------------------------------------
+
+    def imagenet_classes(self, num_classes: int) -> bool:
+        return False  # a class per pixel, not per image (Classify's answer does not carry over)
+
     # ---- gradcam ----------------------------------------------------------------------------------------
     class_logits = False
     label_kind = "mask"
