@@ -11,7 +11,8 @@ import torch
 from auditor.data import EvalData
 from auditor.errors import AuditError
 from auditor.models import ModelSpec, load_model
-from auditor.probes.actmax import COLOUR, IMAGE_SCALE, ActMaxProbe, FourierImage, transform
+from auditor.probes.actmax import ActMaxProbe
+from auditor.probes.actmax.parameterisation import COLOUR, IMAGE_SCALE, FourierImage, transform
 from auditor.probes.base import Context, parse_params
 from auditor.runner import make_progress
 

@@ -13,6 +13,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from auditor.targets import Targets
+
 
 class Task(abc.ABC):
     name: ClassVar[str]  # classify | detect | segment, as results.json and the adapters spell it
@@ -95,6 +97,38 @@ class Task(abc.ABC):
     # most at the budget that halves the metric.
     attack_gallery_at_flip: ClassVar[bool] = False
     attack_gallery: ClassVar[str] = "classes"  # how the gallery draws an output: classes | boxes | masks
+    # ---- gradcam ----------------------------------------------------------------------------------------
+    # What the gradcam probe explains for this task and the words its report uses. A row is one thing to
+    # explain (auditor.targets.Targets): a class of an image, a detected box, a class's predicted mask.
+    # The output is one vector of class logits per image (classifiers): gradcam adds CAM (the linear head's
+    # weights) and a gallery column per predicted class, and actmax optimises one image per class.
+    class_logits: ClassVar[bool] = False
+    label_kind: ClassVar[str]  # what an image's label is: "class" (an id), "boxes" (K x 5), "mask" (H x W ids)
+    explain_images: ClassVar[int]  # images gradcam samples when gradcam.images is 0
+    explain_faithful_rows: ClassVar[int]  # rows scored by deletion / insertion when gradcam.faithful_rows is 0
+    explain_row: ClassVar[str]  # what a row is, for the report
+    explain_nothing: ClassVar[str]  # what no sampled image had, when there is nothing to explain
+    explain_score: ClassVar[str]  # the score a row's map explains, as findings word it
+    explain_gallery: ClassVar[str]  # the caption of gradcam's gallery; {method} stands for the map's name
+    randomised_unit: ClassVar[str] = "layer"  # what the sanity check re-initialises at a time, as findings word it
+
+    def randomised_group(self, layer: str) -> str:
+        """The unit of cascading randomisation that a learned layer (a module name) belongs to: itself."""
+        return layer
+
+    def explain_unsupported(self, adapter) -> str | None:
+        """Why gradcam cannot explain this model's rows (a capability the adapter lacks), or None."""
+        return None
+
+    @abc.abstractmethod
+    def explain_targets(self, adapter, x: torch.Tensor, labels, cap: int, batch_size: int) -> Targets:
+        """The rows gradcam explains on pixel-space images x (labels: theirs, or None), at most `cap`,
+        spread over the images; the model sees x in batches of `batch_size`."""
+
+    # ---- actmax -----------------------------------------------------------------------------------------
+    # The model takes inputs smaller than its own size (detectors, segmenters are fully convolutional), so
+    # actmax optimises on a smaller canvas; a classifier's head may need its input size.
+    fully_convolutional: ClassVar[bool] = True
 
 
 @torch.no_grad()
