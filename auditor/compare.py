@@ -13,9 +13,10 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 from auditor.errors import AuditError, did_you_mean
+from auditor.files import write_text_atomic
 from auditor.gates import md_text
 from auditor.headlines import section_order
-from auditor.results import Results, write_text_atomic
+from auditor.results import Results
 
 DEFAULT_GATED = "score,*.score"  # the run's score and every probe's
 MD_ROWS = 1000  # rows a Markdown diff shows at most: a CI job summary must stay well under 1 MiB

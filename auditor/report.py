@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from auditor.files import write_text_atomic
 from auditor.gates import exit_code, verdict
 from auditor.headlines import SEVERITY_ORDER, KeyFinding, key_findings, section_order
-from auditor.results import Finding, Results, write_text_atomic
+from auditor.results import Finding, Results
 
 # A default run's images come to about 2 MB; past this budget every image is scaled down together,
 # so the page stays far below the 15 MB a CI artifact viewer or a mail attachment tolerates.

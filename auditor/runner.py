@@ -25,10 +25,11 @@ import torch
 import auditor
 from auditor.data import EvalData, load_data
 from auditor.errors import AuditError, did_you_mean
+from auditor.files import write_text_atomic
 from auditor.gates import Rule, check_rules_apply, evaluate, junit_xml, summary_md
 from auditor.models import ModelAdapter, ModelSpec, load_model
 from auditor.probes.base import Context, Probe, available_probes, parse_params
-from auditor.results import Finding, ProbeResult, Results, save, write_json, write_text_atomic
+from auditor.results import Finding, ProbeResult, Results, save, write_json
 
 
 @dataclass
