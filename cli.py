@@ -10,8 +10,19 @@ import sys
 from pathlib import Path
 
 import click
+from tqdm import tqdm
 
+from auditor.compare import diff_results, render_md, render_plain, write_compare
+from auditor.config import apply_sets, load_config
 from auditor.errors import AuditError, did_you_mean
+from auditor.files import write_text_atomic
+from auditor.gates import check_rules_apply, evaluate, exit_code, junit_xml, parse_gates, summary_md, verdict
+from auditor.models import ModelSpec
+from auditor.models.zoo import zoo_entries, zoo_entry, zoo_names
+from auditor.probes import available_probes
+from auditor.report import fmt, render_report
+from auditor.results import load
+from auditor.runner import Interrupted, RunConfig, run_audit, write_outputs
 
 EXIT_USAGE = 2
 DEFAULT_MODEL = "digits-cnn"
@@ -92,11 +103,25 @@ def cli():
 @click.option("--resume", is_flag=True, help="reuse probes already finished in --out by an interrupted run")
 def run(**opts):
     """Run the probes on a model and write report.html, results.json, junit.xml and summary.md."""
-    from auditor.config import apply_sets, load_config
-    from auditor.gates import exit_code, parse_gates
-    from auditor.models import ModelSpec
-    from auditor.runner import Interrupted, RunConfig, run_audit, write_outputs
+    config = run_config(opts)
+    try:
+        results = run_audit(config)
+    except Interrupted as stop:
+        paths = write_outputs(stop.results, config.out)
+        click.echo(
+            f"interrupted: {stop.results.run['partial']}; report of the finished probes: {paths['report']}", err=True
+        )
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted before any probe finished; rerun with --resume (output folder {config.out})", err=True)
+        sys.exit(130)
+    paths = write_outputs(results, config.out)
+    _print_summary(results, paths)
+    return exit_code(results)
 
+
+def run_config(opts: dict) -> RunConfig:
+    """The run's options: the command line over --config's, --set over its probe tables."""
     file_opts, params = load_config(opts["config_file"]) if opts["config_file"] else ({}, {})
 
     def opt(name, default=None):
@@ -119,15 +144,14 @@ def run(**opts):
         offline=bool(opt("offline", False)),
     )
     gates = parse_gates(list(file_opts.get("gates", [])) + list(opts["gates"]), baseline=opts["baseline"])
-    out = Path(opt("out", "out"))
-    config = RunConfig(
+    return RunConfig(
         model=spec,
         data=opt("data"),
         limit=opt("limit"),
         batch_size=opt("batch_size", 64),
         device=opt("device", "auto"),
         seed=opt("seed", 0),
-        out=out,
+        out=Path(opt("out", "out")),
         probes=probes,
         params=apply_sets(params, list(opts["sets"])),
         gates=gates.rules,
@@ -135,26 +159,9 @@ def run(**opts):
         progress=sys.stderr.isatty(),
         resume=opts["resume"],
     )
-    try:
-        results = run_audit(config)
-    except Interrupted as stop:
-        paths = write_outputs(stop.results, out)
-        click.echo(
-            f"interrupted: {stop.results.run['partial']}; report of the finished probes: {paths['report']}", err=True
-        )
-        sys.exit(130)
-    except KeyboardInterrupt:
-        click.echo(f"interrupted before any probe finished; rerun with --resume (output folder {out})", err=True)
-        sys.exit(130)
-    paths = write_outputs(results, out)
-    _print_summary(results, paths)
-    return exit_code(results)
 
 
 def _print_summary(results, paths) -> None:
-    from auditor.gates import verdict
-    from auditor.report import fmt
-
     d = results.data
     click.echo(
         f"{results.model['name']} on {d['name']} ({d['n']} images{'' if d['labelled'] else ', label-free'}), "
@@ -183,9 +190,6 @@ def _print_summary(results, paths) -> None:
 @click.option("--out", type=click.Path(), help="where junit.xml and summary.md go [default: beside the results]")
 def gate(results_path, rules, gates, baseline, out):
     """Check saved results against rules; exit 1 when a rule fails."""
-    from auditor.gates import check_rules_apply, evaluate, exit_code, junit_xml, parse_gates, summary_md
-    from auditor.results import load
-
     spec = parse_gates(list(gates), [rules] if rules else None, baseline)
     parsed = spec.rules
     if not parsed:
@@ -196,8 +200,8 @@ def gate(results_path, rules, gates, baseline, out):
     results = results.with_gates(evaluate(parsed, results, base))
     folder = Path(out) if out else (Path(results_path) if Path(results_path).is_dir() else Path(results_path).parent)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "junit.xml").write_text(junit_xml(results), encoding="utf-8")
-    (folder / "summary.md").write_text(summary_md(results), encoding="utf-8")
+    write_text_atomic(folder / "junit.xml", junit_xml(results))
+    write_text_atomic(folder / "summary.md", summary_md(results))
     for g in results.gates:
         mark = "pass" if g.passed else ("warn" if g.warn else "FAIL")
         click.echo(f"{mark}: {g.rule.removeprefix('warn:').strip()}  ({g.message})")
@@ -208,9 +212,6 @@ def gate(results_path, rules, gates, baseline, out):
 @click.argument("out", type=click.Path())
 def report(out):
     """Re-render report.html from a saved results.json and its artifacts."""
-    from auditor.report import render_report
-    from auditor.results import load
-
     folder = Path(out)
     results = load(folder)
     click.echo(f"report: {render_report(results, folder if folder.is_dir() else folder.parent)}")
@@ -245,13 +246,10 @@ def report(out):
 )
 def diff(base, new, max_drop, metrics, style, out):
     """Compare two results.json (or output folders) metric by metric; exit 1 when a gated metric got worse."""
-    from auditor.compare import diff_results, render_md, render_plain
-    from auditor.results import load
-
     result = diff_results(load(base), load(new), max_drop=max_drop, metrics=metrics, labels=(str(base), str(new)))
     text = render_md(result) if style == "md" else render_plain(result)
     if out:
-        Path(out).write_text(text, encoding="utf-8")
+        write_text_atomic(out, text)
         click.echo(f"{result.verdict}\ndiff: {out}")
     else:
         click.echo(text, nl=False)
@@ -263,9 +261,6 @@ def diff(base, new, max_drop, metrics, style, out):
 @click.option("--out", type=click.Path(), default="compare.html", show_default=True, help="the HTML page to write")
 def compare(results, out):
     """Models side by side in one HTML page: scores, then every metric, the better value marked."""
-    from auditor.compare import write_compare
-    from auditor.results import load
-
     if len(results) < 2:
         raise AuditError("audit compare: give two or more results.json files (or output folders)")
     runs = [load(path) for path in results]
@@ -281,10 +276,8 @@ def zoo():
 @zoo.command("list")
 def zoo_list():
     """One line per zoo model."""
-    from zoo import list_entries
-
     click.echo(f"{'name':<14} {'task':<9} {'source':<6} {'offline':<8} {'held-out':<30} description")
-    for e in list_entries():
+    for e in zoo_entries():
         metric = ", ".join(f"{k} {v:.4f}" for k, v in e.metrics.items())
         offline = "yes" if e.available else "no"
         click.echo(f"{e.name:<14} {e.task:<9} {'zoo':<6} {offline:<8} {metric:<30} {e.description}")
@@ -292,11 +285,9 @@ def zoo_list():
 
 
 def _zoo_entry(verb: str, name: str):
-    from zoo import get_entry, list_entries
-
-    entry = get_entry(name)
+    entry = zoo_entry(name)
     if entry is None:
-        names = [x.name for x in list_entries()]
+        names = zoo_names()
         raise AuditError(
             f"zoo {verb} {name}: no such zoo model{did_you_mean(name, names)} (available: {', '.join(names)})"
         )
@@ -334,8 +325,6 @@ def zoo_info(name):
 @click.option("--seed", type=int, default=0, show_default=True)
 def zoo_train(name, out, seed):
     """Train a zoo model with its own recipe and print its hash and held-out metric."""
-    from tqdm import tqdm
-
     e = _zoo_entry("train", name)
     path = Path(out or f"{name}.pt")
     report = e.train(path, seed=seed, progress=lambda n: tqdm(total=n, desc="epochs", disable=not sys.stderr.isatty()))
@@ -355,8 +344,6 @@ def probes():
 @probes.command("list")
 def probes_list():
     """One line per probe: name, tasks, description."""
-    from auditor.probes import available_probes
-
     for name, cls in available_probes().items():
         click.echo(f"{name:<10} {','.join(cls.tasks):<25} {cls.description}")
     return 0

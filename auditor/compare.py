@@ -13,20 +13,17 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 from auditor.errors import AuditError, did_you_mean
+from auditor.files import write_text_atomic
 from auditor.gates import md_text
 from auditor.headlines import section_order
-from auditor.results import Results, write_text_atomic
+from auditor.probes.base import metric_direction
+from auditor.report import environment, fact, fmt
+from auditor.results import Results
 
 DEFAULT_GATED = "score,*.score"  # the run's score and every probe's
 MD_ROWS = 1000  # rows a Markdown diff shows at most: a CI job summary must stay well under 1 MiB
 DIRECTION_MARK = {1: "↑", -1: "↓", 0: ""}
 DIRECTION_TEXT = {1: "higher is better", -1: "lower is better", 0: "neither better nor worse"}
-
-
-def _direction(probe: str | None, metric: str) -> int:
-    from auditor.probes.base import metric_direction  # the probe classes say; torch comes with them
-
-    return metric_direction(probe, metric)
 
 
 def _same(a: float, b: float) -> bool:
@@ -180,7 +177,7 @@ def diff_results(
                 key=key,
                 base=old,
                 new=new_values[key][2],
-                direction=_direction(probe, metric),
+                direction=metric_direction(probe, metric),
                 gated=any(fnmatchcase(key, p) for p in patterns),
                 max_drop=max_drop,
             )
@@ -375,9 +372,7 @@ def _best(values: list[float | None], direction: int) -> list[bool]:
 def _row(
     name: str, probe: str | None, metric: str, values: list[float | None], texts: list[str] | None = None
 ) -> CompareRow:
-    from auditor.report import fmt
-
-    direction = _direction(probe, metric)
+    direction = metric_direction(probe, metric)
     texts = texts or [fmt(v) for v in values]
     cells = [
         Cell(text=t, value="" if v is None else repr(v), better=b)
@@ -389,8 +384,6 @@ def _row(
 
 
 def build_compare(paths: list[str], runs: list[Results]) -> CompareView:
-    from auditor.report import fact, fmt
-
     labels = run_labels(paths, runs)
     probes = section_order(dict.fromkeys(name for r in runs for name in r.probes))  # the report's order
     score_rows = [_row("overall score", None, "score", [r.score for r in runs])]
@@ -446,6 +439,4 @@ def build_compare(paths: list[str], runs: list[Results]) -> CompareView:
 
 def write_compare(paths: list[str], runs: list[Results], out: str | Path) -> Path:
     """Render compare.html atomically (no half-written page on error) and return its path."""
-    from auditor.report import environment
-
     return write_text_atomic(out, environment().get_template("compare.html.j2").render(view=build_compare(paths, runs)))

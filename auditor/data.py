@@ -14,11 +14,16 @@ files stay uint8 (a quarter of the memory of float32) until a batch is taken.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import yaml
+from PIL import Image, UnidentifiedImageError
+from torchvision import tv_tensors
 
 from auditor.errors import AuditError
 from auditor.models.base import ModelAdapter
@@ -96,8 +101,6 @@ class UnreadableImage(AuditError):
 
 
 def _open(path: Path, mode: str | None):
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as im:
             im.load()
@@ -111,9 +114,6 @@ def _open(path: Path, mode: str | None):
 
 def _to_8bit(im):
     """A 16-bit (or 32-bit integer) greyscale image scaled to 8 bits, full range kept."""
-    import numpy as np
-    from PIL import Image
-
     arr = np.asarray(im, dtype=np.float64)
     peak = 65535.0 if arr.max() > 255 else 255.0
     return Image.fromarray(np.clip(arr / peak * 255 + 0.5, 0, 255).astype(np.uint8), mode="L")
@@ -125,9 +125,6 @@ def _decode(path: Path, mode: str, transform) -> torch.Tensor:
 
 def _decode_pair(path: Path, mask_path: Path, mode: str, transform) -> tuple[torch.Tensor, torch.Tensor]:
     """Image and mask through the same geometry; torchvision resizes a Mask with nearest-neighbour."""
-    import numpy as np
-    from torchvision import tv_tensors
-
     mask = _open(mask_path, None)
     if mask.mode not in ("L", "P", "I", "I;16"):
         raise AuditError(f"{mask_path}: a mask must be single-channel (pixel value = class id), got mode {mask.mode}")
@@ -146,30 +143,51 @@ def load_data(adapter: ModelAdapter, path: str | None, *, limit: int | None, see
             return _limit(zoo, limit, seed)
         name, path = zoo  # a generated folder in the layout users bring
     root = Path(path)
-    is_yaml = root.suffix in (".yaml", ".yml") and adapter.task == "detect"
+    layout = LAYOUTS[adapter.task]
+    is_yaml = root.suffix in (".yaml", ".yml") and layout.data_file
     if not (root.is_dir() or (is_yaml and root.is_file())):
         raise AuditError(f"--data {root}: no such {'file' if is_yaml else 'folder'}")
-    scan = {"segment": _scan_segmentation, "detect": _scan_detection}.get(adapter.task, _scan_folder)
-    files, labels, labelled, layout = scan(root, adapter)
+    files, labels, labelled, source = layout.scan(root, adapter)
     if not files:
         raise AuditError(f"--data {root}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
     total = len(files)
     keep = seeded_subset(total, limit, seed)
     files, labels = [files[i] for i in keep], [labels[i] for i in keep]
+    images, targets, skipped = _decode_all(files, labels, adapter, progress)
+    if not images:
+        raise AuditError(f"--data {root}: none of its {len(files)} image(s) could be read (first: {skipped[0]})")
+    if skipped:
+        print(f"warning: {len(skipped)} unreadable image(s) left out of the audit:", file=sys.stderr)
+        for line in skipped:
+            print(f"  {line}", file=sys.stderr)
+    default_name = f"{root.parent.name}/{root.name}" if root.is_file() else root.name
+    return EvalData(
+        name=name or default_name,
+        images=torch.stack(images),
+        labels=_stack_targets(targets, labels[0], adapter.num_classes, root),
+        labelled=labelled,
+        source=source,
+        total=total,
+        skipped=skipped,
+    )
+
+
+def _decode_all(files: list[Path], labels: list, adapter: ModelAdapter, progress) -> tuple[list, list, list[str]]:
+    """(images, their targets, "path: why" for each unreadable file left out), each label file read as its
+    kind says: a YOLO txt gives boxes, a mask file a mask (through the image's geometry), a class id itself."""
     mode = "L" if adapter.channels == 1 else "RGB"
     transform = adapter.preprocess.transform()
     bar = progress(len(files), "decode images") if progress else None
-    images, masks, kept_labels, skipped = [], [], [], []
+    images, targets, skipped = [], [], []
     for f, label in zip(files, labels):
         try:
             if isinstance(label, YoloLabel):
                 image = _decode(f, mode, transform)
-                masks.append(_read_yolo_labels(label.path, image.shape[-2:], label.class_map))
+                target = _read_yolo_labels(label.path, image.shape[-2:], label.class_map)
             elif isinstance(label, Path):
-                image, mask = _decode_pair(f, label, mode, transform)
-                masks.append(mask)
+                image, target = _decode_pair(f, label, mode, transform)
             else:
-                image = _decode(f, mode, transform)
+                image, target = _decode(f, mode, transform), label
         except UnreadableImage as exc:  # left out and named; the audit goes on with the rest
             skipped.append(str(exc))
             continue
@@ -177,38 +195,29 @@ def load_data(adapter: ModelAdapter, path: str | None, *, limit: int | None, see
             if bar is not None:
                 bar.update(1)
         images.append(image)
-        kept_labels.append(label)
+        targets.append(target)
     if bar is not None:
         bar.close()
-    if not images:
-        raise AuditError(f"--data {root}: none of its {len(files)} image(s) could be read (first: {skipped[0]})")
-    if skipped:
-        print(f"warning: {len(skipped)} unreadable image(s) left out of the audit:", file=sys.stderr)
-        for line in skipped:
-            print(f"  {line}", file=sys.stderr)
-    if adapter.task == "detect" and masks:
-        targets = masks
+    return images, targets, skipped
+
+
+def _stack_targets(targets: list, kind, num_classes: int, root: Path):
+    """EvalData.labels from per-image targets: boxes stay a list, masks and class ids become one tensor.
+    `kind` is one of the labels the set was scanned with (all of a set's labels are of one kind)."""
+    if isinstance(kind, YoloLabel):
         _check_class_ids(
             torch.cat([t[:, 0] for t in targets]).long(),
-            adapter.num_classes,
+            num_classes,
             root,
             "labels",
             "; a data set YAML with `names` maps its ids to the model's by name",
         )
-    else:
-        targets = torch.stack(masks) if masks else torch.tensor(kept_labels, dtype=torch.long)
-        if masks:
-            _check_class_ids(targets[targets != 255].long(), adapter.num_classes, root, "masks", "; 255 = ignore")
-    default_name = f"{root.parent.name}/{root.name}" if root.is_file() else root.name
-    return EvalData(
-        name=name or default_name,
-        images=torch.stack(images),
-        labels=targets,
-        labelled=labelled,
-        source=layout,
-        total=total,
-        skipped=skipped,
-    )
+        return targets
+    if isinstance(kind, Path):
+        masks = torch.stack(targets)
+        _check_class_ids(masks[masks != 255].long(), num_classes, root, "masks", "; 255 = ignore")
+        return masks
+    return torch.tensor(targets, dtype=torch.long)
 
 
 def _check_class_ids(ids: torch.Tensor, num_classes: int, root: Path, what: str, hint: str) -> None:
@@ -245,9 +254,9 @@ def _limit(data: EvalData, limit: int | None, seed: int) -> EvalData:
 def _zoo_data(adapter: ModelAdapter) -> EvalData | tuple[str, Path]:
     """The zoo model's own set: tensors, or the folder its generator wrote."""
     if adapter.eval_set is None:
-        layout = "images/ + masks/" if adapter.task == "segment" else "class sub-folders, or a flat folder of images"
+        expected = LAYOUTS[adapter.task].expected
         raise AuditError(
-            f"--model {adapter.facts.name}: this model names no evaluation set; pass --data DIR ({layout})"
+            f"--model {adapter.facts.name}: this model names no evaluation set; pass --data DIR ({expected})"
         )
     name, load, _ = adapter.eval_set
     loaded = load(0)
@@ -316,6 +325,22 @@ def _scan_detection(root: Path, adapter: ModelAdapter) -> tuple[list[Path], list
     return files, [YoloLabel(p, class_map) for p in labels], True, layout
 
 
+@dataclass(frozen=True)
+class Layout:
+    """How a task's evaluation data lies on disk."""
+
+    scan: Callable[[Path, ModelAdapter], tuple[list[Path], list, bool, str]]  # -> files, labels, labelled, layout
+    expected: str  # the layouts, in words, for an error that asks for --data
+    data_file: bool = False  # a data set file (ultralytics YAML) may stand for the folder
+
+
+LAYOUTS: dict[str, Layout] = {
+    "classify": Layout(_scan_folder, "class sub-folders, or a flat folder of images"),
+    "detect": Layout(_scan_detection, "an ultralytics data.yaml, or images/ + labels/", data_file=True),
+    "segment": Layout(_scan_segmentation, "images/ + masks/"),
+}
+
+
 def _map_names(names: list[str], class_names: list[str], source: Path) -> dict[int, int]:
     """Data set class id -> model class id, by name: COCO in YOLO format counts 80 classes from 0,
     torchvision's COCO detectors 91 from a background at 0, so ids alone would not line up."""
@@ -340,8 +365,6 @@ def _label_path(image: Path) -> Path:
 
 
 def _yaml_split_dir(path: Path) -> tuple[Path, list[str]]:
-    import yaml
-
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:

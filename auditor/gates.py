@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
+from auditor.config import read_toml
 from auditor.errors import AuditError, did_you_mean
 from auditor.headlines import key_findings, section_order
-from auditor.results import GateResult, Results
+from auditor.probes.base import metric_direction
+from auditor.results import GateResult, Results, load
 
 EXIT_OK, EXIT_GATE_FAILED, EXIT_USAGE, EXIT_PROBE_FAILED = 0, 1, 2, 3
 OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
@@ -77,8 +79,6 @@ class Gates:
 
     def load_baseline(self) -> Results | None:
         """The baseline, or an AuditError naming the file (and the gates file that named it)."""
-        from auditor.results import load
-
         if self.baseline is None:
             return None
         try:
@@ -93,8 +93,6 @@ class Gates:
 
 def load_gates_file(path: str | Path) -> Gates:
     """A TOML file with `rules = ["attacks.score >= 0.5", ...]` and, optionally, `baseline = "base/results.json"`."""
-    from auditor.config import read_toml
-
     doc = read_toml(path, "gates file")
     rules = doc.get("rules")
     if not isinstance(rules, list) or not all(isinstance(r, str) for r in rules):
@@ -143,8 +141,6 @@ def parse_gate_args(values: list[str]) -> list[Rule]:
 
 def drop_direction(rule: Rule) -> int:
     """+1 or -1: which way the metric of a drop rule gets worse; a metric with no direction is a usage error."""
-    from auditor.probes.base import metric_direction
-
     direction = metric_direction(rule.probe, rule.metric)
     if direction == 0:
         raise AuditError(

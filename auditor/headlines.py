@@ -5,12 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from auditor.probes.base import report_order
 from auditor.results import Results
 
 SEVERITY_ORDER = {"high": 0, "medium": 1, "low": 2, "info": 3}
-# Robustness first (how it breaks), then explanations (where it looks), informational last;
-# probes from other packages follow in the order they ran.
-SECTION_ORDER = ("attacks", "patch", "augment", "gradcam", "actmax", "filters")
 KEY_FINDINGS = 5
 
 
@@ -22,8 +20,10 @@ class KeyFinding:
 
 
 def section_order(names) -> list[str]:
-    rank = {n: i for i, n in enumerate(SECTION_ORDER)}
-    return sorted(names, key=lambda n: rank.get(n, len(rank)))  # stable: others keep their run order
+    """The order of the probes' sections: each probe declares its place (`Probe.report_order`; the built-ins
+    put robustness first, then explanations, informational last); probes not installed, or that declare no
+    place, follow in the order they ran."""
+    return report_order(names)
 
 
 def key_findings(

@@ -10,13 +10,28 @@ from __future__ import annotations
 
 import base64
 import io
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jinja2 import (
+    ChoiceLoader,
+    Environment,
+    FileSystemLoader,
+    PackageLoader,
+    PrefixLoader,
+    StrictUndefined,
+    TemplateNotFound,
+    select_autoescape,
+)
+from PIL import Image
+
+from auditor.files import write_text_atomic
 from auditor.gates import exit_code, verdict
 from auditor.headlines import SEVERITY_ORDER, KeyFinding, key_findings, section_order
-from auditor.results import Finding, Results, write_text_atomic
+from auditor.probes.base import Probe, registered_probes
+from auditor.results import Finding, ProbeResult, Results
 
 # A default run's images come to about 2 MB; past this budget every image is scaled down together,
 # so the page stays far below the 15 MB a CI artifact viewer or a mail attachment tolerates.
@@ -164,8 +179,6 @@ def encode_images(paths: list[Path], budget: int = IMAGE_BUDGET_BYTES, max_width
     smaller (photographic galleries); when the lot still exceeds the budget, all are scaled down by
     one common factor and encoded again.
     """
-    from PIL import Image
-
     images = []
     for path in paths:
         with Image.open(path) as im:
@@ -182,8 +195,6 @@ def encode_images(paths: list[Path], budget: int = IMAGE_BUDGET_BYTES, max_width
 
 
 def _encode(im, scale: float, max_width: int) -> str:
-    from PIL import Image
-
     width = min(im.width * scale, max_width)
     if width < im.width:
         height = max(1, round(im.height * width / im.width))
@@ -203,10 +214,12 @@ def _encode(im, scale: float, max_width: int) -> str:
     return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
 
 
-def build_view(results: Results, out: Path) -> ReportView:
-    from auditor.probes.base import available_probes
-
-    registry = available_probes()
+def build_view(results: Results, out: Path, templates: dict[str, str] | None = None) -> ReportView:
+    """The report's view model; `templates`: probe -> the template its section is rendered with
+    (default: section_templates())."""
+    registry = registered_probes()
+    if templates is None:
+        templates, _ = section_templates(results.probes, registry)
     order = section_order(results.probes)
     images = [
         (name, rel)
@@ -215,44 +228,14 @@ def build_view(results: Results, out: Path) -> ReportView:
         if rel.endswith(".png") and (out / rel).is_file()
     ]
     uris = dict(zip(images, encode_images([out / rel for _, rel in images])))
-    sections, tiles = [], []
-    for name in order:
-        p = results.probes[name]
-        css = score_css(p.score, p.status)
-        score = fmt(p.score) if p.status == "ok" else p.status
-        note = {"skipped": "not run: see why", "failed": "error: see section"}.get(
-            p.status, "informational" if p.score is None else f"{p.seconds:.1f} s"
-        )
-        tiles.append(Tile(name=name, status=p.status, score=score, css=css, note=note))
-        captions = p.details.get("captions", {})
-        figures, files = [], []
-        for rel in p.artifacts:
-            if (name, rel) in uris:
-                figures.append(
-                    Figure(caption=captions.get(rel, Path(rel).stem.replace("_", " ")), src=uris[(name, rel)], path=rel)
-                )
-            else:
-                files.append(rel)
-        findings = sorted(p.findings, key=lambda f: SEVERITY_ORDER[f.severity])
-        sections.append(
-            Section(
-                name=name,
-                description=getattr(registry.get(name), "description", ""),
-                status=p.status,
-                score=score,
-                css=css,
-                seconds=p.seconds,
-                metrics=[(k, fmt(v)) for k, v in p.metrics.items()],
-                findings=findings,
-                figures=figures,
-                files=files,
-                details=p.details,
-                view=registry[name].view(p.details) if name in registry and p.status == "ok" else p.details,
-                error=p.error,
-                reason=p.reason,
-                template=f"probes/{name}.html.j2",
-            )
-        )
+    sections = [
+        _section(name, results.probes[name], registry.get(name), templates.get(name, GENERIC_TEMPLATE), uris)
+        for name in order
+    ]
+    tiles = [
+        Tile(name=s.name, status=s.status, score=s.score, css=s.css, note=_tile_note(results.probes[s.name]))
+        for s in sections
+    ]
     gates = [
         GateRow(
             rule=g.rule,
@@ -265,14 +248,6 @@ def build_view(results: Results, out: Path) -> ReportView:
     ]
     code = exit_code(results)
     model = dict(results.model)
-    notes = model.pop("notes", []) or []
-    if results.run.get("partial"):
-        notes.insert(0, f"Partial report: {results.run['partial']}.")
-    if not results.data.get("labelled", True):
-        notes.append(
-            "Label-free data: every probe measures agreement with the model's own clean predictions, "
-            "not accuracy against ground truth."
-        )
     return ReportView(
         title=f"Audit of {results.model['name']}",
         verdict=verdict(results),
@@ -284,18 +259,105 @@ def build_view(results: Results, out: Path) -> ReportView:
         sections=sections,
         key_findings=key_findings(results, order),
         card=model_card(results),
-        model=[(k, fact(v)) for k, v in model.items()],
+        model=[(k, fact(v)) for k, v in model.items() if k != "notes"],
         data=[(k, fact(v)) for k, v in results.data.items()],
         run=[(k, fact(v)) for k, v in results.run.items()],
-        notes=notes,
+        notes=_notes(results),
     )
 
 
-def environment():
-    from jinja2 import ChoiceLoader, Environment, PackageLoader, StrictUndefined, select_autoescape
+def _section(name: str, p: ProbeResult, probe: type[Probe] | None, template: str, uris: dict) -> Section:
+    """One probe's section: its figures inlined (other artifacts listed), findings by severity."""
+    captions = p.details.get("captions", {})
+    figures, files = [], []
+    for rel in p.artifacts:
+        if (name, rel) in uris:
+            caption = captions.get(rel, Path(rel).stem.replace("_", " "))
+            figures.append(Figure(caption=caption, src=uris[(name, rel)], path=rel))
+        else:
+            files.append(rel)
+    return Section(
+        name=name,
+        description=getattr(probe, "description", ""),
+        status=p.status,
+        score=fmt(p.score) if p.status == "ok" else p.status,
+        css=score_css(p.score, p.status),
+        seconds=p.seconds,
+        metrics=[(k, fmt(v)) for k, v in p.metrics.items()],
+        findings=sorted(p.findings, key=lambda f: SEVERITY_ORDER[f.severity]),
+        figures=figures,
+        files=files,
+        details=p.details,
+        view=probe.view(p.details) if probe is not None and p.status == "ok" else p.details,
+        error=p.error,
+        reason=p.reason,
+        template=template,
+    )
 
+
+def _tile_note(p: ProbeResult) -> str:
+    return {"skipped": "not run: see why", "failed": "error: see section"}.get(
+        p.status, "informational" if p.score is None else f"{p.seconds:.1f} s"
+    )
+
+
+def _notes(results: Results) -> list[str]:
+    """What the reader must know before the figures: the model's own notes, a partial run, label-free data."""
+    notes = list(results.model.get("notes", []) or [])
+    if results.run.get("partial"):
+        notes.insert(0, f"Partial report: {results.run['partial']}.")
+    if not results.data.get("labelled", True):
+        notes.append(
+            "Label-free data: every probe measures agreement with the model's own clean predictions, "
+            "not accuracy against ground truth."
+        )
+    return notes
+
+
+# ---- templates ---------------------------------------------------------------------------------------
+
+GENERIC_TEMPLATE = "probes/_generic.html.j2"  # findings and figures, for a probe that brings no template
+OWN_PREFIX = "@"  # "@PROBE/FILE": a template that ships beside its probe's module
+
+
+def probe_folder(probe: type[Probe]) -> Path | None:
+    """The folder of the module that defines the probe: where a probe ships its own template."""
+    file = getattr(sys.modules.get(probe.__module__), "__file__", None)
+    return Path(file).parent if file else None
+
+
+def section_templates(names, registry: dict[str, type[Probe]]) -> tuple[dict[str, str], dict[str, Path]]:
+    """(probe -> template name, probe -> folder of its own template). A probe's `template` is looked up
+    beside its module first (a third-party probe ships it as package data), then among the report's own
+    templates (the built-ins keep theirs in reports/templates/probes); none, or not found: the generic one."""
+    names_of, folders = {}, {}
+    shared = environment()
+    for name in names:
+        probe = registry.get(name)
+        own = probe_folder(probe) if probe is not None and probe.template else None
+        if own is not None and (own / probe.template).is_file():
+            names_of[name], folders[name] = f"{OWN_PREFIX}{name}/{probe.template}", own
+        elif probe is not None and probe.template and _exists(shared, probe.template):
+            names_of[name] = probe.template
+        else:
+            names_of[name] = GENERIC_TEMPLATE
+    return names_of, folders
+
+
+def _exists(env: Environment, name: str) -> bool:
+    try:
+        env.get_template(name)
+    except TemplateNotFound:
+        return False
+    return True
+
+
+def environment(own_templates: dict[str, Path] | None = None) -> Environment:
+    """jinja2 with autoescaping and strict undefined names. The report's templates (package data of
+    `reports`), and each probe's own folder under "@PROBE/" (see section_templates)."""
+    own = {f"{OWN_PREFIX}{name}": FileSystemLoader(folder) for name, folder in (own_templates or {}).items()}
     return Environment(
-        loader=ChoiceLoader([PackageLoader("reports", "templates")]),
+        loader=ChoiceLoader([PrefixLoader(own, delimiter="/"), PackageLoader("reports", "templates")]),
         autoescape=select_autoescape(default=True, default_for_string=True),
         undefined=StrictUndefined,
         trim_blocks=True,
@@ -306,5 +368,7 @@ def environment():
 def render_report(results: Results, out: Path) -> Path:
     """Write <out>/report.html atomically and return its path."""
     out = Path(out)
-    html = environment().get_template("report.html.j2").render(view=build_view(results, out), fmt=fmt, heat=heat)
+    templates, folders = section_templates(results.probes, registered_probes())
+    view = build_view(results, out, templates)
+    html = environment(folders).get_template("report.html.j2").render(view=view, fmt=fmt, heat=heat)
     return write_text_atomic(out / "report.html", html)

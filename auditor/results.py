@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import jsonschema
+
 from auditor.errors import AuditError
+from auditor.files import write_text_atomic
 
 SCHEMA = "auditor.results/1"
 STATUSES = ("ok", "skipped", "failed")
@@ -124,8 +126,6 @@ def schema() -> dict[str, Any]:
 
 
 def validate(d: dict[str, Any], source: str = "results") -> None:
-    import jsonschema
-
     try:
         jsonschema.validate(d, schema())
     except jsonschema.ValidationError as exc:
@@ -142,16 +142,6 @@ def _clean(obj):
     if isinstance(obj, (list, tuple)):
         return [_clean(v) for v in obj]
     return obj
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write via a temporary file and a rename: a crash never leaves a half-written file behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 def write_json(path: Path, obj: Any) -> None:

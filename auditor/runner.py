@@ -11,6 +11,7 @@ import hashlib
 import json
 import platform
 import random
+import shutil
 import sys
 import time
 import traceback
@@ -21,14 +22,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 import auditor
 from auditor.data import EvalData, load_data
-from auditor.errors import AuditError, did_you_mean
+from auditor.errors import AuditError, did_you_mean, first_line
+from auditor.files import write_text_atomic
 from auditor.gates import Rule, check_rules_apply, evaluate, junit_xml, summary_md
 from auditor.models import ModelAdapter, ModelSpec, load_model
 from auditor.probes.base import Context, Probe, available_probes, parse_params
-from auditor.results import Finding, ProbeResult, Results, save, write_json, write_text_atomic
+from auditor.report import render_report
+from auditor.results import Finding, ProbeResult, Results, save, write_json
 
 
 @dataclass
@@ -49,10 +53,6 @@ class RunConfig:
 
 
 def make_progress(enabled: bool):
-    import shutil
-
-    from tqdm import tqdm
-
     # A terminal that reports a 0 x 0 size (a bare pty, some CI runners) makes tqdm hide every bar.
     size = shutil.get_terminal_size((100, 20))
     width, height = min(size.columns, 120), max(size.lines, 2)
@@ -113,14 +113,7 @@ def run_audit(config: RunConfig) -> Results:
     started = time.perf_counter()
     registry = available_probes()
     names = select_probes(config.probes, registry)
-    stray = set(config.params) - set(registry)
-    if stray:
-        first = sorted(stray)[0]
-        raise AuditError(
-            f"parameters for unknown probe(s) {', '.join(sorted(stray))}{did_you_mean(first, registry)} "
-            f"(available: {', '.join(registry)})"
-        )
-    params = {n: parse_params(registry[n], config.params.get(n, {})) for n in names}
+    params = parse_all_params(config.params, names, registry)
     check_rules_apply(config.gates, names, config.baseline)
     if config.batch_size < 1:
         raise AuditError("--batch-size must be at least 1")
@@ -134,44 +127,81 @@ def run_audit(config: RunConfig) -> Results:
     data = load_data(adapter, config.data, limit=config.limit, seed=config.seed, progress=progress)
     check_model_output(adapter, data, device)
     probes = {name: registry[name](params[name]) for name in names}
+    check_probes(probes, adapter)
+
+    def context(name: str) -> Context:
+        return Context(
+            adapter=adapter,
+            data=data,
+            device=device,
+            seed=config.seed,
+            batch_size=config.batch_size,
+            out_dir=Path(config.out),
+            probe_name=name,
+            progress=progress,
+            probes=tuple(names),
+        )
+
+    results, interrupted = _run_probes(config, probes, params, context)
+    facts = _facts(config, adapter, data, device, results, started)
+    if interrupted is not None:
+        left = names[names.index(interrupted) :]
+        facts["run"]["partial"] = (
+            f"interrupted (Ctrl-C) during {interrupted}; not run: {', '.join(left)}; rerun with --resume to finish"
+        )
+        # gates are not judged on a partial run: a missing probe would read as a failure
+        raise Interrupted(Results(**facts, probes=results))
+    res = Results(**facts, probes=results)
+    return res.with_gates(evaluate(config.gates, res, config.baseline))
+
+
+def parse_all_params(given: dict[str, dict[str, Any]], names: list[str], registry: dict[str, type[Probe]]) -> dict:
+    """Each selected probe's Params (defaults, then --config, then --set), and a check of the parameters given
+    for probes not selected: a bad value or an unknown key is a usage error before anything runs."""
+    stray = set(given) - set(registry)
+    if stray:
+        first = sorted(stray)[0]
+        raise AuditError(
+            f"parameters for unknown probe(s) {', '.join(sorted(stray))}{did_you_mean(first, registry)} "
+            f"(available: {', '.join(registry)})"
+        )
+    params = {n: parse_params(registry[n], given.get(n, {})) for n in names}
+    for name in sorted(given.keys() - set(names)):
+        parse_params(registry[name], given[name])
+    return params
+
+
+def check_probes(probes: dict[str, Probe], adapter: ModelAdapter) -> None:
+    """Every probe that will run checks its parameters against the model (a layer name) before the first runs."""
     for name, probe in probes.items():
         if probe.skip_reason(adapter) is None:
             try:
                 probe.check(adapter)
             except ValueError as exc:  # a usage error: nothing has run yet
-                raise AuditError(f"{name}: {exc}") from None
+                raise AuditError(f"{name}: {first_line(exc)}") from None
 
+
+def _run_probes(config: RunConfig, probes: dict[str, Probe], params: dict, context) -> tuple[dict, str | None]:
+    """(results by probe, the probe Ctrl-C stopped or None); each finished probe is saved for --resume at once."""
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, ProbeResult] = {}
-    interrupted = None
-    for name in names:
-        probe = probes[name]
+    for name, probe in probes.items():
         fingerprint = _fingerprint(config, name, params[name])
         saved = _load_partial(out, name, fingerprint) if config.resume else None
         if saved is not None:
             results[name] = saved
             continue
         try:
-            results[name] = run_probe(
-                probe,
-                Context(
-                    adapter=adapter,
-                    data=data,
-                    device=device,
-                    seed=config.seed,
-                    batch_size=config.batch_size,
-                    out_dir=out,
-                    probe_name=name,
-                    progress=progress,
-                    probes=tuple(names),
-                ),
-            )
+            results[name] = run_probe(probe, context(name))
         except KeyboardInterrupt:
-            interrupted = name
-            break
+            return results, name
         write_json(out / ".partial" / f"{name}.json", {"fingerprint": fingerprint, "result": results[name].to_dict()})
+    return results, None
 
+
+def _facts(config: RunConfig, adapter: ModelAdapter, data: EvalData, device, results: dict, started: float) -> dict:
+    """results.json's model, data and run sections."""
     facts = {**asdict(adapter.facts), **adapter.describe(), "name": adapter.facts.name}
     model_facts = {
         "name": facts.pop("name"),
@@ -195,15 +225,7 @@ def run_audit(config: RunConfig) -> Results:
         peaks = [p.details.get("gpu_peak_gib", 0.0) for p in results.values()]
         run_facts["gpu_peak_memory_gib"] = max(peaks, default=0.0)
     data_facts = {**data.facts(), **({"path": str(config.data)} if config.data else {})}
-    if interrupted is not None:
-        left = names[names.index(interrupted) :]
-        run_facts["partial"] = (
-            f"interrupted (Ctrl-C) during {interrupted}; not run: {', '.join(left)}; rerun with --resume to finish"
-        )
-        # gates are not judged on a partial run: a missing probe would read as a failure
-        raise Interrupted(Results(model=model_facts, data=data_facts, run=run_facts, probes=results))
-    res = Results(model=model_facts, data=data_facts, run=run_facts, probes=results)
-    return res.with_gates(evaluate(config.gates, res, config.baseline))
+    return {"model": model_facts, "data": data_facts, "run": run_facts}
 
 
 def run_probe(probe: Probe, ctx: Context) -> ProbeResult:
@@ -286,8 +308,6 @@ def _tensors(out):
 
 def write_outputs(results: Results, out: Path) -> dict[str, Path]:
     """results.json, report.html, junit.xml and summary.md, each written atomically."""
-    from auditor.report import render_report
-
     out = Path(out)
     save(results, out / "results.json")
     paths = {"results": out / "results.json", "report": render_report(results, out)}
@@ -298,7 +318,7 @@ def write_outputs(results: Results, out: Path) -> dict[str, Path]:
 
 def _peak_rss_gib() -> float:
     """This process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
-    import resource
+    import resource  # Unix only: imported here so that the rest of the runner imports anywhere
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(peak / (2**30 if sys.platform == "darwin" else 2**20), 2)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from auditor.files import sha256_of
 from zoo import get_entry
-from zoo.registry import sha256_of
 
 
 def test_registry_entry_matches_checkpoint():

@@ -15,9 +15,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 from torch import nn
 
-from zoo.registry import ZooEntry, register, sha256_of
+from auditor.files import sha256_of
+from zoo.registry import ZooEntry, register
 
 SPLIT_SEED = 0  # fixes which digits are held out; independent of the training seed
 TEST_SHARE = 0.25
@@ -55,8 +58,6 @@ class DigitsCNN(nn.Module):
 
 
 def _digits_as_mnist() -> tuple[torch.Tensor, torch.Tensor]:
-    from sklearn.datasets import load_digits
-
     bunch = load_digits()
     images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0  # N,1,8,8 in [0,1]
     images = F.interpolate(images, size=(20, 20), mode="bilinear", align_corners=False).clamp(0, 1)
@@ -66,8 +67,6 @@ def _digits_as_mnist() -> tuple[torch.Tensor, torch.Tensor]:
 
 def splits() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Stratified train / val / test split, fixed by SPLIT_SEED."""
-    from sklearn.model_selection import train_test_split
-
     images, labels = _digits_as_mnist()
     idx = torch.arange(len(labels)).numpy()
     rest, test = train_test_split(idx, test_size=TEST_SHARE, stratify=labels.numpy(), random_state=SPLIT_SEED)

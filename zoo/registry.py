@@ -7,11 +7,13 @@ held-out metric its recipe reached, and the epsilon grid the attack probes use.
 
 from __future__ import annotations
 
-import hashlib
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from auditor.files import sha256_of
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 
@@ -49,6 +51,13 @@ class ZooEntry:
 
 
 _REGISTRY: dict[str, ZooEntry] = {}
+# The built-in entries and the recipe module that registers each when imported. Looking a name up
+# imports only its own recipe (a recipe imports auditor, ultralytics or scikit-learn as it needs).
+RECIPES = {
+    "digits-cnn": "zoo.digits_cnn",
+    "shapes-unet": "zoo.shapes_unet",
+    "shapes-yolov8n": "zoo.shapes_yolo",
+}
 
 
 def register(entry: ZooEntry) -> ZooEntry:
@@ -58,26 +67,19 @@ def register(entry: ZooEntry) -> ZooEntry:
     return entry
 
 
-def _load_builtin() -> None:
-    # Imported for their side effect of registering; kept lazy so `import zoo` is cheap.
-    import zoo.digits_cnn  # noqa: F401
-    import zoo.shapes_unet  # noqa: F401
-    import zoo.shapes_yolo  # noqa: F401
+def names() -> list[str]:
+    """Every zoo model's name, without importing any recipe."""
+    return sorted(set(RECIPES) | set(_REGISTRY))
 
 
 def list_entries() -> list[ZooEntry]:
-    _load_builtin()
+    for module in RECIPES.values():
+        importlib.import_module(module)
     return sorted(_REGISTRY.values(), key=lambda e: e.name)
 
 
 def get_entry(name: str) -> ZooEntry | None:
-    _load_builtin()
+    """The entry called `name` (its recipe imported now), or None."""
+    if name in RECIPES and name not in _REGISTRY:
+        importlib.import_module(RECIPES[name])
     return _REGISTRY.get(name)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

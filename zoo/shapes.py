@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from auditor.files import write_folder_once
 
 CLASSES = ("circle", "square", "triangle")
 IGNORE = 255
@@ -131,27 +132,12 @@ def cache_dir() -> Path:
 
 def write_segmentation_set(root: Path, split: str, n: int, size: int = 160) -> Path:
     """images/ + masks/ (PNG, pixel = class id, 255 = ignore), the layout users bring."""
-    return _write_once(root, lambda tmp: _write_seg(tmp, split, n, size))
+    return write_folder_once(root, lambda tmp: _write_seg(tmp, split, n, size))
 
 
 def write_detection_set(root: Path, splits: dict[str, int], size: int = 160) -> Path:
     """An ultralytics data set: images/SPLIT, labels/SPLIT (YOLO txt), data.yaml."""
-    return _write_once(root, lambda tmp: _write_det(tmp, root, splits, size))
-
-
-def _write_once(root: Path, write) -> Path:
-    """Generate into a temporary folder and rename, so an interrupted write never looks complete."""
-    root = Path(root)
-    if (root / ".complete").exists():
-        return root
-    tmp = root.with_name(root.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    (tmp / ".complete").write_text("ok\n")
-    shutil.rmtree(root, ignore_errors=True)
-    os.replace(tmp, root)
-    return root
+    return write_folder_once(root, lambda tmp: _write_det(tmp, root, splits, size))
 
 
 def _write_seg(tmp: Path, split: str, n: int, size: int) -> None:

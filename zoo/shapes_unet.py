@@ -17,8 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from auditor.files import sha256_of
+from auditor.metrics import mean_iou_score
 from zoo import shapes
-from zoo.registry import ZooEntry, register, sha256_of
+from zoo.registry import ZooEntry, register
 
 SIZE = 160
 NUM_CLASSES = 1 + len(shapes.CLASSES)  # background + shapes
@@ -138,8 +140,6 @@ def train(
     out_path: Path, seed: int = 0, progress: Callable[[int], Any] | None = None, budget: float = 1.0
 ) -> dict[str, Any]:
     """The recipe. `budget` scales images and epochs (tests use a small one)."""
-    from auditor.metrics import mean_iou_score
-
     r = RECIPE
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)

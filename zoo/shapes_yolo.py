@@ -8,6 +8,7 @@ the same YAML.
 
 from __future__ import annotations
 
+import csv as csvlib
 import tempfile
 import time
 from collections.abc import Callable
@@ -16,8 +17,13 @@ from typing import Any
 
 import torch
 
+from auditor.data import load_data
+from auditor.files import sha256_of
+from auditor.metrics import detection_map
+from auditor.models.base import MAP_CONF, ModelFacts, Preprocess
+from auditor.models.ultralytics import DetectorAdapter, detection_model, quiet_ultralytics
 from zoo import shapes
-from zoo.registry import ZooEntry, register, sha256_of
+from zoo.registry import ZooEntry, register
 
 SIZE = 160
 ARCH = "yolov8n.yaml"
@@ -36,8 +42,6 @@ RECIPE = {
 
 
 def build() -> torch.nn.Module:
-    from auditor.models.ultralytics import detection_model
-
     return detection_model(ARCH, nc=len(shapes.CLASSES))
 
 
@@ -55,10 +59,8 @@ def train(
     out_path: Path, seed: int = 0, progress: Callable[[int], Any] | None = None, budget: float = 1.0
 ) -> dict[str, Any]:
     """ultralytics' trainer on generated data; `budget` scales images and epochs (tests use a small one)."""
-    from auditor.models.ultralytics import quiet_ultralytics
-
     quiet_ultralytics()
-    from ultralytics import YOLO
+    from ultralytics import YOLO  # optional and heavy: only the recipe trains with it
 
     r = RECIPE
     n_train, n_val = max(8, int(r["train_images"] * budget)), max(4, int(r["val_images"] * budget))
@@ -110,8 +112,6 @@ def train(
 
 def _train_losses(csv: Path) -> list[float]:
     """Per-epoch training loss (box + cls + dfl) from ultralytics' results.csv."""
-    import csv as csvlib
-
     if not csv.is_file():
         return []
     with open(csv, newline="") as f:
@@ -122,11 +122,6 @@ def _train_losses(csv: Path) -> list[float]:
 
 def held_out_map(net: torch.nn.Module, n_images: int = TEST_IMAGES) -> dict[str, float]:
     """mAP50 and mAP50-95 of a trained net on the held-out scenes, through the audit's own data path."""
-    from auditor.data import load_data
-    from auditor.metrics import detection_map
-    from auditor.models.base import MAP_CONF, ModelFacts, Preprocess
-    from auditor.models.ultralytics import DetectorAdapter
-
     adapter = DetectorAdapter(
         net.eval(),
         facts=ModelFacts(name="shapes-yolov8n", source="zoo"),

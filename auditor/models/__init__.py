@@ -5,8 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from auditor.errors import AuditError
+from torchvision.models import list_models
+
+from auditor.errors import AuditError, did_you_mean
+from auditor.models import ultralytics
 from auditor.models.base import TASKS, ClassifierAdapter, ModelAdapter, ModelFacts, Preprocess, SegmenterAdapter
+from auditor.models.export import load_exported
+from auditor.models.importpath import load_import_path
+from auditor.models.torchscript import is_torchscript, load_torchscript
+from auditor.models.torchvision import load_torchvision, torchvision_task
+from auditor.models.zoo import is_zoo_name, load_zoo_model, zoo_names
 
 __all__ = [
     "ModelSpec",
@@ -54,28 +62,16 @@ def load_model(spec: ModelSpec) -> ModelAdapter:
         raise AuditError(f"--task {spec.task}: expected one of {', '.join(TASKS)}")
     name = spec.model
     path = Path(name)
-    from zoo import get_entry
-
-    if get_entry(name) is not None:
-        from auditor.models.zoo import load_zoo_model
-
-        return load_zoo_model(get_entry(name), spec)
+    if is_zoo_name(name):
+        return load_zoo_model(name, spec)
     if path.suffix in (".yaml", ".yml"):  # a file, or a name ultralytics ships (yolov8n.yaml)
-        from auditor.models.ultralytics import load_yaml_model
-
-        return load_yaml_model(path, spec)
+        return ultralytics.load_yaml_model(path, spec)
     if path.suffix in MODEL_FILE_SUFFIXES and path.is_file():
         return _load_file(path, spec)
     if ":" in name and not path.exists():
-        from auditor.models.importpath import load_import_path
-
         return load_import_path(name, spec)
-    from auditor.models.torchvision import load_torchvision, torchvision_task
-
     if torchvision_task(name) is not None:
         return load_torchvision(name, spec)
-    from auditor.models import ultralytics
-
     if ultralytics.is_ultralytics_name(path.name) and path.suffix in ("", ".pt"):
         return ultralytics.load_checkpoint_model(ultralytics.resolve_named_weights(name, spec), spec)
     if path.suffix in MODEL_FILE_SUFFIXES:
@@ -94,24 +90,12 @@ MODEL_FILE_SUFFIXES = TORCHSCRIPT_SUFFIXES + EXPORT_SUFFIXES + (".pt", ".pth")
 def _load_file(path: Path, spec) -> ModelAdapter:
     name = str(path)
     if name.endswith(EXPORT_SUFFIXES):
-        from auditor.models.export import load_exported
-
         return load_exported(path, spec)
-    from auditor.models.torchscript import is_torchscript, load_torchscript
-
     if name.endswith(TORCHSCRIPT_SUFFIXES) or is_torchscript(path):
         return load_torchscript(path, spec)
-    from auditor.models.ultralytics import load_checkpoint_model
-
-    return load_checkpoint_model(path, spec)
+    return ultralytics.load_checkpoint_model(path, spec)
 
 
 def _suggest_model(name: str) -> str:
     """A close zoo, torchvision or ultralytics name for a misspelt --model."""
-    from torchvision.models import list_models
-
-    from auditor.errors import did_you_mean
-    from auditor.models.ultralytics import known_names
-    from zoo import list_entries
-
-    return did_you_mean(name, [e.name for e in list_entries()] + list(list_models()) + sorted(known_names()))
+    return did_you_mean(name, zoo_names() + list(list_models()) + sorted(ultralytics.known_names()))

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.transforms import v2
 
 TASKS = ("classify", "detect", "segment")
 MAP_CONF = 0.001  # detectors: keep low-confidence boxes for mAP, as COCO evaluation does
@@ -38,8 +39,6 @@ class Preprocess:
     crop: tuple[int, int] | None = None
 
     def transform(self):
-        from torchvision.transforms import v2
-
         steps = [v2.ToImage(), v2.Resize(self.resize, antialias=True)]
         if self.crop is not None:
             steps.append(v2.CenterCrop(self.crop))

@@ -2,16 +2,35 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from auditor.errors import AuditError
+from auditor.errors import AuditError, first_line
 from auditor.models.base import ClassifierAdapter, ModelAdapter, ModelFacts, Preprocess, SegmenterAdapter
 
 # Grid for models that declare none: the usual CIFAR/ImageNet-scale L-inf budgets.
 DEFAULT_EPSILONS = ("1/255", "2/255", "4/255", "8/255")
+
+
+@dataclass(frozen=True)
+class Logits:
+    """What a model that cannot describe itself must return for its task, and the adapter that wraps it."""
+
+    adapter: type[ModelAdapter]
+    dims: int  # of the output tensor
+    shape: str  # the same, in words
+    hint: str = ""  # added to the error when the output does not fit
+
+
+# Generic models (TorchScript, torch.export, package.module:callable) can be classifiers or segmenters;
+# detectors come from torchvision or ultralytics, whose outputs auditor knows how to decode.
+GENERIC_TASKS: dict[str, Logits] = {
+    "classify": Logits(ClassifierAdapter, 2, "N x classes logits", " (pass --task segment for a segmenter)"),
+    "segment": Logits(SegmenterAdapter, 4, "N x classes x H x W logits"),
+}
 
 
 def load_state_dict(path: str | Path, trust_model: bool) -> dict:
@@ -38,28 +57,28 @@ def apply_state_dict(net: nn.Module, state: dict, path: str | Path) -> None:
         raise AuditError(f"--weights {path}: does not fit the architecture: {first_line(exc)}") from exc
 
 
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 def infer_num_outputs(net: nn.Module, channels: int, input_size: tuple[int, int], task: str) -> int:
     with torch.no_grad():
         out = net(torch.zeros(1, channels, *input_size))
     if isinstance(out, dict) and "out" in out:
         out = out["out"]
-    want = 2 if task == "classify" else 4
-    if not isinstance(out, torch.Tensor) or out.dim() != want:
+    logits = GENERIC_TASKS[task]
+    if not isinstance(out, torch.Tensor) or out.dim() != logits.dims:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        expected = "N x classes logits" if task == "classify" else "N x classes x H x W logits"
-        hint = " (pass --task segment for a segmenter)" if task == "classify" else ""
-        raise AuditError(f"the model returned {shape} for one image; a {task} model must return {expected}{hint}")
+        raise AuditError(
+            f"the model returned {shape} for one image; a {task} model must return {logits.shape}{logits.hint}"
+        )
     return out.shape[1]
 
 
 def generic_adapter(net: nn.Module, spec, *, facts: ModelFacts) -> ModelAdapter:
     """A model that cannot describe itself: task, geometry and normalisation come from the user."""
     task = spec.task or "classify"
+    if task not in GENERIC_TASKS:
+        raise AuditError(
+            f"--task {task}: a {facts.source} model can be audited as {' or '.join(GENERIC_TASKS)}; "
+            "detectors come from torchvision or ultralytics (--model NAME, a .pt or a .yaml)"
+        )
     if spec.input_size is None:
         raise AuditError(
             f"--model {spec.model}: this model does not state its input size; pass --input-size 224 (or HxW)"
@@ -83,8 +102,7 @@ def generic_adapter(net: nn.Module, spec, *, facts: ModelFacts) -> ModelAdapter:
         raise AuditError(f"--classes {spec.classes_file}: {len(names)} names but the model has {n_out} outputs")
     if spec.mean is None:
         facts.notes.append("no --mean/--std given: the model is fed [0, 1] pixels unnormalised")
-    adapter_class = SegmenterAdapter if task == "segment" else ClassifierAdapter
-    return adapter_class(
+    return GENERIC_TASKS[task].adapter(
         net,
         facts=facts,
         class_names=names,

@@ -8,10 +8,10 @@ import sys
 
 from torch import nn
 
-from auditor.errors import AuditError
+from auditor.errors import AuditError, first_line
+from auditor.files import sha256_of
 from auditor.models.base import ModelAdapter, ModelFacts
-from auditor.models.common import apply_state_dict, first_line, generic_adapter, load_state_dict
-from zoo.registry import sha256_of
+from auditor.models.common import apply_state_dict, generic_adapter, load_state_dict
 
 
 def load_import_path(target: str, spec) -> ModelAdapter:

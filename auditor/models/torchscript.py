@@ -8,10 +8,10 @@ from pathlib import Path
 
 import torch
 
-from auditor.errors import AuditError
+from auditor.errors import AuditError, first_line
+from auditor.files import sha256_of
 from auditor.models.base import ModelAdapter, ModelFacts
-from auditor.models.common import first_line, generic_adapter
-from zoo.registry import sha256_of
+from auditor.models.common import generic_adapter
 
 
 def is_torchscript(path: Path) -> bool:

@@ -10,15 +10,21 @@ loss that attacks ascend.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import torch
+import yaml
+from PIL import Image
 from torch import nn
 
-from auditor.errors import AuditError
+from auditor.errors import AuditError, first_line
+from auditor.files import sha256_of
 from auditor.models.base import BOX_TARGETS, SHOW_CONF, ModelAdapter, ModelFacts, Preprocess
-from auditor.models.common import first_line
+from auditor.models.common import apply_state_dict, load_state_dict
 
+# ultralytics itself is imported inside the functions that use it: it is heavy (about 2 s), sets itself up
+# on import (settings, analytics), and only detectors need it; quiet_ultralytics() runs before it is used.
 NMS_IOU = 0.7  # ultralytics' validation default
 
 
@@ -34,7 +40,6 @@ def quiet_ultralytics() -> None:
     os.environ.setdefault("YOLO_AUTOINSTALL", "False")
     import ultralytics.utils.events as events
     import ultralytics.utils.patches as patches
-    from PIL import Image
 
     events.events.enabled = False
     Image.open = patches._image_open
@@ -226,8 +231,6 @@ def adapter_for(net: nn.Module, spec, *, facts: ModelFacts, names: list[str], si
 
 def load_yaml_model(path: Path, spec) -> ModelAdapter:
     """An untrained detector from an ultralytics model YAML (yolov8n.yaml, or a file)."""
-    import yaml
-
     quiet_ultralytics()
     names = spec.class_names()
     cfg = str(path)
@@ -246,9 +249,6 @@ def load_yaml_model(path: Path, spec) -> ModelAdapter:
     facts = ModelFacts(name=Path(cfg).name, source="ultralytics")
     facts.notes.append("built from a model YAML: random weights, unless --weights gives a state dict")
     if spec.weights is not None:
-        from auditor.models.common import apply_state_dict, load_state_dict
-        from zoo.registry import sha256_of
-
         apply_state_dict(net, load_state_dict(spec.weights, spec.trust_model), spec.weights)
         facts.weights, facts.sha256 = spec.weights, sha256_of(spec.weights)
     return adapter_for(net, spec, facts=facts, names=names or [str(i) for i in range(nc)], size=640)
@@ -256,8 +256,6 @@ def load_yaml_model(path: Path, spec) -> ModelAdapter:
 
 def load_checkpoint_model(path: Path, spec) -> ModelAdapter:
     """A checkpoint written by ultralytics (a pickled model): globals checked first."""
-    from zoo.registry import sha256_of
-
     quiet_ultralytics()
     if not spec.trust_model:
         check_checkpoint_globals(path)
@@ -292,8 +290,6 @@ def resolve_named_weights(name: str, spec) -> Path:
             f"{file}: not found here or in ultralytics' weights folder and --offline was given; "
             "download it once online (audit run --model " + name + ") or pass its path"
         )
-    import socket
-
     from ultralytics.utils.downloads import attempt_download_asset
 
     old = socket.getdefaulttimeout()

@@ -2,7 +2,8 @@
 
 A probe is a class with a `name`, the `tasks` it supports, a `Params` dataclass of
 defaults and one `run(ctx)` that returns a ProbeResult. Built-in and third-party probes
-register alike, through the `auditor.probes` entry-point group.
+register alike, through the `auditor.probes` entry-point group: the built-in list is the
+entry points in pyproject.toml, and nowhere else.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import functools
+import importlib
 import sys
 import types
 import typing
@@ -22,20 +24,12 @@ from typing import Any, ClassVar
 import torch
 
 from auditor.data import EvalData
-from auditor.errors import AuditError, did_you_mean
+from auditor.errors import AuditError, did_you_mean, first_line
 from auditor.models.base import ModelAdapter
 from auditor.results import ProbeResult
 from auditor.tasks import Task, task_of
 
 ENTRY_POINT_GROUP = "auditor.probes"
-BUILTIN = {
-    "filters": "auditor.probes.filters:FiltersProbe",
-    "attacks": "auditor.probes.attacks:AttacksProbe",
-    "augment": "auditor.probes.augment:AugmentProbe",
-    "gradcam": "auditor.probes.gradcam:GradCamProbe",
-    "actmax": "auditor.probes.actmax:ActMaxProbe",
-    "patch": "auditor.probes.patch:PatchProbe",
-}
 
 
 @dataclass
@@ -127,13 +121,13 @@ class Probe(abc.ABC):
 
 
 def available_probes() -> dict[str, type[Probe]]:
-    """name -> probe class, from the entry-point group (the built-ins when not installed)."""
-    targets = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)} or dict(BUILTIN)
+    """name -> probe class, from the entry-point group (the built-ins register there too), by name."""
+    targets = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
     found: dict[str, type[Probe]] = {}
     for name, target in sorted(targets.items()):
         module_name, _, attr = target.partition(":")
         try:
-            cls = getattr(__import__(module_name, fromlist=[attr]), attr)
+            cls = getattr(importlib.import_module(module_name), attr)
         except Exception as exc:  # a broken plugin must not stop the audit of everything else
             print(f"warning: probe {name} ({target}) cannot be loaded: {exc}", file=sys.stderr)
             continue
@@ -155,7 +149,7 @@ def metric_direction(probe: str | None, metric: str) -> int:
     """
     if metric == "score":
         return HIGHER
-    cls = _registry().get(probe) if probe else None
+    cls = registered_probes().get(probe) if probe else None
     if cls is None:
         return HIGHER
     for key in dict.fromkeys((metric, metric.split("@", 1)[0])):
@@ -167,8 +161,18 @@ def metric_direction(probe: str | None, metric: str) -> int:
 
 
 @functools.lru_cache(maxsize=1)
-def _registry() -> dict[str, type[Probe]]:
+def registered_probes() -> dict[str, type[Probe]]:
+    """available_probes(), loaded once per process (for ordering, directions and the report)."""
     return available_probes()
+
+
+def report_order(names) -> list[str]:
+    """Probe names in the order the report and summary show them: by each probe's `report_order`;
+    probes not installed, or that declare no place, after the rest; ties in the order given (run order)."""
+    registry = registered_probes()
+    names = list(names)
+    place = {n: getattr(registry.get(n), "report_order", Probe.report_order) for n in names}
+    return sorted(names, key=lambda n: place[n])
 
 
 def parse_params(probe: type[Probe], values: dict[str, Any]) -> Any:
@@ -186,8 +190,8 @@ def parse_params(probe: type[Probe], values: dict[str, Any]) -> Any:
             raise AuditError(f"{probe.name}.{key}={value!r}: {exc}") from exc
     try:
         return probe.Params(**kwargs)
-    except ValueError as exc:  # a Params.__post_init__ that checks its values
-        raise AuditError(f"{probe.name}: {exc}") from exc
+    except (TypeError, ValueError) as exc:  # a Params.__post_init__ that checks its values
+        raise AuditError(f"{probe.name}: {first_line(exc)}") from None
 
 
 def _convert(value: Any, hint: Any) -> Any:
