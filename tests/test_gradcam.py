@@ -6,35 +6,16 @@ import pytest
 import torch
 
 from auditor.cam import cam_maps, class_activation_maps, gap_linear_head
-from auditor.data import EvalData
 from auditor.explain import auc, deletion_insertion, energy_in_object, pointing_hits, rank_correlation
 from auditor.models import ModelSpec, load_model
-from auditor.probes.base import Context, parse_params
 from auditor.probes.gradcam import GradCamProbe
-from auditor.runner import make_progress
-from tests.conftest import read_results
+from tests.conftest import make_probe, probe_context, read_results
 
 SMALL = ["--set", "gradcam.images=2", "--set", "gradcam.steps=3", "--set", "gradcam.stages=2"]
 
 
-@pytest.fixture(scope="module")
-def digits_model():
-    return load_model(ModelSpec(model="digits-cnn")).eval()
-
-
 def run_probe(model, pixels, labels, tmp_path, **params):
-    data = EvalData(name="t", images=pixels, labels=labels, labelled=True, source="zoo", total=len(labels))
-    ctx = Context(
-        adapter=model,
-        data=data,
-        device=torch.device("cpu"),
-        seed=0,
-        batch_size=32,
-        out_dir=tmp_path,
-        probe_name="gradcam",
-        progress=make_progress(False),
-    )
-    return GradCamProbe(parse_params(GradCamProbe, {k: str(v) for k, v in params.items()})).run(ctx)
+    return make_probe(GradCamProbe, **params).run(probe_context("gradcam", model, tmp_path, pixels, labels))
 
 
 def test_cam_equals_gradcam_on_a_gap_network(digits_model, digits_test):
