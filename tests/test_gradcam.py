@@ -125,6 +125,7 @@ def test_localisation_and_rank_correlation_helpers():
     assert torch.isnan(rank_correlation(torch.zeros(1, 5, 5), a[:1])).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["shapes-unet", "shapes-yolov8n"])
 def test_segmenter_and_detector_rows_each_get_their_own_map(audit, tmp_path, model):
     out = tmp_path / "out"

@@ -29,6 +29,7 @@ def test_uncached_torchvision_model_offline(audit, tmp_path, empty_torch_home):
     assert str(expected) in line and "--weights PATH" in line
 
 
+@pytest.mark.slow
 def test_uncached_torchvision_model_without_network(tmp_path):
     """No --offline, but the download cannot connect: the same one-line error, exit 2."""
     env = {
@@ -87,6 +88,7 @@ def torchvision_run(tmp_path_factory, digits_flat) -> dict:
     return read_results(out)
 
 
+@pytest.mark.slow
 def test_torchvision_name_with_weights_file(torchvision_run):
     """Architecture by name, ImageNet categories and transforms from the Weights enum, state dict from a file."""
     res = torchvision_run
@@ -104,6 +106,7 @@ def _eps(text: str) -> float:
     return float(numerator) / float(denominator or 1)
 
 
+@pytest.mark.slow
 def test_torchvision_classifier_is_attacked_up_to_robustbench_imagenet_budget(torchvision_run):
     """Unless attacks.eps says otherwise, an ImageNet classifier is attacked on a rising grid of ε in pixel units
     (images in [0, 1], the normalisation inside the model) that ends at 4/255, RobustBench's ImageNet L-inf budget,
@@ -143,6 +146,7 @@ def classes_file(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_torchscript_model(audit, tmp_path, digits_imagefolder, classes_file):
     torch.manual_seed(0)
     path = tmp_path / "tiny.ts"
@@ -176,6 +180,7 @@ def test_torchscript_needs_input_size(audit, tmp_path):
     assert r.code == 2 and "--input-size" in r.err
 
 
+@pytest.mark.slow
 def test_export_program(audit, tmp_path, digits_flat):
     torch.manual_seed(0)
     batch = torch.export.Dim("batch", min=1)
@@ -189,6 +194,7 @@ def test_export_program(audit, tmp_path, digits_flat):
     assert res["model"]["source"] == "export" and res["probes"]["attacks"]["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_import_path_model(audit, tmp_path, digits_imagefolder, monkeypatch):
     pkg = tmp_path / "mypkg"
     pkg.mkdir()

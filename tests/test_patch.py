@@ -185,6 +185,7 @@ def test_bad_target_and_params_are_usage_errors(audit, digits_model, tmp_path):
             parse_params(PatchProbe, bad)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["shapes-yolov8n", "shapes-unet"])
 def test_detector_and_segmenter_patches_produce_their_metrics(audit, tmp_path, model):
     out = tmp_path / "out"
