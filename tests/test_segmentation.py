@@ -26,6 +26,8 @@ SEG_FAST = [
     "attacks.check_images=2",
     "--set",
     "patch.steps=2",
+    "--set",
+    "actmax.steps=4",  # as in test_detection: the probe's own tests check what more steps buy
 ]
 
 
