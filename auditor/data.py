@@ -54,15 +54,20 @@ class EvalData:
         for start in range(0, len(self), batch_size):
             yield self.batch(slice(start, start + batch_size), device)
 
-    def batch(self, index, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, index, device: torch.device | str = "cpu") -> tuple[torch.Tensor, Any]:
+        """(images in [0, 1] as float32, labels) at a slice, or at a list or tensor of indices, on the device.
+
+        Labels as the data holds them: class ids or masks as long, or (detect) a list of K x 5 tensors."""
+        index = _rows(index, self.images.device)
         x = self.images_at(index, device)
         if isinstance(self.labels, list):
-            return x, [t.to(device) for t in self.labels[index]]
+            picked = self.labels[index] if isinstance(index, slice) else [self.labels[i] for i in index.tolist()]
+            return x, [t.to(device) for t in picked]
         return x, self.labels[index].to(device).long()
 
     def images_at(self, index, device: torch.device | str = "cpu") -> torch.Tensor:
         """Images (a slice, or a list or tensor of indices) in [0, 1] as float32 on the device."""
-        return as_unit_float(self.images[index].to(device))
+        return as_unit_float(self.images[_rows(index, self.images.device)].to(device))
 
     def facts(self) -> dict:
         facts = {
@@ -76,6 +81,11 @@ class EvalData:
             facts["skipped"] = len(self.skipped)
             facts["skipped_files"] = self.skipped[:SKIPPED_LISTED]
         return facts
+
+
+def _rows(index, device: torch.device) -> slice | torch.Tensor:
+    """A slice as it is; a list or tensor of indices (on any device) as a long tensor where the data lives."""
+    return index if isinstance(index, slice) else torch.as_tensor(index, dtype=torch.long).to(device)
 
 
 SKIPPED_LISTED = 20  # unreadable files named in results.json and the report; the log names them all

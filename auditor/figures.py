@@ -86,65 +86,6 @@ def overlay_mask(image: torch.Tensor, mask: torch.Tensor, num_classes: int, alph
     return rgb
 
 
-def draw_attack_gallery(columns, adapter, labelled: bool, path: Path) -> None:
-    """One column per image: clean, adversarial, perturbation (and masks overlaid for segmenters).
-
-    columns: (clean, adversarial, clean output, adversarial output, eps label, eps, reference).
-    """
-    plt = pyplot()
-    names = adapter.class_names
-    segment = adapter.task == "segment"
-    detect = adapter.task == "detect"
-    rows = ["clean", "adversarial", "perturbation"] + (["reference"] if (segment or detect) and labelled else [])
-    fig, axes = plt.subplots(
-        len(rows), len(columns), figsize=(1.45 * len(columns) + 0.3, 1.55 * len(rows)), squeeze=False
-    )
-    for col, (clean, adv, out_clean, out_adv, eps_label, eps, ref) in enumerate(columns):
-        delta = (adv - clean) / (2 * eps) + 0.5  # the full budget maps to black / white
-        if segment:
-            k = adapter.num_classes
-            panels = [
-                (overlay_mask(clean, out_clean, k), None, "prediction"),
-                (overlay_mask(adv, out_adv, k), None, f"ε={eps_label}"),
-                (*to_display(delta), f"δ ×{0.5 / eps:.0f}"),
-            ]
-            if labelled:
-                panels.append((overlay_mask(clean, ref, k), None, "ground truth"))
-        elif detect:
-            panels = [
-                (*to_display(clean), f"{len(out_clean['boxes'])} boxes", out_clean),
-                (*to_display(adv), f"ε={eps_label}: {len(out_adv['boxes'])} boxes", out_adv),
-                (*to_display(delta), f"δ ×{0.5 / eps:.0f}"),
-            ]
-            if labelled:
-                panels.append((*to_display(clean), "ground truth", {"boxes": ref[:, 1:5], "labels": ref[:, 0].long()}))
-        else:
-            truth = f"\n(ref {_short(names[int(ref)], 12)})" if labelled else ""
-            panels = [
-                (*to_display(clean), f"{_short(names[int(out_clean)], 14)}{truth}"),
-                (*to_display(adv), f"ε={eps_label}:\n{_short(names[int(out_adv)], 14)}"),
-                (*to_display(delta), f"δ ×{0.5 / eps:.0f}"),
-            ]
-        for row, (arr, cmap, title, *boxes) in enumerate(panels):
-            ax = axes[row, col]
-            ax.imshow(arr, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-            if boxes:
-                draw_boxes(ax, boxes[0], names)
-            ax.set_title(title, fontsize=7)
-            ax.set_xticks([])
-            ax.set_yticks([])
-    for row, label in enumerate(rows):
-        axes[row, 0].set_ylabel(label, fontsize=8)
-    if segment or detect:
-        first = 1 if segment else 0  # a segmenter's class 0 is the background, never drawn
-        legend = ", ".join(
-            f"{_short(n, 12)}" + (f"={i}" if segment else "") for i, n in enumerate(names[first:], start=first)
-        )
-        fig.suptitle(f"classes (colour order of tab10): {legend}", fontsize=7, y=1.0)
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
 def draw_boxes(ax, boxes: dict, names) -> None:
     """Rectangles in class colours (tab10), with the class name."""
     from matplotlib.patches import Rectangle
@@ -166,46 +107,6 @@ def draw_boxes(ax, boxes: dict, names) -> None:
 
 def _short(text: str, n: int = 34) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
-
-
-def draw_shift_examples(rows, clean, adapter, path: Path) -> None:
-    """A row per shift: the clean image, then the image at each severity, each with the model's output.
-
-    rows: (shift name, [(level label, image, output), ...]); clean: (image, output).
-    Classifier outputs are titles (red where the class differs from the clean one), segmenter
-    outputs masks over a grey copy of the image, detector outputs boxes at the shown confidence.
-    """
-    from auditor.models.base import SHOW_CONF
-
-    plt = pyplot()
-    names = adapter.class_names
-    columns = 1 + max(len(cells) for _, cells in rows)
-    fig, axes = plt.subplots(len(rows), columns, figsize=(1.35 * columns + 0.4, 1.45 * len(rows) + 0.2), squeeze=False)
-    clean_image, clean_out = clean
-    for r, (name, cells) in enumerate(rows):
-        for c, (label, image, out) in enumerate([("clean", clean_image, clean_out), *cells]):
-            ax = axes[r, c]
-            title, colour = label, "black"
-            if adapter.task == "segment":
-                ax.imshow(overlay_mask(image, out, adapter.num_classes), interpolation="nearest")
-            else:
-                arr, cmap = to_display(image)
-                ax.imshow(arr, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-                if adapter.task == "detect":
-                    keep = out["scores"] >= SHOW_CONF
-                    draw_boxes(ax, {"boxes": out["boxes"][keep], "labels": out["labels"][keep]}, names)
-                    title = f"{label}: {int(keep.sum())} boxes"
-                else:
-                    title = f"{label}: {_short(names[int(out)], 12)}"
-                    colour = "#c0392b" if int(out) != int(clean_out) else "black"
-            ax.set_title(title, fontsize=6.5, color=colour)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        for c in range(len(cells) + 1, columns):
-            axes[r, c].axis("off")
-        axes[r, 0].set_ylabel(name.replace("_", " "), fontsize=7.5)
-    fig.tight_layout()
-    save_figure(fig, path)
 
 
 def draw_titled_tiles(images: torch.Tensor, titles: list[str], path: Path, *, alert=None, columns: int = 8) -> None:

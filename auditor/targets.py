@@ -115,3 +115,21 @@ def best_box_targets(adapter, x: torch.Tensor) -> Targets | None:
         anchor=torch.stack([a[b] for (_, a), b in zip(found, best)]),
         box=torch.stack([d["boxes"][b] for (d, _), b in zip(found, best)]),
     )
+
+
+# ---- gradcam: batches of rows, and rows spread over images --------------------------------------------------
+
+
+def chunks(n: int, size: int) -> list[slice]:
+    """Slices of at most `size` over range(n): the batches rows go through the model in."""
+    return [slice(s, min(s + size, n)) for s in range(0, n, size)]
+
+
+def round_robin(image: list[int]) -> list[int]:
+    """Row positions ordered so that each image gives one row before any gives a second."""
+    seen: dict[int, int] = {}
+    keyed = []
+    for pos, i in enumerate(image):
+        keyed.append((seen.get(i, 0), pos))
+        seen[i] = seen.get(i, 0) + 1
+    return [pos for _, pos in sorted(keyed)]

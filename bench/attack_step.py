@@ -3,7 +3,7 @@
 Prints, for each model, seconds per PGD iteration on one batch and the ratio
 (model fwd+bwd time) / (attack step time), where fwd+bwd is a forward and a backward to
 the input only: 1.0 means the attack adds nothing on top of the gradient it needs. Peers measured in the same run: a plain torch
-loop, the probe's own engine (auditor/adversary.py), captum.robust's PGD, ART's
+loop, the probe's own engine (auditor/probes/attacks/engine.py), captum.robust's PGD, ART's
 ProjectedGradientDescent, and torchattacks' PGD (installed with the test extra).
 
     python bench/attack_step.py [--device cpu|cuda] [--batch 16] [--steps 10] [--repeats 3]
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from auditor.adversary import LinfAttack
+from auditor.probes.attacks.engine import LinfAttack
 
 
 def timed(fn, repeats: int, sync) -> float:

@@ -1,4 +1,4 @@
-"""ImageNet-C corruption throughput: the project's batched `auditor.corruptions` versus `imagecorruptions`.
+"""ImageNet-C corruption throughput: the project's batched `auditor.probes.augment.corruptions` versus `imagecorruptions`.
 
 Prints, for each of the 15 corruptions at one severity (--severity, default 3; every
 severity with --all-severities), images per second of the project's `corrupt` on one
@@ -65,7 +65,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a venv where the project is not installed
     sys.path.insert(0, str(ROOT))
 
-from auditor.corruptions import CORRUPTIONS, corrupt  # noqa: E402
+from auditor.probes.augment.corruptions import CORRUPTIONS, corrupt  # noqa: E402
 
 SEVERITIES = (1, 2, 3, 4, 5)
 DETERMINISTIC = ("defocus_blur", "zoom_blur", "brightness", "contrast", "pixelate", "jpeg_compression")

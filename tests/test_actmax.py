@@ -10,7 +10,8 @@ import torch
 
 from auditor.errors import AuditError
 from auditor.models import ModelSpec, load_model
-from auditor.probes.actmax import COLOUR, IMAGE_SCALE, ActMaxProbe, FourierImage, transform
+from auditor.probes.actmax import ActMaxProbe
+from auditor.probes.actmax.parameterisation import COLOUR, IMAGE_SCALE, FourierImage, transform
 from auditor.probes.base import parse_params
 from tests.conftest import make_probe, probe_context
 

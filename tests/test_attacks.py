@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from auditor.adversary import LinfAttack, bisect_min_eps
 from auditor.errors import AuditError
 from auditor.probes.attacks import AttacksProbe, parse_eps
+from auditor.probes.attacks.engine import LinfAttack, bisect_min_eps
 from auditor.probes.base import parse_params
 from tests.conftest import make_probe, probe_context
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from auditor.corruptions import CORRUPTIONS, corrupt
-from auditor.shifts import SHIFTS
+from auditor.probes.augment.corruptions import CORRUPTIONS, corrupt
+from auditor.probes.augment.shifts import SHIFTS
 from auditor.tasks.warp import warp_boxes, warp_images, warp_masks
 from tests.conftest import read_results
 
@@ -186,7 +186,7 @@ def test_hflip_moves_masks_and_boxes_with_the_image():
 
 
 def test_rotation_matches_rot90_for_images_masks_and_boxes():
-    from auditor.shifts import _centred
+    from auditor.probes.augment.shifts import _centred
 
     x = torch.rand(1, 1, 16, 16, generator=_seeded())
     quarter = torch.tensor([[[0.0, -1.0], [1.0, 0.0]]])
@@ -284,7 +284,8 @@ def test_corruption_error_against_a_reference_run(audit, tmp_path):
 
 
 def test_alexnet_reference_uses_the_published_errors():
-    from auditor.probes.augment import ALEXNET_ERRORS, AugmentProbe
+    from auditor.probes.augment import AugmentProbe
+    from auditor.probes.augment.corruption_error import ALEXNET_ERRORS
 
     class Thousand:
         task, num_classes = "classify", 1000

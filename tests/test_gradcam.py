@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from auditor.cam import cam_maps, class_activation_maps, gap_linear_head
-from auditor.explain import auc, deletion_insertion, energy_in_object, pointing_hits, rank_correlation
 from auditor.models import ModelSpec, load_model
 from auditor.probes.gradcam import GradCamProbe
+from auditor.probes.gradcam.faithfulness import auc, deletion_insertion
+from auditor.probes.gradcam.localisation import energy_in_object, pointing_hits
+from auditor.probes.gradcam.sanity import rank_correlation
 from tests.conftest import make_probe, probe_context, read_results
 
 SMALL = ["--set", "gradcam.images=2", "--set", "gradcam.steps=3", "--set", "gradcam.stages=2"]
@@ -86,7 +88,7 @@ def test_a_network_with_frozen_random_weights_is_flagged(digits_test, tmp_path):
 
 def test_maps_that_survive_randomisation_are_flagged(digits_model, digits_test, tmp_path, monkeypatch):
     """If re-initialising the layers left the maps as they were, the check must say so."""
-    monkeypatch.setattr("auditor.probes.gradcam.randomise", lambda module, seed: None)
+    monkeypatch.setattr("auditor.probes.gradcam.sanity.randomise", lambda module, seed: None)
     result = run_probe(digits_model, digits_test[0][:24], digits_test[1][:24], tmp_path, images=12, stages=2)
     assert result.metrics["randomization_similarity"] > 0.99 and result.metrics["untrustworthy"] == 1.0
     assert any(f.severity == "high" and "barely change" in f.text for f in result.findings)
@@ -143,8 +145,8 @@ def test_segmenter_and_detector_rows_each_get_their_own_map(audit, tmp_path, mod
 
 def test_every_row_of_a_segmentation_batch_gets_a_map(tmp_path):
     """The trap of batched segmentation CAMs: only the first image's map is non-zero."""
-    from auditor.probes.gradcam import GradCamProbe
     from auditor.targets import target_scores
+    from auditor.tasks import task_of
 
     model = load_model(ModelSpec(model="shapes-unet")).eval()
     from zoo import shapes
@@ -158,8 +160,7 @@ def test_every_row_of_a_segmentation_batch_gets_a_map(tmp_path):
         ).float()
         / 255
     )
-    probe = GradCamProbe()
-    t = probe._targets(model, x, None, cap=12, batch_size=8)
+    t = task_of(model).explain_targets(model, x, None, cap=12, batch_size=8)
     assert len(set(t.image.tolist())) == 3
     ((_, layer),) = model.cam_layers
     maps = cam_maps(lambda b: target_scores(model, b, t), [layer], x[t.image], ["gradcam"])["gradcam"]
@@ -186,16 +187,16 @@ def test_label_free_folder_and_a_chosen_layer(audit, tmp_path, digits_flat):
 
 
 def test_border_attention_flags_classes_whose_maps_sit_on_the_frame():
-    from auditor.probes.gradcam import border_attention, border_findings
+    from auditor.probes.gradcam.localisation import border_attention, border_findings
 
     maps = torch.zeros(8, 20, 20)
     maps[:4, 0:2, :] = 1.0  # class 0: all mass on the top two rows (inside the 10% band)
     maps[4:, 8:12, 8:12] = 1.0  # class 1: a blob in the middle
     classes = torch.tensor([0] * 4 + [1] * 4)
     border = border_attention(maps, classes, ["<frame>", "centre"])
-    assert border["area"] == pytest.approx(1 - 0.8**2)
-    assert [r["class"] for r in border["classes"]] == ["<frame>", "centre"]
-    assert border["classes"][0]["border_energy"] == pytest.approx(1.0) and border["classes"][1]["border_energy"] == 0
+    assert border.area == pytest.approx(1 - 0.8**2)
+    assert [r.name for r in border.classes] == ["<frame>", "centre"]
+    assert border.classes[0].border_energy == pytest.approx(1.0) and border.classes[1].border_energy == 0
     (finding,) = border_findings(border, "gradcam")
     assert finding.severity == "medium" and finding.key and "'<frame>' 100% (4 maps)" in finding.text
     centred = border_attention(maps[4:], classes[4:], ["<frame>", "centre"])

@@ -11,9 +11,11 @@ import torch
 
 from auditor.errors import AuditError
 from auditor.models import ModelSpec, load_model
-from auditor.probes import patch as patch_module
 from auditor.probes.base import parse_params
-from auditor.probes.patch import PatchProbe, Placement, paste, split, tile_extent
+from auditor.probes.patch import PatchProbe
+from auditor.probes.patch import probe as patch_module
+from auditor.probes.patch.geometry import Placement, paste, patched, tile_extent
+from auditor.probes.patch.training import split
 from tests.conftest import make_probe, probe_context, read_results
 
 FAST = ["--set", "patch.steps=2", "--set", "patch.gallery=2"]
@@ -226,7 +228,7 @@ def test_detector_and_segmenter_patches_produce_their_metrics(audit, tmp_path, m
 def test_detector_images_without_objects_get_no_patch_and_keep_their_place(tmp_path):
     """Images without objects sit among the others: placements must stay aligned with the images they belong to."""
     from auditor.data import load_data
-    from auditor.probes.patch import DetectGoal
+    from auditor.probes.patch.goals import DetectGoal
 
     model = load_model(ModelSpec(model="shapes-yolov8n")).eval()
     data = load_data(model, None, limit=8, seed=0)
@@ -248,7 +250,7 @@ def test_detector_images_without_objects_get_no_patch_and_keep_their_place(tmp_p
             ]
         ),
     ):
-        _, cover = patch_module.patched(goal.pixels([image]), torch.ones(3, 4, 4), list(where))
+        _, cover = patched(goal.pixels([image]), torch.ones(3, 4, 4), list(where))
         if image in empty:
             assert cover.sum() == 0
         else:

@@ -102,6 +102,15 @@ class DetectorAdapter(ModelAdapter):
         decoded = _decoded(outputs)
         return decoded[torch.arange(len(anchors), device=decoded.device), 4 + labels, anchors]
 
+    def candidates(self, outputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every candidate of the head before NMS, from `outputs` itself (so gradients reach the input): boxes
+        N x A x 4 (xyxy, input pixels) and class probabilities N x classes x A. YOLOv8 has no objectness score:
+        a candidate's highest class probability stands in for it (the patch probe pushes it down)."""
+        decoded = _decoded(outputs)  # N x (4 + classes [+ mask coefficients]) x A; boxes cx, cy, w, h
+        xywh = decoded[:, :4].transpose(1, 2)
+        boxes = torch.cat([xywh[..., :2] - xywh[..., 2:] / 2, xywh[..., :2] + xywh[..., 2:] / 2], -1)
+        return boxes, decoded[:, 4 : 4 + self.num_classes]
+
     @property
     def cam_layers(self) -> list[tuple[str, nn.Module]]:
         """The feature maps the Detect head reads (one per pyramid level: P3, P4, P5 for YOLOv8).

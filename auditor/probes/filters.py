@@ -7,14 +7,16 @@ names the filters that waste capacity: dead ones, and near-identical copies of a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
-from auditor.models.base import TASKS
+from auditor.figures import save_tile_grid
 from auditor.probes.base import Context, Probe
 from auditor.results import Finding, ProbeResult
+from auditor.tasks import TASKS
 
 DEAD_SHARE_OF_MAX_NORM = 1e-2
 # Cosine of two flattened filters from which they count as copies. Chance does not get there: two
@@ -67,12 +69,72 @@ def _pairs_text(pairs: list[tuple[int, int, float]]) -> str:
     return text + (f" and {len(pairs) - NAMED} more" if len(pairs) > NAMED else "")
 
 
+@dataclass
+class FlaggedFilter:
+    """A filter that wastes capacity: dead, or a near-identical copy of another (its partner)."""
+
+    filter: int
+    issue: str  # dead | duplicate
+    norm: float
+    partner: int | None = None
+    cosine: float | None = None
+
+
+@dataclass
+class FiltersDetails:
+    layer: str
+    shape: list[int]  # out x in x kh x kw
+    shown: int  # filters in the grid
+    # The checks, in runs saved since they exist (None in older ones):
+    max_norm: float | None = None
+    dead_share: float | None = None
+    duplicate_cosine: float | None = None
+    flagged: list[FlaggedFilter] | None = None  # the report's table: at most TABLE_ROWS
+    flagged_total: int | None = None
+    captions: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FiltersDetails:
+        flagged = d.get("flagged")
+        return cls(
+            **{k: v for k, v in d.items() if k != "flagged"},
+            flagged=None if flagged is None else [FlaggedFilter(**r) for r in flagged],
+        )
+
+
+@dataclass
+class FilterChecks:
+    """Dead filters and similar pairs over the whole layer."""
+
+    norms: torch.Tensor  # each filter's weight norm
+    dead: list[int]
+    duplicates: list[tuple[int, int, float]]  # (i, j, cosine), closest first
+    opposites: list[tuple[int, int, float]]
+    paired: set[int]  # filters with a near-identical partner
+
+    @classmethod
+    def of(cls, w: torch.Tensor) -> FilterChecks:
+        norms = w.flatten(1).norm(dim=1)
+        dead = norms < DEAD_SHARE_OF_MAX_NORM * norms.max() if norms.max() > 0 else torch.ones(len(w), dtype=torch.bool)
+        duplicates, opposites = similar_pairs(w, ~dead)
+        paired = {i for pair in duplicates for i in pair[:2]}
+        return cls(norms, dead.nonzero().flatten().tolist(), duplicates, opposites, paired)
+
+    def rows(self) -> list[FlaggedFilter]:
+        return [FlaggedFilter(i, "dead", float(self.norms[i])) for i in self.dead] + [
+            FlaggedFilter(i, "duplicate", float(self.norms[i]), j, c) for i, j, c in self.duplicates
+        ]
+
+
 class FiltersProbe(Probe):
     name = "filters"
     template = "probes/filters.html.j2"
     report_order = 60
     description = "first conv layer's weights as an image grid (weights visualisation); dead and duplicate filters"
-    tasks = TASKS
+    tasks = tuple(TASKS)
     # filters: how many the layer has; opposite_pairs: sign-flipped pairs, usual and no defect
     lower_is_better = ("dead_filters", "duplicate_filters", "duplicate_pairs")
     no_direction = ("filters", "opposite_pairs")
@@ -81,28 +143,23 @@ class FiltersProbe(Probe):
     class Params:
         max_filters: int = 64  # the grid shows the first N filters; the checks cover all of them
 
+        def __post_init__(self):
+            if self.max_filters < 1:
+                raise ValueError(f"max_filters must be at least 1, got {self.max_filters}")
+
+    @classmethod
+    def view(cls, details) -> FiltersDetails:
+        return FiltersDetails.from_dict(details)
+
     def run(self, ctx: Context) -> ProbeResult:
         bar = ctx.progress(1, self.name)
         layer, weight = first_conv(ctx.adapter.net)
         w = weight.detach().float().cpu()
         out_c, in_c, kh, kw = w.shape
-        norms = w.flatten(1).norm(dim=1)
-        dead = norms < DEAD_SHARE_OF_MAX_NORM * norms.max() if norms.max() > 0 else torch.ones(out_c, dtype=torch.bool)
-        duplicates, opposites = similar_pairs(w, ~dead)
-        dead_ids = dead.nonzero().flatten().tolist()
-        paired = {i for pair in duplicates for i in pair[:2]}  # filters with a near-identical partner
-
+        checks = FilterChecks.of(w)
         shown = w[: self.params.max_filters]
-        # One tile per filter: RGB when the layer sees colour, else the channel mean in grey.
-        tiles = shown if in_c == 3 else shown.mean(dim=1, keepdim=True)
-        # Symmetric scaling per filter keeps zero at mid-grey, so sign is visible.
-        peak = tiles.flatten(1).abs().amax(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-        tiles = tiles / (2 * peak) + 0.5
-        frames = [DEAD_FRAME if dead[i] else DUPLICATE_FRAME if i in paired else None for i in range(len(shown))]
         path, rel = ctx.artifact("filters.png")
-        from auditor.figures import save_tile_grid
-
-        save_tile_grid(tiles, path, tile_px=48, labels=[str(i) for i in range(len(shown))], frames=frames)
+        draw_filters(shown, checks, path)
         bar.update(1)
         bar.close()
 
@@ -114,71 +171,83 @@ class FiltersProbe(Probe):
                 f"each filter scaled to its own peak"
                 + (f"; the grid shows the first {len(shown)}" if len(shown) < out_c else ""),
             )
-        ]
-        if dead_ids:
-            listed = ", ".join(map(str, dead_ids[:NAMED])) + (" …" if len(dead_ids) > NAMED else "")
-            findings.append(
-                Finding(
-                    "medium",
-                    f"{len(dead_ids)} of {out_c} filters dead (weight norm under "
-                    f"{DEAD_SHARE_OF_MAX_NORM:.0%} of the largest): {listed}",
-                    key=True,
-                )
-            )
-        if duplicates:
-            findings.append(
-                Finding(
-                    "medium",
-                    f"{_count(len(duplicates), 'pair')} of near-identical filters "
-                    f"(cosine ≥ {DUPLICATE_COSINE}; {len(paired)} of {out_c} filters): "
-                    f"filters {_pairs_text(duplicates)}. Each pair detects one pattern twice",
-                    key=True,
-                )
-            )
-        if opposites:
-            findings.append(
-                Finding(
-                    "info",
-                    f"{_count(len(opposites), 'sign-flipped pair')} "
-                    f"(cosine ≤ -{DUPLICATE_COSINE}): filters {_pairs_text(opposites)}. "
-                    f"Usual in early layers, which often learn both polarities of an edge "
-                    f"(as CReLU does by design); not a defect",
-                )
-            )
-        if not dead_ids and not duplicates:
-            findings.append(Finding("info", f"no dead or near-duplicate filters among all {out_c}"))
-
-        rows = [
-            {"filter": i, "issue": "dead", "norm": float(norms[i]), "partner": None, "cosine": None} for i in dead_ids
-        ] + [
-            {"filter": i, "issue": "duplicate", "norm": float(norms[i]), "partner": j, "cosine": c}
-            for i, j, c in duplicates
-        ]
+        ] + check_findings(checks, out_c)
+        rows = checks.rows()
         caption = (
             f"First-layer filters ({layer}), {len(shown)} of {out_c}, {colour}; the number under each is its "
             f"index; frames: red = dead, orange = has a near-identical partner"
         )
+        details = FiltersDetails(
+            layer=layer,
+            shape=[out_c, in_c, kh, kw],
+            shown=len(shown),
+            max_norm=float(checks.norms.max()),
+            dead_share=DEAD_SHARE_OF_MAX_NORM,
+            duplicate_cosine=DUPLICATE_COSINE,
+            flagged=rows[:TABLE_ROWS],
+            flagged_total=len(rows),
+            captions={rel: caption},
+        )
+        metrics = {
+            "filters": float(out_c),
+            "dead_filters": float(len(checks.dead)),
+            "duplicate_filters": float(len(checks.paired)),
+            "duplicate_pairs": float(len(checks.duplicates)),
+            "opposite_pairs": float(len(checks.opposites)),
+        }
         return ProbeResult(
             status="ok",
             score=None,
-            metrics={
-                "filters": float(out_c),
-                "dead_filters": float(len(dead_ids)),
-                "duplicate_filters": float(len(paired)),
-                "duplicate_pairs": float(len(duplicates)),
-                "opposite_pairs": float(len(opposites)),
-            },
+            metrics=metrics,
             findings=tuple(findings),
             artifacts=(rel,),
-            details={
-                "layer": layer,
-                "shape": [out_c, in_c, kh, kw],
-                "shown": len(shown),
-                "max_norm": float(norms.max()),
-                "dead_share": DEAD_SHARE_OF_MAX_NORM,
-                "duplicate_cosine": DUPLICATE_COSINE,
-                "flagged": rows[:TABLE_ROWS],
-                "flagged_total": len(rows),
-                "captions": {rel: caption},
-            },
+            details=details.to_dict(),
         )
+
+
+def draw_filters(shown: torch.Tensor, checks: FilterChecks, path) -> None:
+    """One tile per filter: RGB when the layer sees colour, else the channel mean in grey; framed when flagged."""
+    tiles = shown if shown.shape[1] == 3 else shown.mean(dim=1, keepdim=True)
+    # Symmetric scaling per filter keeps zero at mid-grey, so sign is visible.
+    peak = tiles.flatten(1).abs().amax(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+    tiles = tiles / (2 * peak) + 0.5
+    dead = set(checks.dead)
+    frames = [DEAD_FRAME if i in dead else DUPLICATE_FRAME if i in checks.paired else None for i in range(len(shown))]
+    save_tile_grid(tiles, path, tile_px=48, labels=[str(i) for i in range(len(shown))], frames=frames)
+
+
+def check_findings(checks: FilterChecks, out_c: int) -> list[Finding]:
+    findings = []
+    if checks.dead:
+        listed = ", ".join(map(str, checks.dead[:NAMED])) + (" …" if len(checks.dead) > NAMED else "")
+        findings.append(
+            Finding(
+                "medium",
+                f"{len(checks.dead)} of {out_c} filters dead (weight norm under "
+                f"{DEAD_SHARE_OF_MAX_NORM:.0%} of the largest): {listed}",
+                key=True,
+            )
+        )
+    if checks.duplicates:
+        findings.append(
+            Finding(
+                "medium",
+                f"{_count(len(checks.duplicates), 'pair')} of near-identical filters "
+                f"(cosine ≥ {DUPLICATE_COSINE}; {len(checks.paired)} of {out_c} filters): "
+                f"filters {_pairs_text(checks.duplicates)}. Each pair detects one pattern twice",
+                key=True,
+            )
+        )
+    if checks.opposites:
+        findings.append(
+            Finding(
+                "info",
+                f"{_count(len(checks.opposites), 'sign-flipped pair')} "
+                f"(cosine ≤ -{DUPLICATE_COSINE}): filters {_pairs_text(checks.opposites)}. "
+                f"Usual in early layers, which often learn both polarities of an edge "
+                f"(as CReLU does by design); not a defect",
+            )
+        )
+    if not checks.dead and not checks.duplicates:
+        findings.append(Finding("info", f"no dead or near-duplicate filters among all {out_c}"))
+    return findings

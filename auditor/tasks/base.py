@@ -13,6 +13,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from auditor.targets import Targets
+
 
 class Task(abc.ABC):
     name: ClassVar[str]  # classify | detect | segment, as results.json and the adapters spell it
@@ -62,6 +64,71 @@ class Task(abc.ABC):
     def image_score(self, pred, reference, num_classes: int) -> torch.Tensor:
         """Each image's own score against its reference, in [0, 1]: what "this image broke" is judged on."""
         return self.agreement(pred, reference)
+
+    # ---- augment ----------------------------------------------------------------------------------------
+
+    def has_objects(self, reference) -> torch.Tensor:
+        """Per image (float64), 1 where its reference holds something a figure can show, else 0: the augment
+        probe draws its shift examples on such an image. A label or a mask is always there."""
+        return torch.ones(len(reference), dtype=torch.float64)
+
+    def imagenet_classes(self, num_classes: int) -> bool:
+        """Whether the model names one of ImageNet's 1000 classes per image, the setting of published ImageNet
+        figures: the augment probe then takes AlexNet's ImageNet-C errors as its default mCE reference."""
+        return False
+
+    # ---- attacks ----------------------------------------------------------------------------------------
+
+    # Whether an image is right or wrong as a whole (one class): then it leaves the PGD batch at its first
+    # misclassified iterate (AutoAttack's rule) and the check runs restarts cheaply. Otherwise every image
+    # takes every step and keeps its highest-loss iterate.
+    attack_stops_when_wrong: ClassVar[bool] = False
+    # Sizes used when attacks.min_eps_images / attacks.bisect / attacks.check_images are unset: images
+    # whose minimal ε is bisected, bisection rounds, images for the stronger-PGD and ε = 1 checks. A
+    # detector's or segmenter's attack step costs 10-100 times a classifier's.
+    attack_min_eps_images: ClassVar[int] = 8
+    attack_bisect_rounds: ClassVar[int] = 2
+    attack_check_images: ClassVar[int] = 8
+    attack_check_restarts: ClassVar[int] = 0  # restarts the stronger-PGD check adds to attacks.restarts
+    attack_square: ClassVar[bool] = False  # ART's gradient-free Square attack (it needs a classifier) checks PGD
+    attack_per_class: ClassVar[bool] = False  # accuracy per true class and the confusion under attack
+    attack_disappearance: ClassVar[bool] = False  # the share of objects found clean that PGD makes disappear
+    # The gallery: True shows each image at the smallest budget that flips it; False the images that lose
+    # most at the budget that halves the metric.
+    attack_gallery_at_flip: ClassVar[bool] = False
+    attack_gallery: ClassVar[str] = "classes"  # how the gallery draws an output: classes | boxes | masks
+    # ---- gradcam ----------------------------------------------------------------------------------------
+    # What the gradcam probe explains for this task and the words its report uses. A row is one thing to
+    # explain (auditor.targets.Targets): a class of an image, a detected box, a class's predicted mask.
+    # The output is one vector of class logits per image (classifiers): gradcam adds CAM (the linear head's
+    # weights) and a gallery column per predicted class, and actmax optimises one image per class.
+    class_logits: ClassVar[bool] = False
+    label_kind: ClassVar[str]  # what an image's label is: "class" (an id), "boxes" (K x 5), "mask" (H x W ids)
+    explain_images: ClassVar[int]  # images gradcam samples when gradcam.images is 0
+    explain_faithful_rows: ClassVar[int]  # rows scored by deletion / insertion when gradcam.faithful_rows is 0
+    explain_row: ClassVar[str]  # what a row is, for the report
+    explain_nothing: ClassVar[str]  # what no sampled image had, when there is nothing to explain
+    explain_score: ClassVar[str]  # the score a row's map explains, as findings word it
+    explain_gallery: ClassVar[str]  # the caption of gradcam's gallery; {method} stands for the map's name
+    randomised_unit: ClassVar[str] = "layer"  # what the sanity check re-initialises at a time, as findings word it
+
+    def randomised_group(self, layer: str) -> str:
+        """The unit of cascading randomisation that a learned layer (a module name) belongs to: itself."""
+        return layer
+
+    def explain_unsupported(self, adapter) -> str | None:
+        """Why gradcam cannot explain this model's rows (a capability the adapter lacks), or None."""
+        return None
+
+    @abc.abstractmethod
+    def explain_targets(self, adapter, x: torch.Tensor, labels, cap: int, batch_size: int) -> Targets:
+        """The rows gradcam explains on pixel-space images x (labels: theirs, or None), at most `cap`,
+        spread over the images; the model sees x in batches of `batch_size`."""
+
+    # ---- actmax -----------------------------------------------------------------------------------------
+    # The model takes inputs smaller than its own size (detectors, segmenters are fully convolutional), so
+    # actmax optimises on a smaller canvas; a classifier's head may need its input size.
+    fully_convolutional: ClassVar[bool] = True
 
 
 @torch.no_grad()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from auditor.targets import Targets, chunks
 from auditor.tasks.base import Task
 
 
@@ -19,3 +20,53 @@ class Classify(Task):
 
     def agreement(self, pred, reference) -> torch.Tensor:
         return (pred == reference).double()
+
+    # ---- augment ----------------------------------------------------------------------------------------
+
+    def imagenet_classes(self, num_classes: int) -> bool:
+        return num_classes == 1000
+
+    # ---- attacks ----------------------------------------------------------------------------------------
+
+    attack_stops_when_wrong = True
+    attack_min_eps_images = 64
+    attack_bisect_rounds = 4
+    attack_check_images = 32
+    attack_check_restarts = 2
+    attack_square = True
+    attack_per_class = True
+    attack_gallery_at_flip = True
+    attack_gallery = "classes"
+    # ---- gradcam ----------------------------------------------------------------------------------------
+    class_logits = True
+    label_kind = "class"
+    explain_images = 32
+    explain_faithful_rows = 64
+    explain_row = "an image and a class: the predicted one, and the true one where they differ"
+    explain_nothing = "classes"
+    explain_score = "the class score"
+    explain_gallery = (
+        "{method} per predicted class: a column per class, titles the prediction (red where it is wrong, with the "
+        "true class)"
+    )
+
+    @torch.no_grad()
+    def explain_targets(self, adapter, x: torch.Tensor, labels, cap: int, batch_size: int) -> Targets:
+        """Each image's predicted class, and right after it the true class where the model got it wrong."""
+        dev = x.device
+        pred = torch.cat([adapter(x[s]).argmax(1) for s in chunks(len(x), batch_size)])
+        image, cls, role = list(range(len(x))), pred.tolist(), ["predicted"] * len(x)
+        if labels is not None:  # the true class too, where the model got it wrong
+            wrong = torch.nonzero(labels != pred).flatten().tolist()
+            image += wrong
+            cls += labels[wrong].tolist()
+            role += ["true"] * len(wrong)
+        order = sorted(range(len(image)), key=lambda i: (image[i], role[i] != "predicted"))[:cap]
+        return Targets(
+            image=torch.tensor([image[i] for i in order], device=dev),
+            cls=torch.tensor([cls[i] for i in order], device=dev),
+            role=[role[i] for i in order],
+        )
+
+    # ---- actmax -----------------------------------------------------------------------------------------
+    fully_convolutional = False

@@ -7,7 +7,8 @@ import torch
 from torchvision.ops import box_iou
 
 from auditor.metrics import detection_map
-from auditor.models.base import MAP_CONF, SHOW_CONF
+from auditor.models.base import BOX_TARGETS, MAP_CONF, SHOW_CONF
+from auditor.targets import Targets, chunks, round_robin
 from auditor.tasks.base import Task
 from auditor.tasks.warp import warp_boxes
 
@@ -60,3 +61,51 @@ class Detect(Task):
             iou = box_iou(ref[:, 1:5], boxes) * (ref[:, :1].long() == labels[None])
             out.append(iou.max(1).values >= 0.5)
         return out
+
+    # ---- augment ----------------------------------------------------------------------------------------
+
+    def has_objects(self, reference) -> torch.Tensor:
+        return torch.tensor([float(len(r) > 0) for r in reference], dtype=torch.float64)
+
+    # ---- attacks ----------------------------------------------------------------------------------------
+
+    attack_disappearance = True
+    attack_gallery = "boxes"
+    # ---- gradcam ----------------------------------------------------------------------------------------
+    label_kind = "boxes"
+    explain_images = 8
+    explain_faithful_rows = 8
+    explain_row = "one detected box"
+    explain_nothing = f"boxes at confidence {SHOW_CONF}"
+    explain_score = "the box's class score"
+    explain_gallery = "{method} per detected box: the map of the box's class score (box drawn)"
+    randomised_unit = "block"
+
+    def randomised_group(self, layer: str) -> str:
+        """Blocks (model.22, model.21, ...): an ultralytics head's last layer in running order serves one
+        pyramid level only, so randomising it alone would leave the other levels' maps as they were."""
+        return ".".join(layer.split(".")[:2])
+
+    def explain_unsupported(self, adapter) -> str | None:
+        if not adapter.supports(BOX_TARGETS):
+            return "per-box maps need a detector whose boxes map to head outputs (ultralytics); this one has none"
+        return None
+
+    @torch.no_grad()
+    def explain_targets(self, adapter, x: torch.Tensor, labels, cap: int, batch_size: int) -> Targets:
+        """Each box shown (confidence >= SHOW_CONF): its class score at the head's column that holds it."""
+        dev = x.device
+        found = [d for s in chunks(len(x), batch_size) for d in adapter.detect_with_anchors(adapter(x[s]))]
+        image = [i for i, (d, _) in enumerate(found) for _ in range(len(d["labels"]))]
+        order = round_robin(image)[:cap]
+        cls = torch.cat([d["labels"] for d, _ in found]) if image else torch.zeros(0, dtype=torch.long, device=dev)
+        anchors = torch.cat([a for _, a in found]) if image else torch.zeros(0, dtype=torch.long, device=dev)
+        boxes = torch.cat([d["boxes"] for d, _ in found]) if image else torch.zeros(0, 4, device=dev)
+        idx = torch.tensor(order, dtype=torch.long, device=dev)
+        return Targets(
+            image=torch.tensor([image[i] for i in order], dtype=torch.long, device=dev),
+            cls=cls[idx],
+            role=["box"] * len(order),
+            anchor=anchors[idx],
+            box=boxes[idx],
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from auditor.metrics import mean_iou_score
+from auditor.targets import Targets, chunks, round_robin
 from auditor.tasks.classify import Classify
 from auditor.tasks.warp import warp_masks
 
@@ -38,3 +39,50 @@ class Segment(Classify):
                 )
             )
         return torch.stack(ious, 1).double().nanmean(1).nan_to_num(1.0)
+
+    # ---- augment ----------------------------------------------------------------------------------------
+
+    def imagenet_classes(self, num_classes: int) -> bool:
+        return False  # a class per pixel, not per image (Classify's answer does not carry over)
+
+    # ---- attacks ----------------------------------------------------------------------------------------
+    # A mask is not right or wrong as a whole, and an attack step costs as much as a detector's
+    # (so the sizes are the detector's, Task's defaults, not the classifier's that this class inherits)
+    attack_stops_when_wrong = False
+    attack_min_eps_images = 8
+    attack_bisect_rounds = 2
+    attack_check_images = 8
+    attack_check_restarts = 0
+    attack_square = False
+    attack_per_class = False
+    attack_gallery_at_flip = False
+    attack_gallery = "masks"
+    # ---- gradcam ----------------------------------------------------------------------------------------
+    class_logits = False
+    label_kind = "mask"
+    explain_images = 8
+    explain_faithful_rows = 8
+    explain_row = "one class predicted in an image (background left out)"
+    explain_nothing = "classes"
+    explain_score = "the class's mean probability over its mask"
+    explain_gallery = "{method} per class present: the map of the class's logits over its predicted mask (outlined)"
+    MIN_PIXELS = 16  # a class predicted on fewer pixels of an image is a speck, not an object to explain
+
+    @torch.no_grad()
+    def explain_targets(self, adapter, x: torch.Tensor, labels, cap: int, batch_size: int) -> Targets:
+        """Each class predicted in an image (not the background, 0), over its predicted mask."""
+        dev = x.device
+        pred = torch.cat([adapter(x[s]).argmax(1) for s in chunks(len(x), batch_size)])
+        image, cls = [], []
+        for i in range(len(x)):
+            for c in torch.unique(pred[i]).tolist():
+                if c != 0 and int((pred[i] == c).sum()) >= self.MIN_PIXELS:
+                    image.append(i)
+                    cls.append(c)
+        order = round_robin(image)[:cap]
+        image_t = torch.tensor([image[i] for i in order], device=dev, dtype=torch.long)
+        cls_t = torch.tensor([cls[i] for i in order], device=dev, dtype=torch.long)
+        return Targets(image=image_t, cls=cls_t, role=["mask"] * len(order), mask=pred[image_t] == cls_t[:, None, None])
+
+    # ---- actmax -----------------------------------------------------------------------------------------
+    fully_convolutional = True

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from auditor.figures import _short, draw_boxes, overlay_heat, pyplot, save_figure, to_display
+from auditor.probes.base import Context, Figures
+from auditor.targets import Targets, round_robin
+from auditor.tasks import task_of
+
+if TYPE_CHECKING:  # these modules read LABELS from here
+    from auditor.probes.gradcam.faithfulness import Faithfulness
+    from auditor.probes.gradcam.maps import Maps
+    from auditor.probes.gradcam.sanity import Cascade
 
 LABELS = {
     "cam": "CAM",
@@ -56,10 +65,10 @@ def draw_methods(adapter, x, t, maps: dict[str, torch.Tensor], set_index: list[i
 
 
 def draw_gallery(adapter, x, t, maps: torch.Tensor, labels, set_index: list[int], per_class: int, path: Path) -> None:
-    """Classifiers: a row per predicted class; detectors and segmenters: one cell per row explained."""
+    """Classifiers (Task.class_logits): a column per predicted class; detectors and segmenters: one cell per row."""
     plt = pyplot()
-    names = adapter.class_names
-    if adapter.task == "classify":
+    names, by_class_logits = adapter.class_names, task_of(adapter).class_logits
+    if by_class_logits:
         by_class: dict[int, list[int]] = {}
         for r in range(len(t)):
             if t.role[r] == "predicted":
@@ -88,7 +97,7 @@ def draw_gallery(adapter, x, t, maps: torch.Tensor, labels, set_index: list[int]
             ax.imshow(overlay_heat(x[i], maps[r]), interpolation="bilinear")
             _mark_target(ax, adapter, t, r)
             title, colour = _short(names[int(t.cls[r])], 14), "black"
-            if adapter.task == "classify" and labels is not None and int(labels[i]) != int(t.cls[r]):
+            if by_class_logits and labels is not None and int(labels[i]) != int(t.cls[r]):
                 title, colour = f"{title}\n(true {_short(names[int(labels[i])], 10)})", "#c0392b"
             ax.set_title(f"{title}\nimage {set_index[i]}", fontsize=6.5, color=colour)
     fig.tight_layout()
@@ -96,6 +105,7 @@ def draw_gallery(adapter, x, t, maps: torch.Tensor, labels, set_index: list[int]
 
 
 def draw_curves(curves: dict, aucs: dict, path: Path) -> None:
+    """Mean deletion and insertion curves of each map; aucs: map -> Auc (the legend's numbers)."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(7.2, 2.8))
     styles = {"random": ":", "edges": "--"}
@@ -107,7 +117,7 @@ def draw_curves(curves: dict, aucs: dict, path: Path) -> None:
                 share,
                 mean,
                 styles.get(name, "-"),
-                label=f"{LABELS[name]} ({aucs[name][mode]:.3f})",
+                label=f"{LABELS[name]} ({getattr(aucs[name], mode):.3f})",
                 linewidth=1.4 if name not in styles else 1.1,
             )
         ax.set_title(f"{mode} ({'lower' if mode == 'deletion' else 'higher'} is better)", fontsize=9)
@@ -120,9 +130,9 @@ def draw_curves(curves: dict, aucs: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
-def draw_randomisation(adapter, x, t, maps: torch.Tensor, similarity: dict, path: Path) -> None:
+def draw_randomisation(adapter, x, t, maps: torch.Tensor, cascade: Cascade, path: Path) -> None:
     plt = pyplot()
-    stages = similarity["stages"]
+    stages = cascade.stages
     rows = list(range(min(2, len(t))))
     cols = 2 + len(stages)
     fig, axes = plt.subplots(len(rows), cols, figsize=(1.45 * cols + 0.3, 1.6 * len(rows) + 0.3), squeeze=False)
@@ -135,13 +145,66 @@ def draw_randomisation(adapter, x, t, maps: torch.Tensor, similarity: dict, path
         axes[a, 0].set_title(_short(adapter.class_names[int(t.cls[r])], 14), fontsize=7)
         axes[a, 1].imshow(overlay_heat(image, maps[r]), interpolation="bilinear")
         axes[a, 1].set_title("trained", fontsize=7)
-        for c, stage in enumerate(stages, start=2):
+        for c, (stage, stage_maps) in enumerate(zip(stages, cascade.maps), start=2):
             m = torch.nn.functional.interpolate(
-                stage["maps"][r : r + 1, None].float(), size=size, mode="bilinear", align_corners=False
+                stage_maps[r : r + 1, None].float(), size=size, mode="bilinear", align_corners=False
             )[0, 0]
             axes[a, c].imshow(overlay_heat(image, m), interpolation="bilinear")
-            axes[a, c].set_title(f"top {stage['top']} random\nρ̄ {stage['similarity']:.2f}", fontsize=6.5)
+            axes[a, c].set_title(f"top {stage.top} random\nρ̄ {stage.similarity:.2f}", fontsize=6.5)
         for ax in axes[a]:
             _bare(ax)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def draw_all(
+    ctx: Context,
+    x: torch.Tensor,
+    t: Targets,
+    maps: Maps,
+    faithful: Faithfulness,
+    cascade: Cascade,
+    picked: torch.Tensor,
+    labels,
+    per_class: int,
+) -> Figures:
+    """The probe's four figures, saved with their captions."""
+    adapter = ctx.adapter
+    figures = Figures(ctx)
+    save = figures.save
+    indices = picked.tolist()
+    show = round_robin(t.image.tolist())[:4]
+    save(
+        "methods.png",
+        "Each method's map for the first rows (image number of the set on the left); the raw "
+        "peak is printed, since every map is scaled to its own maximum",
+        draw_methods,
+        adapter,
+        x,
+        t.take(show),
+        {m: v[show] for m, v in maps.full.items()},
+        [indices[int(i)] for i in t.image[show]],
+    )
+    gallery = task_of(adapter).explain_gallery.format(method=LABELS[maps.primary])
+    save("gallery.png", gallery, draw_gallery, adapter, x, t, maps.full[maps.primary], labels, indices, per_class)
+    save(
+        "faithfulness.png",
+        "Deletion (left, lower is better) and insertion (right, higher is better): the "
+        "model's score as pixels are removed (set to black) or revealed (on a blurred copy) in each map's "
+        "order; mean over rows, AUC in the legend",
+        draw_curves,
+        faithful.curves,
+        faithful.aucs,
+    )
+    save(
+        "randomisation.png",
+        "Cascading randomisation: the map of one row as the top layers are re-initialised "
+        "(left to right); a trustworthy map falls apart",
+        draw_randomisation,
+        adapter,
+        x,
+        t,
+        maps.full[maps.primary],
+        cascade,
+    )
+    return figures

@@ -13,8 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torchvision.transforms.v2.functional import adjust_hue, adjust_saturation
 
-from auditor.corruptions import CORRUPTIONS, FAMILIES, corrupt
+from auditor.probes.augment.corruptions import CORRUPTIONS, FAMILIES, corrupt
 from auditor.tasks.warp import warp_images
 
 ROTATE_DEGREES = (5, 10, 15, 20, 30)  # random sign per image
@@ -101,14 +102,10 @@ def _hflip(x, severity, generator, scale):
 
 
 def _hue(x, severity, generator, scale):
-    from torchvision.transforms.v2.functional import adjust_hue
-
     return adjust_hue(x, HUE_SHIFT[severity - 1]), None
 
 
 def _saturation(x, severity, generator, scale):
-    from torchvision.transforms.v2.functional import adjust_saturation
-
     return adjust_saturation(x, SATURATION[severity - 1]), None
 
 

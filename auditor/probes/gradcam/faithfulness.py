@@ -1,20 +1,29 @@
-"""The checks that say whether to trust a class activation map (the maps: auditor.cam).
+"""Faithfulness: does a map point at what the model uses? (Petsiuk et al. 2018)
 
-Checks: deletion and insertion curves (Petsiuk et al. 2018) beside a random and an edge
-(Sobel) map; cascading weight randomisation (Adebayo et al. 2018); the share of the map
-inside the object and the pointing game (Zhang et al. 2016) where objects are known.
+Deletion and insertion curves of each map beside two baselines, a random map as coarse as
+the CAM and an edge (Sobel) map: deletion sets the map's top pixels to black, insertion
+reveals them on a blurred copy, and the model's score of the row is read at each step.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torchvision.transforms.v2.functional import gaussian_blur
 
 from auditor.cam import ScoreFn, normalise, upsample
+from auditor.probes.gradcam.details import Auc
+from auditor.probes.gradcam.figures import LABELS
+from auditor.probes.gradcam.maps import Maps
+from auditor.results import Finding
+from auditor.targets import Targets, target_scores
+
+BASELINES = ("random", "edges")
+CHANCE_MARGIN = 0.02  # an AUC within this of the random map's is no better than chance
 
 # ---- baselines -------------------------------------------------------------------------------------
 
@@ -43,8 +52,6 @@ def blur_for_insertion(x: torch.Tensor) -> torch.Tensor:
     Petsiuk et al. blur with sigma 5 at 224 px; on 28 px digits that leaves the digit
     readable, so sigma scales with the image (22 px at 224) to remove the content at any size.
     """
-    from torchvision.transforms.v2.functional import gaussian_blur
-
     sigma = max(min(x.shape[-2:]) / 10, 0.5)
     kernel = min(2 * math.ceil(3 * sigma) + 1, 2 * (min(x.shape[-2:]) // 2) - 1)
     return gaussian_blur(x, [kernel, kernel], [sigma, sigma])
@@ -129,90 +136,80 @@ def auc(curves: torch.Tensor) -> torch.Tensor:
     return torch.trapezoid(curves, dx=1.0 / (curves.shape[1] - 1), dim=1)
 
 
-# ---- sanity check ----------------------------------------------------------------------------------
+# ---- the check ----------------------------------------------------------------------------------------------
 
 
-def parametrised_layers(net: nn.Module, example: torch.Tensor, forward) -> list[tuple[str, nn.Module]]:
-    """Modules with their own weights, in the order they run (hooks), so the top comes last."""
-    order: list[tuple[str, nn.Module]] = []
-    handles = []
-    for name, module in net.named_modules():
-        if any(True for _ in module.parameters(recurse=False)):
-            handles.append(
-                module.register_forward_hook(
-                    lambda m, _i, _o, name=name: order.append((name, m)) if all(m is not o for _, o in order) else None
-                )
-            )
-    try:
-        with torch.no_grad():
-            forward(example)
-    finally:
-        for h in handles:
-            h.remove()
-    return order
+@dataclass
+class Faithfulness:
+    curves: dict[str, dict[str, torch.Tensor]]  # map -> {"deletion", "insertion"} -> rows x (steps + 1)
+    aucs: dict[str, Auc]  # map -> the mean AUCs: the methods' maps, then the baselines'
 
 
-def randomise(module: nn.Module, generator_seed: int) -> None:
-    """Fresh initial weights for one module, drawn as its own constructor would draw them."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(generator_seed)
-        if hasattr(module, "reset_parameters"):
-            module.reset_parameters()
-        else:
-            for p in module.parameters(recurse=False):
-                nn.init.normal_(p.data, std=0.02)
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            # Fresh BN statistics are the identity; random ones change the map like any other layer.
-            with torch.no_grad():
-                module.weight.normal_(1.0, 0.5) if module.weight is not None else None
-                module.running_mean.normal_(0.0, 0.5)
-                module.running_var.uniform_(0.5, 2.0)
-
-
-def cascade_stages(n_layers: int, stages: int) -> list[int]:
-    """How many top layers each stage randomises: the top one alone first, all of them last."""
-    if stages <= 1 or n_layers <= 1:
-        return [n_layers]
-    return sorted({round(1 + (n_layers - 1) * k / (stages - 1)) for k in range(stages)})
-
-
-def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Spearman's rho per row (average ranks for ties); NaN where a map is constant."""
-    from scipy.stats import rankdata
-
-    ra = torch.from_numpy(rankdata(a.flatten(1).cpu().double().numpy(), axis=1))
-    rb = torch.from_numpy(rankdata(b.flatten(1).cpu().double().numpy(), axis=1))
-    ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
-    denominator = ra.norm(dim=1) * rb.norm(dim=1)
-    return torch.where(
-        denominator > 0, (ra * rb).sum(1) / denominator.clamp_min(1e-12), torch.full_like(denominator, float("nan"))
+def faithfulness(
+    adapter,
+    x: torch.Tensor,
+    t: Targets,
+    maps: Maps,
+    rows: int,
+    steps: int,
+    generator: torch.Generator,
+    batch_size: int,
+    progress: Callable[[int], None],
+) -> Faithfulness:
+    """The first `rows` rows, each map and the two baselines through deletion and insertion."""
+    size = tuple(x.shape[-2:])
+    first = torch.arange(rows, device=x.device)
+    x_rows = x[t.image[first]]
+    scored = {m: v[first] for m, v in maps.full.items()}
+    scored["random"] = random_maps(rows, tuple(maps.coarse[maps.primary].shape[-2:]), size, generator).to(x.device)
+    scored["edges"] = sobel_maps(x_rows)
+    sub = t.take(first)
+    curves = deletion_insertion(
+        lambda b, r: target_scores(adapter, b, sub.take(r), probability=True),
+        x_rows,
+        scored,
+        steps,
+        generator,
+        batch_size,
+        progress,
     )
+    aucs = {m: Auc(**{mode: auc(c).mean().item() for mode, c in modes.items()}) for m, modes in curves.items()}
+    return Faithfulness(curves, aucs)
 
 
-# ---- localisation ----------------------------------------------------------------------------------
-
-
-def energy_in_object(maps: torch.Tensor, objects: torch.Tensor) -> torch.Tensor:
-    """Share of each (non-negative) map's mass inside its object mask (N x H x W bool); NaN for an empty map."""
-    total = maps.flatten(1).sum(1)
-    inside = (maps * objects).flatten(1).sum(1)
-    return torch.where(total > 0, inside / total.clamp_min(1e-12), torch.full_like(total, float("nan")))
-
-
-def pointing_hits(maps: torch.Tensor, objects: torch.Tensor, tolerance: int) -> torch.Tensor:
-    """Whether each map's maximum lies on its object or within `tolerance` pixels of it (Zhang et al. 2016)."""
-    n, h, w = maps.shape
-    peak = maps.flatten(1).argmax(dim=1)
-    py, px = peak // w, peak % w
-    if tolerance > 0:
-        objects = F.max_pool2d(objects.float()[:, None], 2 * tolerance + 1, stride=1, padding=tolerance)[:, 0] > 0
-    return objects[torch.arange(n, device=maps.device), py, px]
-
-
-def box_masks(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """K x 4 xyxy boxes in pixels -> K x H x W masks of the pixels whose centres they cover."""
-    h, w = size
-    ys = torch.arange(h, device=boxes.device).view(1, h, 1) + 0.5
-    xs = torch.arange(w, device=boxes.device).view(1, 1, w) + 0.5
-    x0, y0, x1, y1 = (boxes[:, i].view(-1, 1, 1) for i in range(4))
-    return (xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1)
+def faithfulness_findings(aucs: dict[str, Auc], method: str, what: str, rows: int) -> tuple[list[Finding], bool]:
+    """Whether `method`'s maps beat the random map and the edge map, and whether that leaves them untrustworthy;
+    `what` words the score explained (Task.explain_score)."""
+    label, mine, rand, edges = LABELS[method], aucs[method], aucs["random"], aucs["edges"]
+    if mine.insertion - rand.insertion < CHANCE_MARGIN and rand.deletion - mine.deletion < CHANCE_MARGIN:
+        finding = Finding(
+            "high",
+            f"{label} maps are no better than a random map at finding what "
+            f"the model uses: insertion AUC {mine.insertion:.3f} vs random "
+            f"{rand.insertion:.3f}, deletion AUC {mine.deletion:.3f} vs random "
+            f"{rand.deletion:.3f} ({what}, {rows} rows)",
+            key=True,
+        )
+        return [finding], True
+    findings = [
+        Finding(
+            "info",
+            f"{label} beats a random map: revealing its top pixels first "
+            f"restores {what} faster (insertion AUC {mine.insertion:.3f} vs "
+            f"{rand.insertion:.3f}), removing them destroys it faster (deletion AUC "
+            f"{mine.deletion:.3f} vs {rand.deletion:.3f})",
+            key=True,
+        )
+    ]
+    if edges.insertion >= mine.insertion and edges.deletion <= mine.deletion:
+        findings.append(
+            Finding(
+                "medium",
+                f"an edge map (Sobel) explains the model as well as {label} "
+                f"(insertion {edges.insertion:.3f} vs {mine.insertion:.3f}, "
+                f"deletion {edges.deletion:.3f} vs {mine.deletion:.3f}): the "
+                "maps may show image structure more than the model's reasons",
+                key=True,
+            )
+        )
+    return findings, False

@@ -1,0 +1,325 @@
+"""`attacks`: L-inf FGSM and PGD over the model's ε grid, the minimal ε per image, and checks on the attack itself.
+
+All tasks go through the project's batched loop (engine.py) on the adapter's own
+per-image loss; ART supplies the gradient-free Square attack that checks PGD on classifiers.
+Every image counts in the metric: one that is wrong when clean counts as broken.
+Label-free data uses the clean prediction as the reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from auditor.data import seeded_subset
+from auditor.probes.attacks import figures as figs
+from auditor.probes.attacks import gradient_masking as masking
+from auditor.probes.attacks.details import (
+    ENGINE,
+    AttacksDetails,
+    ClassRow,
+    Confusion,
+    EpsRow,
+    MinEps,
+    ObjectsEpsRow,
+    PerClass,
+)
+from auditor.probes.attacks.engine import LinfAttack, Sweep, min_eps, sweep
+from auditor.probes.attacks.findings import findings
+from auditor.probes.base import Context, Figures, Probe
+from auditor.results import ProbeResult
+from auditor.tasks import Task, predict_all
+
+METRIC_LABELS = {"accuracy": "accuracy", "miou": "mIoU", "map50": "mAP50"}
+
+
+def parse_eps(text: str) -> float:
+    """'0.1' or '2/255' -> float, checked to lie in (0, 1]."""
+    text = str(text).strip()
+    num, slash, den = text.partition("/")
+    try:
+        value = float(num) / float(den) if slash else float(num)
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"{text!r} is not a number such as 0.03 or a fraction such as 8/255") from None
+    if not 0 < value <= 1:
+        raise ValueError(f"epsilon {text} must lie in (0, 1] (pixel space)")
+    return value
+
+
+def _check_integer(name: str, value: Any, least: int, none_ok: bool = False) -> None:
+    """ValueError unless value is an integer >= least (or None where allowed)."""
+    if value is None and none_ok:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        unset = " (or unset)" if none_ok else ""
+        raise ValueError(f"{name} must be an integer of at least {least}{unset}, got {value!r}")
+
+
+class AttacksProbe(Probe):
+    name = "attacks"
+    template = "probes/attacks.html.j2"
+    report_order = 10
+    description = (
+        "L-inf FGSM and PGD over an ε grid: accuracy, mIoU or mAP50 under attack, minimal ε per image, "
+        "gradient-masking checks"
+    )
+    tasks = ("classify", "segment", "detect")
+    # clean_/robust_/fgsm_ accuracy, miou and map50 and median_min_eps: higher is better
+    lower_is_better = ("disappearance_rate", "zero_gradient_share", "nonfinite_gradient_share", "suspect_masking")
+
+    @dataclass
+    class Params:
+        eps: tuple[str, ...] = ()  # L-inf budgets in pixel space ('0.1', '2/255'); empty: the model's grid
+        steps: int = 20  # PGD iterations
+        step_factor: float = 2.5  # PGD step = step_factor * eps / steps (Madry et al.)
+        restarts: int = 1  # PGD random starts
+        gallery: int = 6  # clean / adversarial / perturbation columns in the report
+        # images whose minimal ε is found by bisection (a seeded subset); None: the task's attack_min_eps_images
+        # (64 for classifiers, 8 for the detectors and segmenters, whose attack step costs 10-100 times more)
+        min_eps_images: int | None = None
+        bisect: int | None = None  # bisection rounds inside the grid bracket (bracket / 2**bisect); None: 4 / 2
+        check_images: int | None = None  # images for the stronger-PGD and ε = 1 checks; None: 32 / 8; 0 skips
+        square_queries: int = 300  # Square attack iterations (classifiers)
+
+        def __post_init__(self) -> None:
+            """Every value checked here, before any probe runs: a bad one is a usage error (exit 2, one line)."""
+            if isinstance(self.eps, str) or not isinstance(self.eps, tuple | list):
+                raise ValueError(f"eps must be a list of budgets such as ['0.1', '2/255'], got {self.eps!r}")
+            budgets = {}
+            for e in self.eps:
+                try:
+                    value = parse_eps(e)
+                except ValueError as exc:
+                    raise ValueError(f"eps: {exc}") from None
+                if value in budgets:
+                    raise ValueError(f"eps {budgets[value]} and {e} are the same budget; give each once")
+                budgets[value] = e
+            _check_integer("steps", self.steps, 1)
+            _check_integer("restarts", self.restarts, 1)
+            _check_integer("gallery", self.gallery, 0)
+            _check_integer("min_eps_images", self.min_eps_images, 0, none_ok=True)
+            _check_integer("bisect", self.bisect, 0, none_ok=True)
+            _check_integer("check_images", self.check_images, 0, none_ok=True)
+            _check_integer("square_queries", self.square_queries, 1)
+            step = self.step_factor
+            if isinstance(step, bool) or not isinstance(step, int | float) or not (math.isfinite(step) and step > 0):
+                raise ValueError(f"step_factor must be a positive number, got {step!r}")
+
+        def sized(self, task: Task) -> AttacksProbe.Params:
+            """These parameters with the automatic subset sizes filled in for the task."""
+            return dataclasses.replace(
+                self,
+                min_eps_images=task.attack_min_eps_images if self.min_eps_images is None else self.min_eps_images,
+                check_images=task.attack_check_images if self.check_images is None else self.check_images,
+                bisect=task.attack_bisect_rounds if self.bisect is None else self.bisect,
+            )
+
+    @classmethod
+    def view(cls, details: dict[str, Any]) -> AttacksDetails:
+        """The typed details (probes/attacks.html.j2 reads their named fields)."""
+        return AttacksDetails.from_dict(details)
+
+    def run(self, ctx: Context) -> ProbeResult:
+        p = self.params.sized(ctx.task)
+        task, data = ctx.task, ctx.data
+        grid = [str(e) for e in (p.eps or ctx.adapter.epsilons)]
+        values = [parse_eps(e) for e in grid]
+        engine = LinfAttack(ctx.adapter, p.steps, p.step_factor, p.restarts, ctx.generator())
+        clean_pred = predict_all(ctx.adapter, data, task, ctx.batch_size, ctx.device)
+        reference = task.reference(data, clean_pred)
+        subset = seeded_subset(len(data), p.min_eps_images, ctx.seed)
+        n_batches = -(-len(data) // ctx.batch_size)
+        bar = ctx.progress(len(grid) * n_batches + p.bisect * -(-len(subset) // ctx.batch_size), self.name)
+        s = sweep(ctx, engine, grid, values, clean_pred, reference, bar)
+        eps_min, censored = min_eps(ctx, engine, s, subset, p.bisect, bar)
+        bar.close()
+        checks = masking.from_sweep(s, p.steps)
+        checks += masking.attack_again(ctx, engine, s, p.steps, p.restarts, p.check_images, p.square_queries)
+        per_class, matrix = self._per_class(ctx, s) if task.attack_per_class else (None, None)
+        label = METRIC_LABELS[task.metric] if data.labelled else "agreement with the clean prediction"
+        figures = Figures(ctx)
+        self._plots(ctx, figures, s, label, p.steps, eps_min, censored, per_class, matrix)
+        self._gallery(ctx, figures, engine, s)
+        details = AttacksDetails(
+            rows=self._rows(task, s),
+            label_free=not data.labelled,
+            metric=label,
+            clean=s.clean,
+            steps=p.steps,
+            restarts=p.restarts,
+            step_factor=p.step_factor,
+            engine=ENGINE,
+            min_eps=self._min_eps_summary(eps_min, censored, values, p.bisect),
+            checks=checks,
+            suspect_masking=any(c.flagged for c in checks),
+            captions=figures.captions,
+            per_class=per_class,
+        )
+        score = float(np.mean([min(v / s.clean, 1.0) for v in s.pgd])) if s.clean > 0 else 0.0
+        return ProbeResult(
+            status="ok",
+            score=score,
+            metrics=self._metrics(task, s, details),
+            findings=tuple(findings(details)),
+            artifacts=tuple(figures.artifacts),
+            details=details.to_dict(),
+        )
+
+    # ---- results -------------------------------------------------------------------------------------
+
+    def _rows(self, task: Task, s: Sweep) -> list[EpsRow]:
+        """One row per ε of the grid; a detector's also says how many objects disappear."""
+        if task.attack_disappearance:
+            gone = self._disappearance(task, s.clean_pred, s.pgd_pred, s.reference)
+            return [ObjectsEpsRow(*r, disappearance=d) for r, d in zip(zip(s.grid, s.values, s.fgsm, s.pgd), gone)]
+        return [EpsRow(e, v, f, a) for e, v, f, a in zip(s.grid, s.values, s.fgsm, s.pgd)]
+
+    @staticmethod
+    def _min_eps_summary(eps_min: np.ndarray, censored: np.ndarray, values: list[float], rounds: int) -> MinEps:
+        median = float(np.median(eps_min)) if len(eps_min) else None
+        return MinEps(
+            n=len(eps_min),
+            median=median,
+            censored=int(censored.sum()),
+            values=[round(float(v), 6) for v in eps_min],
+            largest=max(values),
+            bisect=rounds,
+            median_censored=bool(median is not None and median >= max(values) and censored.sum() * 2 >= len(eps_min)),
+        )
+
+    @staticmethod
+    def _metrics(task: Task, s: Sweep, d: AttacksDetails) -> dict[str, float | None]:
+        """The metric keys (stable API): clean, robust (PGD) and FGSM per ε, then the checks' figures."""
+        kind = task.metric
+        metrics: dict[str, float | None] = {}
+        if not d.label_free:
+            metrics[f"clean_{kind}"] = s.clean
+        for r in d.rows:
+            metrics[f"robust_{kind}@linf={r.eps}"] = r.pgd
+        for r in d.rows:
+            metrics[f"fgsm_{kind}@linf={r.eps}"] = r.fgsm
+        if d.min_eps.median is not None:
+            metrics["median_min_eps"] = d.min_eps.median
+        for r in d.rows:
+            if isinstance(r, ObjectsEpsRow):
+                metrics[f"disappearance_rate@linf={r.eps}"] = r.disappearance
+        metrics["zero_gradient_share"] = s.zero_share
+        metrics["nonfinite_gradient_share"] = s.bad_share
+        metrics["suspect_masking"] = float(d.suspect_masking)
+        return metrics
+
+    @staticmethod
+    def _disappearance(task: Task, clean_pred, pgd_pred, reference) -> list[float | None]:
+        """Per ε: the share of reference objects found when clean that PGD makes the detector miss."""
+        found_clean = torch.cat(task.found(clean_pred, reference) or [torch.zeros(0, dtype=torch.bool)])
+        out = []
+        for pred in pgd_pred:
+            found_adv = torch.cat(task.found(pred, reference) or [torch.zeros(0, dtype=torch.bool)])
+            n = int(found_clean.sum())
+            out.append(float((found_clean & ~found_adv).sum()) / n if n else None)
+        return out
+
+    @staticmethod
+    def _per_class(ctx: Context, s: Sweep) -> tuple[PerClass, torch.Tensor | None]:
+        """Accuracy per true class at each ε, the ε at which each class falls below half its clean
+        accuracy, and the confusion (true x predicted) under PGD at the ε that halves the overall
+        accuracy; with that confusion matrix for the figure (None past 20 classes)."""
+        k, names, reference, grid = ctx.adapter.num_classes, ctx.adapter.class_names, s.reference, s.grid
+        counts = torch.bincount(reference, minlength=k)
+        clean_acc = torch.bincount(reference, weights=(s.clean_pred == reference).double(), minlength=k)
+        robust = [torch.bincount(reference, weights=(pred == reference).double(), minlength=k) for pred in s.pgd_pred]
+        rows = []
+        for c in torch.nonzero(counts).flatten().tolist():
+            n = int(counts[c])
+            acc = [float(robust[gi][c]) / n for gi in range(len(grid))]
+            base = float(clean_acc[c]) / n
+            falls = next((grid[gi] for gi in s.order if acc[gi] < 0.5 * base), None) if base > 0 else "clean"
+            rows.append(ClassRow(names[c], n, base, acc, falls))
+        # weakest first: the class that falls at the smallest ε, then the lowest accuracy there
+        rank = {g: i for i, g in enumerate([grid[gi] for gi in s.order])}
+        rows.sort(
+            key=lambda r: (
+                -1 if r.falls_at == "clean" else rank.get(r.falls_at, len(rank)),
+                [r.robust[gi] for gi in s.order],
+            )
+        )
+        gi = next((gi for gi in s.order if s.pgd[gi] < 0.5 * s.clean), s.order[-1])
+        matrix = torch.zeros(k, k, dtype=torch.long)
+        matrix.index_put_((reference, s.pgd_pred[gi]), torch.ones_like(reference), accumulate=True)
+        off = matrix.clone()
+        off.fill_diagonal_(0)
+        top = torch.argsort(off.flatten(), descending=True)[:8]
+        confusions = [
+            Confusion(
+                true=names[int(t) // k],
+                pred=names[int(t) % k],
+                count=int(off.flatten()[t]),
+                share=float(off.flatten()[t]) / max(1, int(counts[int(t) // k])),
+            )
+            for t in top
+            if off.flatten()[t] > 0
+        ]
+        return PerClass(rows=rows, eps=grid[gi], confusions=confusions, grid=grid), matrix if k <= 20 else None
+
+    # ---- figures -------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _plots(ctx, figures: Figures, s: Sweep, label: str, steps: int, eps_min, censored, per_class, matrix) -> None:
+        """The metric against ε, the minimal-ε histogram, and (classifiers) the confusion under attack."""
+        title = f"{label[0].upper()}{label[1:]} under attack versus ε"
+        figures.save(
+            "robust_accuracy.png", title, figs.robustness_curve, s.grid, s.values, s.pgd, s.fgsm, s.clean, label, steps
+        )
+        if len(eps_min):
+            title = "Smallest ε that breaks each image (PGD, bisection inside the grid)"
+            figures.save("min_eps.png", title, figs.min_eps_histogram, eps_min, censored, s.values, s.grid)
+        if per_class is not None and matrix is not None:
+            title = "Where the classes go under attack: true class (rows) against the prediction under PGD"
+            figures.save("confusion.png", title, figs.confusion_heatmap, matrix, ctx.adapter.class_names, per_class.eps)
+
+    def _gallery(self, ctx: Context, figures: Figures, engine: LinfAttack, s: Sweep) -> None:
+        """A few images at the budget that breaks them, attacked again (the same way) to show them."""
+        if self.params.gallery <= 0:
+            return
+        task, order = ctx.task, np.argsort(s.values)
+        if task.attack_gallery_at_flip:
+            # each image at the smallest budget that flips it
+            broken = torch.stack([s.pgd_pred[i] != s.reference for i in order]) & (s.clean_pred == s.reference)
+            first = torch.where(broken.any(0), broken.float().argmax(0), torch.tensor(-1))
+            candidates = torch.nonzero(first >= 0).flatten()
+            pick = candidates[seeded_subset(len(candidates), self.params.gallery, ctx.seed)]
+            chosen = [(int(i), int(order[first[i]])) for i in pick]
+        else:
+            # the images that lose most at the smallest budget that halves the metric (else the largest)
+            gi = next((i for i in order if s.pgd[i] < 0.5 * s.clean), order[-1])
+            drop = task.agreement(s.clean_pred, s.reference) - task.agreement(s.pgd_pred[gi], s.reference)
+            pick = torch.argsort(drop, descending=True)[: self.params.gallery]
+            chosen = [(int(i), int(gi)) for i in pick[drop[pick] > 0].sort().values]
+        if not chosen:
+            return
+        columns = [self._gallery_column(ctx, engine, s, i, gi) for i, gi in chosen]
+        caption = (
+            "Clean and adversarial images with the model's output, and the perturbation amplified to full contrast"
+        )
+        figures.save("examples.png", caption, figs.draw_attack_gallery, columns, ctx.adapter, ctx.data.labelled)
+
+    @staticmethod
+    def _gallery_column(ctx: Context, engine: LinfAttack, s: Sweep, i: int, gi: int) -> figs.GalleryColumn:
+        """Image i attacked at the grid's ε number gi, with the model's output on it clean and attacked."""
+        task = ctx.task
+        x = ctx.data.images_at(slice(i, i + 1), ctx.device)
+        ref = task.take(s.reference, slice(i, i + 1))
+        adv = engine.pgd(x, task.to(ref, ctx.device), s.values[gi])
+        with torch.no_grad():
+            outs = ctx.adapter.predict(torch.cat([x, adv]))
+        outs = (
+            [o.cpu() for o in outs]
+            if isinstance(outs, torch.Tensor)
+            else [{k: v.cpu() for k, v in o.items()} for o in outs]
+        )
+        return figs.GalleryColumn(x[0].cpu(), adv[0].cpu(), outs[0], outs[1], s.grid[gi], s.values[gi], ref[0])

@@ -1,0 +1,198 @@
+"""The gradcam probe's details, typed: what results.json keeps (to_dict / from_dict), and the report's view of them.
+
+results.json keeps the plain dicts that `to_dict` gives, key for key as before these classes
+existed; `GradCamView.of(details)` rebuilds what reports/templates/probes/gradcam.html.j2 reads
+from such a dict, so `audit report` re-renders runs saved by earlier versions too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from auditor.probes.gradcam.figures import LABELS
+
+# The report's table names the baselines as such (the figures' legends are shorter).
+TABLE_LABELS = {**LABELS, "random": "random map (baseline)", "edges": "edges, Sobel (baseline)"}
+
+
+@dataclass
+class Auc:
+    """Areas under one map's mean deletion (lower is better) and insertion (higher is better) curves."""
+
+    deletion: float
+    insertion: float
+
+
+@dataclass
+class Stage:
+    """One stage of cascading randomisation."""
+
+    layers: str  # the lowest layer (or block) re-initialised; "all" when every one is
+    top: int  # how many learned layers (or blocks), counted from the top, are re-initialised
+    similarity: float  # mean rank correlation of the maps with the trained model's
+
+
+@dataclass
+class Localisation:
+    """The maps against the ground-truth objects (boxes, masks) of the rows matched to one."""
+
+    energy_in_object: float  # mean share of a map's mass inside its object
+    pointing_game: float  # share of maps whose peak lands on the object (within tolerance_px)
+    object_area: float  # mean share of the image the objects cover
+    objects: int  # rows matched to an object
+    tolerance_px: int
+
+
+@dataclass
+class BorderClass:
+    """Where one explained class's maps fall."""
+
+    name: str
+    rows: int  # its maps
+    border_energy: float  # their mean share of mass in the image's outer band
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"class": self.name, "rows": self.rows, "border_energy": self.border_energy}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BorderClass:
+        return cls(name=d["class"], rows=d["rows"], border_energy=d["border_energy"])
+
+
+@dataclass
+class Border:
+    """How much of the maps' mass lies in the image's outer band, overall and per class (worst first)."""
+
+    band: float  # the band's share of each side
+    area: float  # the band's share of the image
+    mean: float | None  # over every map with mass; None when none has any
+    classes: list[BorderClass]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"band": self.band, "area": self.area, "mean": self.mean, "classes": [c.to_dict() for c in self.classes]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Border:
+        return cls(d["band"], d["area"], d["mean"], [BorderClass.from_dict(c) for c in d["classes"]])
+
+
+@dataclass
+class NothingExplained:
+    """Details when no sampled image had anything to explain."""
+
+    layers: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class GradCamDetails:
+    layers: list[str]  # the modules the maps are read from
+    methods: list[str]  # the maps shown, in the order asked for
+    primary: str  # the gradient method the checks judge
+    rows: int  # rows explained
+    images: int  # images sampled
+    faithful_rows: int  # rows scored by deletion / insertion
+    steps: int  # deletion / insertion steps
+    aucs: dict[str, Auc]  # per map, the methods' then the baselines' (random, edges)
+    stages: list[Stage]
+    cam: bool  # CAM from a GAP + linear head
+    captions: dict[str, str]  # artifact -> caption
+    row_kind: str  # what a row is
+    localisation: Localisation | None  # None where no row has a known object ({} in results.json)
+    border: Border | None  # None only in runs saved before it was measured
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "layers": self.layers,
+            "methods": self.methods,
+            "primary": self.primary,
+            "rows": self.rows,
+            "images": self.images,
+            "faithful_rows": self.faithful_rows,
+            "steps": self.steps,
+            "aucs": {name: asdict(a) for name, a in self.aucs.items()},
+            "stages": [asdict(s) for s in self.stages],
+            "cam": self.cam,
+            "captions": self.captions,
+            "row_kind": self.row_kind,
+            "localisation": asdict(self.localisation) if self.localisation else {},
+            "border": self.border.to_dict() if self.border else None,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GradCamDetails:
+        return cls(
+            layers=d["layers"],
+            methods=d["methods"],
+            primary=d["primary"],
+            rows=d["rows"],
+            images=d["images"],
+            faithful_rows=d["faithful_rows"],
+            steps=d["steps"],
+            aucs={name: Auc(**a) for name, a in d["aucs"].items()},
+            stages=[Stage(**s) for s in d["stages"]],
+            cam=d["cam"],
+            captions=d["captions"],
+            row_kind=d["row_kind"],
+            localisation=Localisation(**d["localisation"]) if d.get("localisation") else None,
+            border=Border.from_dict(d["border"]) if d.get("border") else None,
+        )
+
+
+# ---- the report's view ----------------------------------------------------------------------------------
+
+
+@dataclass
+class MapRow:
+    """A row of the report's faithfulness table."""
+
+    label: str
+    deletion: float
+    insertion: float
+    primary: bool
+
+
+@dataclass
+class GradCamView:
+    """What the report's gradcam section reads."""
+
+    rows: int
+    images: int
+    row_kind: str
+    layers: list[str]
+    faithful_rows: int
+    steps: int
+    maps: list[MapRow]
+    primary: str  # the judged method's name
+    stages: list[Stage]
+    localisation: Localisation | None
+    border: Border | None  # None where no map has mass
+    border_classes: list[BorderClass]  # the most border-heavy classes, worst first
+
+    @classmethod
+    def of(cls, details: dict[str, Any]) -> GradCamView | None:
+        """The view of a run's details; None when nothing was explained."""
+        if "aucs" not in details:
+            return None
+        d = GradCamDetails.from_dict(details)
+        border = d.border if d.border is not None and d.border.mean is not None else None
+        return cls(
+            rows=d.rows,
+            images=d.images,
+            row_kind=d.row_kind,
+            layers=d.layers,
+            faithful_rows=d.faithful_rows,
+            steps=d.steps,
+            maps=[
+                MapRow(TABLE_LABELS.get(name, name), a.deletion, a.insertion, name == d.primary)
+                for name, a in d.aucs.items()
+            ],
+            primary=TABLE_LABELS[d.primary],
+            stages=d.stages,
+            localisation=d.localisation,
+            border=border,
+            border_classes=border.classes[:5] if border else [],
+        )

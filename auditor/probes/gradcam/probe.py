@@ -1,0 +1,217 @@
+"""`gradcam`: where the model looks, and whether the maps deserve belief.
+
+Maps (auditor.cam): CAM where the network ends in global average pooling + linear,
+Grad-CAM and Grad-CAM++ for every model, one forward and one backward per batch of
+"rows". A row is one thing to explain: a classifier's predicted class (and the true
+class where they differ), a detector's box (target: that box's class score at its
+anchor), a segmenter's class (target: the sum of that class's logits over its predicted
+mask; the background class 0 is left out).
+
+Trust: deletion and insertion AUCs (Petsiuk et al. 2018) of each map beside a random map
+and an edge map; cascading weight randomisation (Adebayo et al. 2018), whose mean rank
+correlation is `randomization_similarity`; with ground truth, `energy_in_object` and the
+pointing game. A map no better than chance, or one that survives randomisation, is
+flagged (`untrustworthy` = 1), because it does not show what the model uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from auditor.cam import METHODS
+from auditor.errors import did_you_mean
+from auditor.probes.base import Context, Probe
+from auditor.probes.gradcam.details import Auc, GradCamDetails, GradCamView, Localisation, NothingExplained
+from auditor.probes.gradcam.faithfulness import BASELINES, faithfulness, faithfulness_findings
+from auditor.probes.gradcam.figures import draw_all
+from auditor.probes.gradcam.localisation import border_attention, border_findings, localisation_findings, localise
+from auditor.probes.gradcam.maps import Maps, explain
+from auditor.probes.gradcam.sanity import Cascade, cascade_stages, learned_layers, randomisation, sanity_findings
+from auditor.results import Finding, ProbeResult
+from auditor.tasks import TASKS, Task, task_of
+
+
+class GradCamProbe(Probe):
+    name = "gradcam"
+    template = "probes/gradcam.html.j2"
+    report_order = 40
+    description = (
+        "CAM, Grad-CAM, Grad-CAM++ maps; deletion/insertion vs random and edge maps; weight randomisation check"
+    )
+    tasks = tuple(TASKS)
+    # insertion_auc, energy_in_object, pointing_game: higher is better. The random and edge maps are
+    # baselines the model is measured against, not explanations, so their AUCs have no direction.
+    lower_is_better = ("deletion_auc", "randomization_similarity", "untrustworthy", "border_energy")
+    no_direction = ("deletion_auc@random", "insertion_auc@random", "deletion_auc@edges", "insertion_auc@edges")
+
+    @dataclass
+    class Params:
+        layer: tuple[str, ...] = ()  # module names (as in net.named_modules()); empty: found automatically
+        methods: tuple[str, ...] = METHODS  # CAM only where the net ends in GAP + linear
+        images: int = 0  # sampled images; 0: the task's explain_images (32 for classifiers, 8 otherwise)
+        max_targets: int = 48  # rows explained at most (boxes and classes add up)
+        steps: int = 12  # deletion / insertion steps
+        faithful_rows: int = 0  # rows scored by deletion / insertion; 0: the task's (64 for classifiers, 8 otherwise)
+        stages: int = 4  # cascading randomisation stages (top layer first, all layers last)
+        gallery: int = 3  # classifiers: images per class in the gallery
+
+        def __post_init__(self):
+            unknown = [m for m in self.methods if m not in METHODS]
+            if unknown or not self.methods:
+                raise ValueError(
+                    f"methods: unknown {', '.join(unknown) or '(none given)'}"
+                    f"{did_you_mean(unknown[0], METHODS) if unknown else ''}; known: {', '.join(METHODS)}"
+                )
+            for name in ("images", "faithful_rows"):
+                if getattr(self, name) < 0:
+                    raise ValueError(f"{name} must be 0 (automatic) or more, got {getattr(self, name)}")
+            for name in ("max_targets", "steps", "stages", "gallery"):
+                if getattr(self, name) < 1:
+                    raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+            empty = [n for n in self.layer if not n.strip()]
+            if empty:
+                raise ValueError("layer: a module name is empty")
+
+    @classmethod
+    def view(cls, details) -> GradCamView | None:
+        return GradCamView.of(details)
+
+    def skip_reason(self, adapter) -> str | None:
+        if isinstance(adapter.net, torch.jit.ScriptModule):
+            return "TorchScript modules take no hooks, and Grad-CAM reads a layer through them (audit the eager model)"
+        if adapter.task not in self.tasks:
+            return super().skip_reason(adapter)
+        unsupported = task_of(adapter).explain_unsupported(adapter)
+        if unsupported is not None:
+            return unsupported
+        if not self.params.layer:
+            try:
+                _ = adapter.cam_layers  # finding the layer is the check
+            except ValueError as exc:  # an exported graph keeps no modules to hook
+                return f"no layer to explain: {exc}"
+        return None
+
+    def check(self, adapter) -> None:
+        self._layers(adapter)
+
+    def run(self, ctx: Context) -> ProbeResult:
+        p, adapter, task = self.params, ctx.adapter, ctx.task
+        layers = self._layers(adapter)
+        names = [n for n, _ in layers]
+        x, labels, picked = self._sample(ctx)
+        t = task.explain_targets(adapter, x, labels, p.max_targets, ctx.batch_size)
+        if len(t) == 0:
+            text = f"nothing to explain: no {task.explain_nothing} predicted on the {len(x)} sampled images"
+            return ProbeResult(
+                status="ok", score=None, findings=(Finding("medium", text),), details=NothingExplained(names).to_dict()
+            )
+        faithful = min(len(t), p.faithful_rows or task.explain_faithful_rows)
+        learned = learned_layers(adapter, task)
+        stages = cascade_stages(len(learned), p.stages)
+        bar = ctx.progress(
+            len(t) + 2 * (p.steps + 1) * (len(p.methods) + len(BASELINES)) + len(stages) * len(t), self.name
+        )
+        maps = explain(adapter, task, [m for _, m in layers], x, t, p.methods, ctx.batch_size, bar.update)
+        faith = faithfulness(adapter, x, t, maps, faithful, p.steps, ctx.generator(), ctx.batch_size, bar.update)
+        primary = maps.primary
+        cascade = randomisation(
+            adapter, learned, names, x, t, maps.coarse[primary], primary, stages, ctx.seed, ctx.batch_size, bar.update
+        )
+        found = localise(task, maps.full[primary], t, labels, tuple(x.shape[-2:]))
+        border = border_attention(maps.full[primary], t.cls, adapter.class_names)
+        bar.close()
+
+        metrics = self._metrics(faith.aucs, primary, cascade, found)
+        findings, faith_untrusted = faithfulness_findings(faith.aucs, primary, task.explain_score, faithful)
+        sanity, sanity_untrusted = sanity_findings(cascade, primary, task.randomised_unit)
+        findings[1:1] = border_findings(border, primary)
+        findings += sanity + localisation_findings(found) + [self._layers_finding(task, names, maps, len(t))]
+        metrics["untrustworthy"] = float(faith_untrusted or sanity_untrusted)
+        metrics["border_energy"] = border.mean
+        figures = draw_all(ctx, x, t, maps, faith, cascade, picked, labels, p.gallery)
+        details = GradCamDetails(
+            layers=names,
+            methods=maps.methods,
+            primary=primary,
+            rows=len(t),
+            images=len(x),
+            faithful_rows=faithful,
+            steps=p.steps,
+            aucs=faith.aucs,
+            stages=cascade.stages,
+            cam=maps.cam,
+            captions=figures.captions,
+            row_kind=task.explain_row,
+            localisation=found,
+            border=border,
+        )
+        return ProbeResult(
+            status="ok",
+            score=None,
+            metrics=metrics,
+            findings=tuple(findings),
+            artifacts=tuple(figures.artifacts),
+            details=details.to_dict(),
+        )
+
+    # ---- what to explain ------------------------------------------------------------------------------
+
+    def _layers(self, adapter):
+        if self.params.layer:
+            try:
+                adapter.set_cam_layers(list(self.params.layer))
+            except KeyError as exc:
+                names = [n for n, _ in adapter.net.named_modules() if n]
+                raise ValueError(
+                    f"layer: the model has no module {exc.args[0]}"
+                    f"{did_you_mean(exc.args[0], names)}; e.g. {', '.join(names[-3:])}"
+                ) from None
+        return adapter.cam_layers
+
+    def _sample(self, ctx):
+        """A seeded sample of the data: images on the device, their labels, their indices in the set."""
+        data = ctx.data
+        n = min(len(data), self.params.images or ctx.task.explain_images)
+        g = torch.Generator().manual_seed(ctx.seed)
+        picked = torch.randperm(len(data), generator=g)[:n].sort().values
+        xs, labels = [], []
+        for i in picked.tolist():
+            xi, yi = data.batch(slice(i, i + 1), ctx.device)
+            xs.append(xi)
+            labels.append(yi)
+        if not data.labelled:
+            labels = None
+        elif isinstance(labels[0], list):
+            labels = [y[0] for y in labels]
+        else:
+            labels = torch.cat(labels)
+        return torch.cat(xs), labels, picked
+
+    # ---- results --------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _metrics(aucs: dict[str, Auc], primary: str, cascade: Cascade, found: Localisation | None) -> dict:
+        metrics: dict[str, float | None] = {
+            "deletion_auc": aucs[primary].deletion,
+            "insertion_auc": aucs[primary].insertion,
+        }
+        for name, a in aucs.items():
+            metrics[f"deletion_auc@{name}"], metrics[f"insertion_auc@{name}"] = a.deletion, a.insertion
+        metrics["randomization_similarity"] = cascade.mean
+        if found is not None:
+            metrics["energy_in_object"], metrics["pointing_game"] = found.energy_in_object, found.pointing_game
+        return metrics
+
+    @staticmethod
+    def _layers_finding(task: Task, names: list[str], maps: Maps, rows: int) -> Finding:
+        if maps.cam:
+            cam = "CAM from the GAP + linear head"
+        elif task.class_logits:
+            cam = "no CAM: the network does not end in GAP + linear"
+        else:
+            cam = "CAM is for classifiers"
+        return Finding(
+            "info", f"maps from layer{'s' if len(names) > 1 else ''} {', '.join(names)}; {rows} rows explained; {cam}"
+        )
