@@ -1,4 +1,5 @@
-"""Shared fixtures: small data folders made from the zoo's digits, and a CLI runner."""
+"""Shared fixtures: the zoo's digits model and small data folders made from its digits, a CLI runner, the default
+audit run once per session, and a probe Context built without the runner."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ import torch
 from PIL import Image
 
 import cli
+from auditor.data import EvalData
+from auditor.models import ModelSpec, load_model
+from auditor.probes.base import Context, parse_params
+from auditor.runner import make_progress
 
 # metrics the attacks probe reports on every task besides the metric under attack
 ATTACK_CHECKS = {"median_min_eps", "zero_gradient_share", "nonfinite_gradient_share", "suspect_masking"}
@@ -32,6 +37,15 @@ FAST = [
     "attacks.square_queries=20",
     "--set",
     "patch.steps=2",
+    # actmax and gradcam on few steps: 7 of the 15 CPU-seconds of a whole audit of 30 digits at their defaults
+    "--set",
+    "actmax.steps=4",
+    "--set",
+    "gradcam.images=2",
+    "--set",
+    "gradcam.steps=3",
+    "--set",
+    "gradcam.stages=2",
 ]
 
 
@@ -43,17 +57,22 @@ class Outcome:
         return f"Outcome(code={self.code}, out={self.out[-2000:]!r}, err={self.err[-2000:]!r})"
 
 
+def run_cli(*args) -> int:
+    """Run the CLI in-process, as `audit ARGS...`, and return its exit code (for fixtures that share a run)."""
+    try:
+        cli.main([str(a) for a in args])
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    return 0
+
+
 @pytest.fixture
 def audit(capsys):
     """Run the CLI in-process, as `audit ARGS...`, and return its exit code and output."""
 
     def call(*args: str) -> Outcome:
         capsys.readouterr()
-        try:
-            cli.main([str(a) for a in args])
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
+        code = run_cli(*args)
         captured = capsys.readouterr()
         return Outcome(code, captured.out, captured.err)
 
@@ -107,6 +126,49 @@ def default_run(tmp_path_factory) -> Path:
     for name in ("report.html", "results.json"):
         assert (out / name).is_file(), f"default `audit run` wrote no {name}"
     return out
+
+
+@pytest.fixture(scope="module")
+def digits_model():
+    """The zoo's digits-cnn in eval mode. One per test module, not per session: tests hook into it and check that
+    a probe leaves no gradient on its weights, so a module never sees what another module's probes did to it."""
+    return load_model(ModelSpec(model="digits-cnn")).eval()
+
+
+def probe_context(
+    probe: str,
+    adapter,
+    out_dir: Path,
+    images: torch.Tensor | None = None,
+    labels=None,
+    *,
+    data: EvalData | None = None,
+    labelled: bool = True,
+    seed: int = 0,
+    batch_size: int = 32,
+    probes: tuple[str, ...] = (),
+) -> Context:
+    """The Context the runner would give probe `probe` on the CPU, without progress bars: over `data`, or over these
+    images and labels (labelled unless said otherwise)."""
+    if data is None:
+        source = "zoo" if labelled else "flat"
+        data = EvalData(name="t", images=images, labels=labels, labelled=labelled, source=source, total=len(labels))
+    return Context(
+        adapter=adapter,
+        data=data,
+        device=torch.device("cpu"),
+        seed=seed,
+        batch_size=batch_size,
+        out_dir=out_dir,
+        probe_name=probe,
+        progress=make_progress(False),
+        probes=probes,
+    )
+
+
+def make_probe(probe_class, **params):
+    """A probe with these parameters, parsed from text as `--set NAME.KEY=VALUE` would give them."""
+    return probe_class(parse_params(probe_class, {k: str(v) for k, v in params.items()}))
 
 
 @pytest.fixture(scope="session")

@@ -8,40 +8,20 @@ import re
 import pytest
 import torch
 
-from auditor.data import EvalData
 from auditor.errors import AuditError
 from auditor.models import ModelSpec, load_model
 from auditor.probes.actmax import ActMaxProbe
 from auditor.probes.actmax.parameterisation import COLOUR, IMAGE_SCALE, FourierImage, transform
-from auditor.probes.base import Context, parse_params
-from auditor.runner import make_progress
-
-
-@pytest.fixture(scope="module")
-def digits_model():
-    return load_model(ModelSpec(model="digits-cnn")).eval()
-
-
-def context(model, images, labels, tmp_path, seed: int = 0) -> Context:
-    data = EvalData(name="t", images=images, labels=labels, labelled=True, source="zoo", total=len(labels))
-    return Context(
-        adapter=model,
-        data=data,
-        device=torch.device("cpu"),
-        seed=seed,
-        batch_size=32,
-        out_dir=tmp_path,
-        probe_name="actmax",
-        progress=make_progress(False),
-    )
+from auditor.probes.base import parse_params
+from tests.conftest import make_probe, probe_context
 
 
 def probe(**params) -> ActMaxProbe:
-    return ActMaxProbe(parse_params(ActMaxProbe, {k: str(v) for k, v in params.items()}))
+    return make_probe(ActMaxProbe, **params)
 
 
 def test_class_images_are_recognised_as_their_class(digits_model, digits_test, tmp_path):
-    ctx = context(digits_model, digits_test[0][:64], digits_test[1][:64], tmp_path)
+    ctx = probe_context("actmax", digits_model, tmp_path, digits_test[0][:64], digits_test[1][:64])
     result = probe(steps=32, channels=1, layers="features.4.0").run(ctx)
     classes = result.details["classes"]
     assert [c["index"] for c in classes] == list(range(10))
@@ -58,7 +38,7 @@ def test_all_targets_are_one_batch_and_weights_get_no_gradient(digits_model, dig
     batches: list[int] = []
     handle = digits_model.net.register_forward_pre_hook(lambda _m, args: batches.append(len(args[0])))
     try:
-        result = probe(steps=5, channels=2).run(context(digits_model, images, labels, tmp_path))
+        result = probe(steps=5, channels=2).run(probe_context("actmax", digits_model, tmp_path, images, labels))
     finally:
         handle.remove()
     rows = 10 + 3 * 2
@@ -73,7 +53,7 @@ def test_seeded_runs_repeat_exactly(digits_model, digits_test, tmp_path):
     images, labels = digits_test[0][:16], digits_test[1][:16]
 
     def run(seed):
-        ctx = context(digits_model, images, labels, tmp_path / str(seed), seed)
+        ctx = probe_context("actmax", digits_model, tmp_path / str(seed), images, labels, seed=seed)
         r = probe(steps=4, channels=2, layers="features.4.0").run(ctx)
         return [c["logit_end"] for c in r.details["classes"]] + [
             a for layer in r.details["layers"] for a in layer["activation"]
@@ -119,17 +99,7 @@ def test_segmenter_and_detector_channel_galleries(name, tmp_path):
     model = load_model(ModelSpec(model=name)).eval()
     images = torch.rand(4, 3, *model.input_size, generator=torch.Generator().manual_seed(0))
     labels = torch.zeros(4, *model.input_size, dtype=torch.long) if model.task == "segment" else [torch.zeros(0, 5)] * 4
-    data = EvalData(name="t", images=images, labels=labels, labelled=False, source="flat", total=4)
-    ctx = Context(
-        adapter=model,
-        data=data,
-        device=torch.device("cpu"),
-        seed=0,
-        batch_size=4,
-        out_dir=tmp_path,
-        probe_name="actmax",
-        progress=make_progress(False),
-    )
+    ctx = probe_context("actmax", model, tmp_path, images, labels, labelled=False, batch_size=4)
     with pytest.raises(ValueError, match="size: the model does not run on a 100x100 canvas"):
         probe(size=100).check(model)  # 100 px does not halve down to the coarsest grid and back
     result = probe(steps=2, channels=2, size=64).run(ctx)
@@ -202,7 +172,7 @@ def test_many_classes_show_the_most_predicted(tmp_path):
     images = torch.rand(200, 1, 16, 16)
     with torch.no_grad():
         counts = torch.bincount(model(images).argmax(1), minlength=120)
-    ctx = context(model, images, torch.zeros(200, dtype=torch.long), tmp_path)
+    ctx = probe_context("actmax", model, tmp_path, images, torch.zeros(200, dtype=torch.long))
     result = probe(steps=1, channels=1).run(ctx)
     shown = [c["index"] for c in result.details["classes"]]
     assert len(shown) == 16 and result.details["class_choice"] == "most predicted"

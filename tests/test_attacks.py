@@ -8,37 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from auditor.data import EvalData
 from auditor.errors import AuditError
-from auditor.models import ModelSpec, load_model
 from auditor.probes.attacks import AttacksProbe, parse_eps
 from auditor.probes.attacks.engine import LinfAttack, bisect_min_eps
-from auditor.probes.base import Context, parse_params
-from auditor.runner import make_progress
-
-
-@pytest.fixture(scope="module")
-def digits_model():
-    return load_model(ModelSpec(model="digits-cnn")).eval()
-
-
-def context(model, images, labels, tmp_path) -> Context:
-    data = EvalData(name="t", images=images, labels=labels, labelled=True, source="zoo", total=len(labels))
-    return Context(
-        adapter=model,
-        data=data,
-        device=torch.device("cpu"),
-        seed=0,
-        batch_size=32,
-        out_dir=tmp_path,
-        probe_name="attacks",
-        progress=make_progress(False),
-    )
+from auditor.probes.base import parse_params
+from tests.conftest import make_probe, probe_context
 
 
 def run_probe(model, images, labels, tmp_path, **params):
-    probe = AttacksProbe(parse_params(AttacksProbe, {k: str(v) for k, v in params.items()}))
-    return probe.run(context(model, images, labels, tmp_path))
+    return make_probe(AttacksProbe, **params).run(probe_context("attacks", model, tmp_path, images, labels))
 
 
 def accuracy(model, x, y) -> float:

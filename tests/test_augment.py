@@ -300,6 +300,7 @@ def test_alexnet_reference_uses_the_published_errors():
     assert math.isclose(ALEXNET_ERRORS["gaussian_noise"], 0.886428)
 
 
+@pytest.mark.slow
 def test_segmenter_and_detector_follow_geometric_shifts(audit, tmp_path):
     """A flip moves masks and boxes with the image: models of symmetric shapes keep their score."""
     for model, metric in (("shapes-unet", "miou"), ("shapes-yolov8n", "map50")):

@@ -6,11 +6,13 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests.conftest import FAST, read_results
 
 
+@pytest.mark.slow
 def test_imagefolder_is_labelled(audit, tmp_path, digits_imagefolder):
     out = tmp_path / "out"
     r = audit("run", "--data", digits_imagefolder, "--out", out, *FAST)
@@ -21,6 +23,7 @@ def test_imagefolder_is_labelled(audit, tmp_path, digits_imagefolder):
     assert res["probes"]["attacks"]["metrics"]["clean_accuracy"] >= 0.9
 
 
+@pytest.mark.slow
 def test_flat_folder_is_label_free_and_says_so(audit, tmp_path, digits_flat):
     out = tmp_path / "out"
     r = audit("run", "--data", digits_flat, "--out", out, *FAST)

@@ -26,6 +26,8 @@ DET_FAST = [
     "attacks.check_images=2",
     "--set",
     "patch.steps=2",
+    "--set",
+    "actmax.steps=4",  # 96 steps by default: 12 of the 21 CPU-seconds of a whole audit of yolov8n.yaml at 64 px
 ]
 
 
@@ -60,6 +62,7 @@ def test_yolo_labels_become_pixel_boxes(tmp_path):
     assert _read_yolo_labels(tmp_path / "missing.txt", (64, 64)).shape == (0, 5)  # no file: no objects
 
 
+@pytest.mark.slow
 def test_ultralytics_yaml_model_on_dataset_yaml(audit, tmp_path, det_set, classes3):
     """The ultralytics path with a tiny untrained model built from ultralytics' own yolov8n.yaml."""
     out = tmp_path / "out"
@@ -196,6 +199,7 @@ def test_torchvision_detector_with_weights_file(audit, tmp_path, det_set, classe
     assert res["probes"]["attacks"]["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_torchvision_segmenter_with_weights_file(audit, tmp_path):
     import torchvision
 
@@ -230,6 +234,7 @@ def test_torchvision_segmenter_with_weights_file(audit, tmp_path):
     assert "clean_miou" in res["probes"]["attacks"]["metrics"]
 
 
+@pytest.mark.slow
 def test_yolo_recipe_trains_on_a_small_budget(tmp_path):
     """A re-run of the detector's recipe on a small budget still learns: the training loss goes down."""
     from zoo.shapes_yolo import train
@@ -254,6 +259,7 @@ def test_anchor_scores_are_differentiable_per_box():
     assert grad.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_checkpoint_written_by_ultralytics(audit, tmp_path, det_set, classes3):
     """A *.pt saved by ultralytics' trainer (a pickled model) passes the globals check and audits."""
     from auditor.models.ultralytics import quiet_ultralytics
@@ -289,6 +295,7 @@ def test_checkpoint_written_by_ultralytics(audit, tmp_path, det_set, classes3):
     assert res["model"]["classes"] == 3
 
 
+@pytest.mark.slow
 def test_ultralytics_seg_model_is_audited_as_a_detector(audit, tmp_path, det_set, classes3):
     out = tmp_path / "out"
     r = audit(

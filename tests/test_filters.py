@@ -8,34 +8,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from auditor.data import EvalData
-from auditor.models import ModelSpec, load_model
 from auditor.models.base import ClassifierAdapter, ModelFacts, Preprocess
-from auditor.probes.base import Context
 from auditor.probes.filters import DEAD_FRAME, DUPLICATE_FRAME, FiltersProbe
-from auditor.runner import make_progress
-
-
-def context(adapter, tmp_path) -> Context:
-    c = adapter.channels
-    data = EvalData(
-        name="t",
-        images=torch.zeros(1, c, *adapter.input_size),
-        labels=torch.zeros(1, dtype=torch.long),
-        labelled=True,
-        source="zoo",
-        total=1,
-    )
-    return Context(
-        adapter=adapter,
-        data=data,
-        device=torch.device("cpu"),
-        seed=0,
-        batch_size=32,
-        out_dir=tmp_path,
-        probe_name="filters",
-        progress=make_progress(False),
-    )
+from tests.conftest import probe_context
 
 
 def handmade(weight: torch.Tensor) -> ClassifierAdapter:
@@ -60,7 +35,9 @@ def handmade(weight: torch.Tensor) -> ClassifierAdapter:
 
 
 def run(adapter, tmp_path, **params):
-    result = FiltersProbe(FiltersProbe.Params(**params)).run(context(adapter, tmp_path))
+    blank = torch.zeros(1, adapter.channels, *adapter.input_size)  # filters reads the weights, not the images
+    ctx = probe_context("filters", adapter, tmp_path, blank, torch.zeros(1, dtype=torch.long))
+    result = FiltersProbe(FiltersProbe.Params(**params)).run(ctx)
     with Image.open(tmp_path / result.artifacts[0]) as im:
         return result, np.asarray(im.convert("RGB")).astype(int)
 
@@ -111,9 +88,9 @@ def test_rgb_filters_in_colour_and_single_channel_in_grey(tmp_path):
     assert (np.ptp(pixels, axis=-1) == 0).all()  # tiles and labels all grey
 
 
-def test_filters_grid_of_first_conv(tmp_path):
+def test_filters_grid_of_first_conv(digits_model, tmp_path):
     """The zoo's digits-cnn: 32 grey 3x3 filters, none dead, none near-identical."""
-    result, pixels = run(load_model(ModelSpec(model="digits-cnn")).eval(), tmp_path)
+    result, pixels = run(digits_model, tmp_path)
     assert result.metrics["filters"] == 32 and result.details["shape"] == [32, 1, 3, 3]
     assert result.metrics["dead_filters"] == 0 and result.metrics["duplicate_pairs"] == 0
     assert pixels.shape[1] >= 6 * 30 and pixels.shape[0] >= 6 * 30  # 32 tiles, each upscaled to at least 30 px

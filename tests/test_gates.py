@@ -105,9 +105,10 @@ def test_junit_has_one_case_per_rule_and_summary_reads():
 
 def test_run_with_gates_exit_codes(audit, tmp_path):
     out = tmp_path / "out"
-    r = audit("run", "--limit", "12", "--out", out, "--gate", "attacks.clean_accuracy >= 0.5", *FAST)
+    run = ("run", "--limit", "12", "--probes", "attacks", "--out", out)  # the probe the rules read
+    r = audit(*run, "--gate", "attacks.clean_accuracy >= 0.5", *FAST)
     assert r.code == 0, r
-    r = audit("run", "--limit", "12", "--out", out, "--gate", "attacks.score >= 0.99", *FAST)
+    r = audit(*run, "--gate", "attacks.score >= 0.99", *FAST)
     assert r.code == 1, r
     assert "gate FAIL: attacks.score >= 0.99" in r.out
     case = ET.parse(out / "junit.xml").getroot().find("testcase")
@@ -120,7 +121,7 @@ def test_run_with_gates_exit_codes(audit, tmp_path):
 
 def test_gate_command_on_saved_results(audit, tmp_path):
     out = tmp_path / "out"
-    assert audit("run", "--limit", "12", "--out", out, *FAST).code == 0
+    assert audit("run", "--limit", "12", "--probes", "attacks", "--out", out, *FAST).code == 0  # what the rules read
     passing = tmp_path / "pass.toml"
     passing.write_text('rules = ["attacks.clean_accuracy >= 0.5", "warn: attacks.score >= 0.99"]\n')
     r = audit("gate", out / "results.json", "--rules", passing)

@@ -6,37 +6,18 @@ import pytest
 import torch
 
 from auditor.cam import cam_maps, class_activation_maps, gap_linear_head
-from auditor.data import EvalData
 from auditor.models import ModelSpec, load_model
-from auditor.probes.base import Context, parse_params
 from auditor.probes.gradcam import GradCamProbe
 from auditor.probes.gradcam.faithfulness import auc, deletion_insertion
 from auditor.probes.gradcam.localisation import energy_in_object, pointing_hits
 from auditor.probes.gradcam.sanity import rank_correlation
-from auditor.runner import make_progress
-from tests.conftest import read_results
+from tests.conftest import make_probe, probe_context, read_results
 
 SMALL = ["--set", "gradcam.images=2", "--set", "gradcam.steps=3", "--set", "gradcam.stages=2"]
 
 
-@pytest.fixture(scope="module")
-def digits_model():
-    return load_model(ModelSpec(model="digits-cnn")).eval()
-
-
 def run_probe(model, pixels, labels, tmp_path, **params):
-    data = EvalData(name="t", images=pixels, labels=labels, labelled=True, source="zoo", total=len(labels))
-    ctx = Context(
-        adapter=model,
-        data=data,
-        device=torch.device("cpu"),
-        seed=0,
-        batch_size=32,
-        out_dir=tmp_path,
-        probe_name="gradcam",
-        progress=make_progress(False),
-    )
-    return GradCamProbe(parse_params(GradCamProbe, {k: str(v) for k, v in params.items()})).run(ctx)
+    return make_probe(GradCamProbe, **params).run(probe_context("gradcam", model, tmp_path, pixels, labels))
 
 
 def test_cam_equals_gradcam_on_a_gap_network(digits_model, digits_test):
@@ -146,6 +127,7 @@ def test_localisation_and_rank_correlation_helpers():
     assert torch.isnan(rank_correlation(torch.zeros(1, 5, 5), a[:1])).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["shapes-unet", "shapes-yolov8n"])
 def test_segmenter_and_detector_rows_each_get_their_own_map(audit, tmp_path, model):
     out = tmp_path / "out"

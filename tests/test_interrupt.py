@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # whole runs in subprocesses
 # attacks runs first, then augment: long enough (a few seconds) to be stopped in
 ARGS = [
     "run",

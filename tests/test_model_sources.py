@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import FAST, TinyNet, read_results
+from tests.conftest import FAST, TinyNet, read_results, run_cli
 
 
 @pytest.fixture
@@ -29,6 +29,7 @@ def test_uncached_torchvision_model_offline(audit, tmp_path, empty_torch_home):
     assert str(expected) in line and "--weights PATH" in line
 
 
+@pytest.mark.slow
 def test_uncached_torchvision_model_without_network(tmp_path):
     """No --offline, but the download cannot connect: the same one-line error, exit 2."""
     env = {
@@ -53,15 +54,18 @@ def test_uncached_torchvision_model_without_network(tmp_path):
     assert not (tmp_path / "th" / "hub" / "checkpoints" / "vgg16-397923af.pth").exists()
 
 
-def test_torchvision_name_with_weights_file(audit, tmp_path, digits_flat):
-    """Architecture by name, ImageNet categories and transforms from the Weights enum, state dict from a file."""
+@pytest.fixture(scope="module")
+def torchvision_run(tmp_path_factory, digits_flat) -> dict:
+    """results.json of `audit run --model mobilenet_v3_small --weights FILE` on two digits: attacks alone, at the
+    attack grid the model source chose (no attacks.eps)."""
     import torchvision
 
-    weights = tmp_path / "mnv3.pth"
+    base = tmp_path_factory.mktemp("torchvision")
+    weights = base / "mnv3.pth"
     torch.manual_seed(0)
     torch.save(torchvision.models.get_model("mobilenet_v3_small").state_dict(), weights)
-    out = tmp_path / "out"
-    r = audit(
+    out = base / "out"
+    code = run_cli(
         "run",
         "--model",
         "mobilenet_v3_small",
@@ -71,30 +75,50 @@ def test_torchvision_name_with_weights_file(audit, tmp_path, digits_flat):
         digits_flat,
         "--limit",
         "2",
+        "--probes",
+        "attacks",
         "--out",
         out,
-        "--set",
-        "attacks.eps=4/255",
         "--set",
         "attacks.steps=1",
         "--set",
         "attacks.gallery=0",
     )
-    assert r.code == 0, r
-    res = read_results(out)
+    assert code == 0, f"audit run of mobilenet_v3_small exited {code}"
+    return read_results(out)
+
+
+@pytest.mark.slow
+def test_torchvision_name_with_weights_file(torchvision_run):
+    """Architecture by name, ImageNet categories and transforms from the Weights enum, state dict from a file."""
+    res = torchvision_run
     assert res["model"]["source"] == "torchvision" and res["model"]["classes"] == 1000
     assert res["model"]["input"] == "3x224x224" and res["model"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
-    assert "robust_accuracy@linf=4/255" in res["probes"]["attacks"]["metrics"]
+    assert res["probes"]["attacks"]["status"] == "ok"
     # the note names the user's weights; the Weights enum gave only the preprocessing
     assert res["model"]["notes"] == [
         "weights mnv3.pth, preprocessing of MobileNet_V3_Small_Weights.IMAGENET1K_V1: resize 256, centre crop 224"
     ]
 
 
-def test_torchvision_default_grid_is_imagenet(empty_torch_home):
-    from auditor.models.torchvision import IMAGENET_EPSILONS
+def _eps(text: str) -> float:
+    numerator, _, denominator = text.partition("/")
+    return float(numerator) / float(denominator or 1)
 
-    assert IMAGENET_EPSILONS == ("0.5/255", "1/255", "2/255", "4/255")
+
+@pytest.mark.slow
+def test_torchvision_classifier_is_attacked_up_to_robustbench_imagenet_budget(torchvision_run):
+    """Unless attacks.eps says otherwise, an ImageNet classifier is attacked on a rising grid of ε in pixel units
+    (images in [0, 1], the normalisation inside the model) that ends at 4/255, RobustBench's ImageNet L-inf budget,
+    so its robust accuracy reads against the leaderboard's and a gate can name robust_accuracy@linf=4/255."""
+    metrics = torchvision_run["probes"]["attacks"]["metrics"]
+    grid = [key.split("=", 1)[1] for key in metrics if key.startswith("robust_accuracy@linf=")]
+    values = [_eps(e) for e in grid]
+    assert len(grid) >= 3, grid  # a curve, not one point
+    assert all(a < b for a, b in zip(values, values[1:])), grid  # rising, no repeats
+    assert grid[-1] == "4/255" and values[-1] == pytest.approx(4 / 255), grid  # not 4/255 divided by an ImageNet std
+    assert values[0] > 0, grid
+    assert all(0 <= metrics[f"robust_accuracy@linf={e}"] <= 1 for e in grid)
 
 
 def test_weights_refuse_pickled_code(audit, tmp_path):
@@ -122,6 +146,7 @@ def classes_file(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_torchscript_model(audit, tmp_path, digits_imagefolder, classes_file):
     torch.manual_seed(0)
     path = tmp_path / "tiny.ts"
@@ -155,6 +180,7 @@ def test_torchscript_needs_input_size(audit, tmp_path):
     assert r.code == 2 and "--input-size" in r.err
 
 
+@pytest.mark.slow
 def test_export_program(audit, tmp_path, digits_flat):
     torch.manual_seed(0)
     batch = torch.export.Dim("batch", min=1)
@@ -168,6 +194,7 @@ def test_export_program(audit, tmp_path, digits_flat):
     assert res["model"]["source"] == "export" and res["probes"]["attacks"]["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_import_path_model(audit, tmp_path, digits_imagefolder, monkeypatch):
     pkg = tmp_path / "mypkg"
     pkg.mkdir()

@@ -9,43 +9,26 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from auditor.data import EvalData
 from auditor.errors import AuditError
 from auditor.models import ModelSpec, load_model
-from auditor.probes.base import Context, parse_params
+from auditor.probes.base import parse_params
 from auditor.probes.patch import PatchProbe
 from auditor.probes.patch import probe as patch_module
 from auditor.probes.patch.geometry import Placement, paste, patched, tile_extent
 from auditor.probes.patch.training import split
-from auditor.runner import make_progress
-from tests.conftest import read_results
+from tests.conftest import make_probe, probe_context, read_results
 
 FAST = ["--set", "patch.steps=2", "--set", "patch.gallery=2"]
 STEPS = 40  # enough for a 30% patch to turn every held-out digit (an untrained one turns about 10%)
 
 
-@pytest.fixture(scope="module")
-def digits_model():
-    return load_model(ModelSpec(model="digits-cnn")).eval()
-
-
-def context(model, images, labels, tmp_path, probes=("patch",)) -> Context:
-    data = EvalData(name="t", images=images, labels=labels, labelled=True, source="zoo", total=len(labels))
-    return Context(
-        adapter=model,
-        data=data,
-        device=torch.device("cpu"),
-        seed=0,
-        batch_size=64,
-        out_dir=tmp_path,
-        probe_name="patch",
-        progress=make_progress(False),
-        probes=probes,
-    )
-
-
 def probe(**params) -> PatchProbe:
-    return PatchProbe(parse_params(PatchProbe, {k: str(v) for k, v in params.items()}))
+    return make_probe(PatchProbe, **params)
+
+
+def context(model, images, labels, out_dir):
+    """patch alone in the run, 64 images a batch."""
+    return probe_context("patch", model, out_dir, images, labels, batch_size=64, probes=("patch",))
 
 
 def test_a_large_patch_turns_held_out_digits_into_the_target(digits_model, digits_test, tmp_path):
@@ -204,6 +187,7 @@ def test_bad_target_and_params_are_usage_errors(audit, digits_model, tmp_path):
             parse_params(PatchProbe, bad)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["shapes-yolov8n", "shapes-unet"])
 def test_detector_and_segmenter_patches_produce_their_metrics(audit, tmp_path, model):
     out = tmp_path / "out"
@@ -250,16 +234,7 @@ def test_detector_images_without_objects_get_no_patch_and_keep_their_place(tmp_p
     data = load_data(model, None, limit=8, seed=0)
     empty = [0, 3, 5]
     data.labels = [torch.zeros(0, 5) if i in empty else t for i, t in enumerate(data.labels)]
-    ctx = Context(
-        adapter=model,
-        data=data,
-        device=torch.device("cpu"),
-        seed=0,
-        batch_size=3,
-        out_dir=tmp_path,
-        probe_name="patch",
-        progress=make_progress(False),
-    )
+    ctx = probe_context("patch", model, tmp_path, data=data, batch_size=3)
     result = probe(scales="0.2", score_scale=0.2, steps=2, gallery=2, held_out=0.5).run(ctx)
     objects = sum(len(t) for i, t in enumerate(data.labels) if i in split(8, 0.5, 0)[1].tolist())
     assert result.details["rows"][0][2] == pytest.approx(result.metrics["clean_recall"]) and objects > 0

@@ -2,36 +2,46 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
-from auditor.models import ModelSpec, load_model
+from tests.conftest import FAST, probe_context, read_results
 
 
-@pytest.fixture(scope="module")
-def digits_model():
-    return load_model(ModelSpec(model="digits-cnn")).eval()
-
-
-def test_autoescaped_report(audit, tmp_path):
+def test_class_names_reach_the_report_as_text(audit, tmp_path):
+    """Class names come from the user (--classes, folder names). Where a probe prints one, the page shows it as text:
+    here the attacks probe's per-class table, which names every class it saw."""
+    hostile = "<script>alert(1)</script>"
     classes = tmp_path / "classes.txt"
-    classes.write_text("\n".join(["<script>alert(1)</script>"] + [str(i) for i in range(1, 10)]))
+    classes.write_text("\n".join([hostile] + [str(i) for i in range(1, 10)]))
     out = tmp_path / "out"
     r = audit(
-        "run", "--classes", classes, "--limit", "8", "--out", out, "--probes", "filters", "--gate", "warn: score >= 0"
+        "run",
+        "--classes",
+        classes,
+        "--limit",
+        "24",
+        "--probes",
+        "attacks",
+        "--set",
+        "attacks.eps=0.05",
+        *FAST,
+        "--out",
+        out,
     )
     assert r.code == 0, r
+    assert hostile in {row["class"] for row in read_results(out)["probes"]["attacks"]["details"]["per_class"]["rows"]}
     html = (out / "report.html").read_text()
-    assert "<script>alert(1)" not in html
+    per_class = html[html.index("Per class, weakest first") :]
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in per_class  # the name reached the page, escaped
+    assert hostile not in html and "<script>alert" not in html
 
 
 def test_out_of_gpu_memory_halves_the_batch_and_retries(digits_model, digits_test, tmp_path, capsys):
     from dataclasses import dataclass
 
-    from auditor.data import EvalData
-    from auditor.probes.base import Context, Probe
+    from auditor.probes.base import Probe
     from auditor.results import ProbeResult
-    from auditor.runner import make_progress, run_probe
+    from auditor.runner import run_probe
 
     class Hungry(Probe):
         name, description, tasks = "hungry", "needs batch <= fits", ("classify",)
@@ -51,17 +61,7 @@ def test_out_of_gpu_memory_halves_the_batch_and_retries(digits_model, digits_tes
             return ProbeResult(status="ok", score=1.0)
 
     images, labels = digits_test
-    data = EvalData(name="d", images=images[:20], labels=labels[:20], labelled=True, source="zoo", total=20)
-    ctx = Context(
-        adapter=digits_model,
-        data=data,
-        device=torch.device("cpu"),
-        seed=0,
-        batch_size=64,
-        out_dir=tmp_path,
-        probe_name="hungry",
-        progress=make_progress(False),
-    )
+    ctx = probe_context("hungry", digits_model, tmp_path, images[:20], labels[:20], batch_size=64)
     probe = Hungry()
     result = run_probe(probe, ctx)
     assert probe.tried == [64, 32, 16, 8] and result.status == "ok" and result.details["batch_size"] == 8

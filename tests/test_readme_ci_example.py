@@ -9,6 +9,7 @@ import tomllib
 from pathlib import Path
 
 import click
+import pytest
 import yaml
 
 import cli
@@ -58,6 +59,7 @@ def test_workflow_commands_and_options_exist():
         command.make_context(args[0], args[1:], resilient_parsing=False)  # parses as click would
 
 
+@pytest.mark.slow
 def test_gates_file_example_rules_name_real_metrics(default_run):
     gates = tomllib.loads(_block("toml", "# audit/gates.toml"))
     assert gates["baseline"] == "baseline/results.json"

@@ -7,6 +7,7 @@ import io
 import re
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from auditor.headlines import key_findings, section_order
@@ -113,6 +114,7 @@ def test_report_of_a_probe_with_huge_figures_stays_under_15_mb(tmp_path):
     assert "caption &lt;b&gt;0&lt;/b&gt;" in html
 
 
+@pytest.mark.slow
 def test_default_run_report_is_self_contained_and_small(default_run):
     html = (default_run / "report.html").read_text(encoding="utf-8")
     assert (default_run / "report.html").stat().st_size < MAX_REPORT_BYTES

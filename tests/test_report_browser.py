@@ -45,6 +45,8 @@ CHROMIUM_ARGS = [
 ]
 LAND_MAX_TOP = 200  # px: a section a nav link lands on starts this close to the viewport's top
 
+pytestmark = pytest.mark.slow  # a browser, and the default audit for most of them
+
 
 def _in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")

@@ -26,6 +26,8 @@ SEG_FAST = [
     "attacks.check_images=2",
     "--set",
     "patch.steps=2",
+    "--set",
+    "actmax.steps=4",  # as in test_detection: the probe's own tests check what more steps buy
 ]
 
 
@@ -83,6 +85,7 @@ def seg_ts_model(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_torchscript_segmenter_on_images_and_masks(audit, tmp_path, seg_folder, seg_ts_model):
     path = seg_ts_model
     out = tmp_path / "out"
@@ -121,6 +124,7 @@ def test_torchscript_segmenter_on_images_and_masks(audit, tmp_path, seg_folder, 
     assert all(0 <= v <= 1 for v in attacks["metrics"].values())
 
 
+@pytest.mark.slow
 def test_segmenter_label_free_on_images_alone(audit, tmp_path, seg_folder, python_module):
     python_module(
         "segpkg",
@@ -183,6 +187,7 @@ def test_rgb_mask_is_refused(tmp_path):
         _decode_pair(tmp_path / "i.png", tmp_path / "m.png", "RGB", Preprocess(resize=(8, 8)).transform())
 
 
+@pytest.mark.slow
 def test_unet_recipe_trains_on_a_small_budget(tmp_path):
     """A re-run of the recipe on a small budget still learns: the loss goes down."""
     from zoo.shapes_unet import train
