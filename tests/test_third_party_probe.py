@@ -11,6 +11,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # the installed script in a subprocess, with the toy package on its path
+
 TOY_MODULE = '''
 """A third-party probe, as another package would ship it."""
 
