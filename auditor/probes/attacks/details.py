@@ -13,8 +13,8 @@ from typing import Any
 
 from auditor.probes.attacks.gradient_masking import Check
 
-# what details.engine says; the path is the one saved runs carry (the engine is now probes/attacks/engine.py)
-ENGINE = "the project's batched torch PGD on the model's own loss (auditor/adversary.py)"
+# what details.engine says (runs saved before the attacks package carry the engine's old path, auditor/adversary.py)
+ENGINE = "the project's batched torch PGD on the model's own loss (auditor/probes/attacks/engine.py)"
 
 
 @dataclass
