@@ -6,13 +6,16 @@ import torch
 
 from auditor.metrics import mean_iou_score
 from auditor.targets import Targets, chunks, round_robin
-from auditor.tasks.classify import Classify
+from auditor.tasks.base import Task
 from auditor.tasks.warp import warp_masks
 
 
-class Segment(Classify):
+class Segment(Task):
     name = "segment"
     metric = "miou"
+
+    def predict(self, adapter, x: torch.Tensor) -> torch.Tensor:
+        return adapter.predict(x).cpu()
 
     def warp(self, items, affine, size):
         return warp_masks(items, affine)
@@ -40,25 +43,11 @@ class Segment(Classify):
             )
         return torch.stack(ious, 1).double().nanmean(1).nan_to_num(1.0)
 
-    # ---- augment ----------------------------------------------------------------------------------------
-
-    def imagenet_classes(self, num_classes: int) -> bool:
-        return False  # a class per pixel, not per image (Classify's answer does not carry over)
-
     # ---- attacks ----------------------------------------------------------------------------------------
-    # A mask is not right or wrong as a whole, and an attack step costs as much as a detector's
-    # (so the sizes are the detector's, Task's defaults, not the classifier's that this class inherits)
-    attack_stops_when_wrong = False
-    attack_min_eps_images = 8
-    attack_bisect_rounds = 2
-    attack_check_images = 8
-    attack_check_restarts = 0
-    attack_square = False
-    attack_per_class = False
-    attack_gallery_at_flip = False
+    # A mask is not right or wrong as a whole, and an attack step costs as much as a detector's: the
+    # sizes and checks are Task's defaults.
     attack_gallery = "masks"
     # ---- gradcam ----------------------------------------------------------------------------------------
-    class_logits = False
     label_kind = "mask"
     explain_images = 8
     explain_faithful_rows = 8
@@ -83,6 +72,3 @@ class Segment(Classify):
         image_t = torch.tensor([image[i] for i in order], device=dev, dtype=torch.long)
         cls_t = torch.tensor([cls[i] for i in order], device=dev, dtype=torch.long)
         return Targets(image=image_t, cls=cls_t, role=["mask"] * len(order), mask=pred[image_t] == cls_t[:, None, None])
-
-    # ---- actmax -----------------------------------------------------------------------------------------
-    fully_convolutional = True
