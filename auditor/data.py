@@ -64,15 +64,23 @@ class EvalData:
 
         Labels as the data holds them: class ids or masks as long, or (detect) a list of K x 5 tensors."""
         index = _rows(index, self.images.device)
-        x = self.images_at(index, device)
-        if isinstance(self.labels, list):
-            picked = self.labels[index] if isinstance(index, slice) else [self.labels[i] for i in index.tolist()]
-            return x, [t.to(device) for t in picked]
-        return x, self.labels[index].to(device).long()
+        return self.images_at(index, device), self.labels_at(index, device)
 
     def images_at(self, index, device: torch.device | str = "cpu") -> torch.Tensor:
         """Images (a slice, or a list or tensor of indices) in [0, 1] as float32 on the device."""
-        return as_unit_float(self.images[_rows(index, self.images.device)].to(device))
+        return as_unit_float(self.stored_images_at(index, device))
+
+    def stored_images_at(self, index, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Images as the data holds them (uint8 for files: a quarter of float32's memory), on the device."""
+        return self.images[_rows(index, self.images.device)].to(device)
+
+    def labels_at(self, index, device: torch.device | str = "cpu") -> Any:
+        """Labels as the data holds them: class ids or masks as long, or (detect) a list of K x 5 tensors."""
+        index = _rows(index, self.images.device)
+        if isinstance(self.labels, list):
+            picked = self.labels[index] if isinstance(index, slice) else [self.labels[i] for i in index.tolist()]
+            return [t.to(device) for t in picked]
+        return self.labels[index].to(device).long()
 
     def facts(self) -> dict:
         facts = {

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import torch
 
 from auditor.cam import cam_maps, upsample
+from auditor.data import as_unit_float
 from auditor.probes.base import Context
 from auditor.probes.patch.details import HALF, Row, Wording
 from auditor.probes.patch.figures import Gallery, Panels
@@ -104,7 +105,7 @@ class Goal:
     def __init__(self, adapter, images: torch.Tensor, reference, clean, labelled: bool):
         self.adapter, self.task = adapter, task_of(adapter)
         self.names, self.num_classes = adapter.class_names, adapter.num_classes
-        self.images = images  # in [0, 1], on the device
+        self.images = images  # on the device, as the data holds them (uint8 for files): pixels() makes floats
         self.reference, self.clean, self.labelled = reference, clean, labelled
         self.target: int | None = None
         self.candidates = torch.arange(len(images), device=images.device)  # rows a training step may draw
@@ -115,7 +116,7 @@ class Goal:
 
     def pixels(self, rows) -> torch.Tensor:
         """Images `rows` as float in [0, 1]."""
-        return self.images[rows]
+        return as_unit_float(self.images[rows])
 
     @classmethod
     def from_data(cls, ctx: Context, idx: torch.Tensor, clean=None) -> Goal:
@@ -126,7 +127,7 @@ class Goal:
         task = ctx.task
         if clean is None:
             clean = predict_all(ctx.adapter, ctx.data, task, ctx.batch_size, ctx.device)
-        x, labels = ctx.data.batch(idx, ctx.device)
+        x, labels = ctx.data.stored_images_at(idx, ctx.device), ctx.data.labels_at(idx, ctx.device)
         mine = task.take(clean, idx)
         reference = labels if ctx.data.labelled else task.to(task.as_reference(mine), ctx.device)
         return cls(ctx.adapter, x, reference, cls.clean_outputs(task, mine, ctx.device), ctx.data.labelled)
