@@ -5,10 +5,12 @@ Matplotlib runs headless (Agg) and is imported only when a figure is drawn.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw, ImageFont
 
 
 def pyplot():
@@ -47,9 +49,6 @@ def save_tile_grid(
     labels: a short text under each tile; frames: an RGB colour (or None) per tile, drawn as a
     border around the tile so that marking a tile never hides any of its pixels.
     """
-    import math
-
-    from PIL import Image, ImageDraw, ImageFont
 
     n, _, h, w = tiles.shape
     scale = max(1, tile_px // max(h, w))
@@ -72,7 +71,6 @@ def save_tile_grid(
 
 def overlay_mask(image: torch.Tensor, mask: torch.Tensor, num_classes: int, alpha: float = 0.7):
     """Class colours over a dimmed grey copy of the image, so mask colours never mix with the scene's own."""
-    import numpy as np
 
     plt = pyplot()
     arr, _ = to_display(image)
@@ -97,7 +95,7 @@ def draw_boxes(ax, boxes: dict, names) -> None:
         ax.text(
             x0,
             y0,
-            _short(names[int(label)], 10),
+            short(names[int(label)], 10),
             color="white",
             fontsize=5,
             va="bottom",
@@ -105,7 +103,7 @@ def draw_boxes(ax, boxes: dict, names) -> None:
         )
 
 
-def _short(text: str, n: int = 34) -> str:
+def short(text: str, n: int = 34) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 

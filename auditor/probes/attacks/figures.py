@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from auditor.figures import _short, draw_boxes, overlay_mask, pyplot, save_figure, to_display
+from auditor.figures import draw_boxes, overlay_mask, pyplot, save_figure, short, to_display
 from auditor.tasks import task_of
 
 
@@ -130,17 +130,17 @@ class GalleryStyle(abc.ABC):
         """The panels of one column, top to bottom."""
 
     def legend_name(self, i: int, name: str) -> str:
-        return _short(name, 12)
+        return short(name, 12)
 
 
 class ClassPanels(GalleryStyle):
     """Classifiers: the class in each title (and the reference under the clean one); no legend."""
 
     def panels(self, c: GalleryColumn, names, num_classes: int, labelled: bool) -> list[Panel]:
-        truth = f"\n(ref {_short(names[int(c.reference)], 12)})" if labelled else ""
+        truth = f"\n(ref {short(names[int(c.reference)], 12)})" if labelled else ""
         return [
-            Panel(*to_display(c.clean), f"{_short(names[int(c.out_clean)], 14)}{truth}"),
-            Panel(*to_display(c.adversarial), f"ε={c.eps_label}:\n{_short(names[int(c.out_adversarial)], 14)}"),
+            Panel(*to_display(c.clean), f"{short(names[int(c.out_clean)], 14)}{truth}"),
+            Panel(*to_display(c.adversarial), f"ε={c.eps_label}:\n{short(names[int(c.out_adversarial)], 14)}"),
             _perturbation(c),
         ]
 
@@ -185,7 +185,7 @@ class MaskPanels(GalleryStyle):
         return out
 
     def legend_name(self, i: int, name: str) -> str:
-        return f"{_short(name, 12)}={i}"  # the class id, as the masks hold it
+        return f"{short(name, 12)}={i}"  # the class id, as the masks hold it
 
 
 GALLERY_STYLES: dict[str, GalleryStyle] = {"classes": ClassPanels(), "boxes": BoxPanels(), "masks": MaskPanels()}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import abc
 from pathlib import Path
 
-from auditor.figures import _short, draw_boxes, overlay_mask, pyplot, save_figure, to_display
+from auditor.figures import draw_boxes, overlay_mask, pyplot, save_figure, short, to_display
 from auditor.models.base import SHOW_CONF
 from auditor.probes.augment.shifts import FAMILY_ORDER
 from auditor.probes.base import Context, Figures
@@ -31,7 +31,7 @@ class ClassTitles(Panels):
         arr, cmap = to_display(image)
         ax.imshow(arr, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
         colour = "#c0392b" if int(out) != int(clean_out) else "black"
-        return f"{label}: {_short(adapter.class_names[int(out)], 12)}", colour
+        return f"{label}: {short(adapter.class_names[int(out)], 12)}", colour
 
 
 class Boxes(Panels):

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from auditor.figures import _short, draw_boxes, overlay_heat, pyplot, save_figure, to_display
+from auditor.figures import draw_boxes, overlay_heat, pyplot, save_figure, short, to_display
 from auditor.probes.base import Context, Figures
 from auditor.targets import Targets, round_robin
 from auditor.tasks import task_of
@@ -51,7 +51,7 @@ def draw_methods(adapter, x, t, maps: dict[str, torch.Tensor], set_index: list[i
         axes[r, 0].imshow(arr, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
         _mark_target(axes[r, 0], adapter, t, r)
         axes[r, 0].set_title(
-            f"{_short(names[int(t.cls[r])], 14)}" + (" (true)" if t.role[r] == "true" else ""), fontsize=7
+            f"{short(names[int(t.cls[r])], 14)}" + (" (true)" if t.role[r] == "true" else ""), fontsize=7
         )
         axes[r, 0].set_ylabel(f"image {set_index[r]}", fontsize=7)
         for c, (method, m) in enumerate(maps.items(), start=1):
@@ -96,9 +96,9 @@ def draw_gallery(adapter, x, t, maps: torch.Tensor, labels, set_index: list[int]
             i = int(t.image[r])
             ax.imshow(overlay_heat(x[i], maps[r]), interpolation="bilinear")
             _mark_target(ax, adapter, t, r)
-            title, colour = _short(names[int(t.cls[r])], 14), "black"
+            title, colour = short(names[int(t.cls[r])], 14), "black"
             if by_class_logits and labels is not None and int(labels[i]) != int(t.cls[r]):
-                title, colour = f"{title}\n(true {_short(names[int(labels[i])], 10)})", "#c0392b"
+                title, colour = f"{title}\n(true {short(names[int(labels[i])], 10)})", "#c0392b"
             ax.set_title(f"{title}\nimage {set_index[i]}", fontsize=6.5, color=colour)
     fig.tight_layout()
     save_figure(fig, path)
@@ -142,7 +142,7 @@ def draw_randomisation(adapter, x, t, maps: torch.Tensor, cascade: Cascade, path
         arr, cmap = to_display(image)
         axes[a, 0].imshow(arr, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
         _mark_target(axes[a, 0], adapter, t, r)
-        axes[a, 0].set_title(_short(adapter.class_names[int(t.cls[r])], 14), fontsize=7)
+        axes[a, 0].set_title(short(adapter.class_names[int(t.cls[r])], 14), fontsize=7)
         axes[a, 1].imshow(overlay_heat(image, maps[r]), interpolation="bilinear")
         axes[a, 1].set_title("trained", fontsize=7)
         for c, (stage, stage_maps) in enumerate(zip(stages, cascade.maps), start=2):

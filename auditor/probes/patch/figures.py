@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from auditor.figures import _short, draw_boxes, overlay_heat, overlay_mask, pyplot, save_figure, to_display
+from auditor.figures import draw_boxes, overlay_heat, overlay_mask, pyplot, save_figure, short, to_display
 from auditor.probes.patch.details import HALF, Wording, scale_label
 
 if TYPE_CHECKING:
@@ -101,7 +101,7 @@ def draw_patches(patches: dict[str, list[torch.Tensor]], scored: Scored, path: P
             side = patch.shape[-1]
             ax.set_title(f"{scale_label(scale)} · {side}×{side} px\nsuccess {_percent(success[c])}", fontsize=7)
             _bare(ax)
-        axes[r, 0].set_ylabel(_short(scored.labels[mode], 22), fontsize=7.5)
+        axes[r, 0].set_ylabel(short(scored.labels[mode], 22), fontsize=7.5)
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -148,7 +148,7 @@ def draw_examples(adapter, gallery: Gallery, path: Path) -> None:
             panels.show(ax, adapter, image, out)
             if r == 1 and panels.outline:
                 ax.contour(gallery.cover[i].numpy(), levels=[0.5], colors="yellow", linewidths=0.8)
-            ax.set_title(_short(title, 26), fontsize=7, color=CHANGED if r == 1 and changed else "black")
+            ax.set_title(short(title, 26), fontsize=7, color=CHANGED if r == 1 and changed else "black")
         if gallery.cams is not None:
             _draw_cams(axes[2:, i], gallery, i)
         for ax in axes[:, i]:
@@ -157,7 +157,7 @@ def draw_examples(adapter, gallery: Gallery, path: Path) -> None:
         axes[r, 0].set_ylabel(label, fontsize=7.5)
     if panels.legend:
         names = adapter.class_names
-        legend = ", ".join(f"{_short(name, 12)}={k}" for k, name in enumerate(names[1:], start=1))
+        legend = ", ".join(f"{short(name, 12)}={k}" for k, name in enumerate(names[1:], start=1))
         fig.suptitle(f"classes (colour order of tab10): {legend}; patch outlined in yellow", fontsize=7, y=1.0)
     fig.tight_layout()
     save_figure(fig, path)
