@@ -117,7 +117,7 @@ def best_box_targets(adapter, x: torch.Tensor) -> Targets | None:
     )
 
 
-# ---- gradcam: batches of rows, and rows spread over images --------------------------------------------------
+# ---- batches of rows (gradcam, patch), and rows spread over images (gradcam) --------------------------------------------------
 
 
 def chunks(n: int, size: int) -> list[slice]:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from auditor.probes.patch.geometry import patched
+from auditor.targets import chunks
 
 if TYPE_CHECKING:
     from auditor.probes.patch.goals.base import Goal
@@ -37,10 +38,6 @@ def split(n: int, held_out: float, seed: int) -> tuple[torch.Tensor, torch.Tenso
     order = torch.randperm(n, generator=g)
     n_test = min(max(round(n * held_out), 1), n - 1)
     return order[n_test:].sort().values, order[:n_test].sort().values
-
-
-def chunks(n: int, size: int) -> list[slice]:
-    return [slice(s, min(s + size, n)) for s in range(0, n, size)]
 
 
 def away_from(logits: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:

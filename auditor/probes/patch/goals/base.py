@@ -22,9 +22,8 @@ from auditor.probes.base import Context
 from auditor.probes.patch.details import HALF, Row, Wording
 from auditor.probes.patch.figures import Gallery, Panels
 from auditor.probes.patch.geometry import Placement, anywhere, patched
-from auditor.probes.patch.training import chunks
 from auditor.results import Finding
-from auditor.targets import Targets, target_scores
+from auditor.targets import Targets, chunks, target_scores
 from auditor.tasks import Task, predict_all, task_of
 
 
