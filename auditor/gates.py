@@ -212,9 +212,15 @@ def evaluate(rules: list[Rule], results: Results, baseline: Results | None = Non
     return out
 
 
+def suspect(results: Results) -> str | None:
+    """The first probe whose own checks say its figures are not measured, with why ("attacks: ..."), or None."""
+    return next((f"{name}: {p.suspect}" for name, p in results.probes.items() if p.suspect), None)
+
+
 def exit_code(results: Results) -> int:
-    """1 when a (non-warn) gate failed; else 3 when a probe failed; else 0."""
-    if any(not g.passed and not g.warn for g in results.gates):
+    """1 when a (non-warn) gate failed or a probe's figures are suspect (SUSPECT: a gate could not trust them);
+    else 3 when a probe failed; else 0."""
+    if any(not g.passed and not g.warn for g in results.gates) or suspect(results):
         return EXIT_GATE_FAILED
     if any(p.status == "failed" for p in results.probes.values()):
         return EXIT_PROBE_FAILED
@@ -224,6 +230,8 @@ def exit_code(results: Results) -> int:
 def verdict(results: Results) -> str:
     if results.run.get("partial"):
         return "INTERRUPTED: partial results"
+    if not any(not g.passed and not g.warn for g in results.gates) and suspect(results):
+        return f"SUSPECT: {suspect(results)}"
     return {
         EXIT_OK: "PASSED",
         EXIT_GATE_FAILED: "FAILED: a gate failed",
@@ -246,6 +254,10 @@ def junit_xml(results: Results) -> str:
         if p.status == "failed":
             case = ET.SubElement(suite, "testcase", classname="auditor.probes", name=name)
             ET.SubElement(case, "error", message=p.error or "probe failed").text = p.error
+            failures += 1
+        elif p.suspect:
+            case = ET.SubElement(suite, "testcase", classname="auditor.probes", name=f"{name}: figures measured")
+            ET.SubElement(case, "failure", message=f"SUSPECT: {p.suspect}").text = p.suspect
             failures += 1
     suite.set("tests", str(len(suite)))
     suite.set("failures", str(failures))

@@ -46,6 +46,7 @@ class ProbeResult:
     details: dict[str, Any] = field(default_factory=dict)  # free-form data for the report
     error: str | None = None  # status failed
     reason: str | None = None  # status skipped
+    suspect: str | None = None  # the probe's own checks say its figures are not measured: why (verdict SUSPECT)
 
     def __post_init__(self):
         if self.status not in STATUSES:

@@ -1,4 +1,6 @@
-"""The attacks probe: budgets kept, PGD as strong as the peers', minimal ε, per-class tables, masking flags."""
+"""The attacks probe: budgets kept, APGD and PGD as strong as the peers', minimal ε, per-class tables, masking flags.
+
+The ensemble against AutoAttack and the masked models: tests/test_attack_strength.py."""
 
 from __future__ import annotations
 
@@ -11,7 +13,9 @@ import torch
 from auditor.errors import AuditError
 from auditor.probes.attacks import AttacksProbe, parse_eps
 from auditor.probes.attacks.engine import LinfAttack, bisect_min_eps
+from auditor.probes.attacks.ensemble import MEMBERS, Budget, Ensemble
 from auditor.probes.base import parse_params
+from auditor.tasks import task_of
 from tests.conftest import make_probe, probe_context
 
 
@@ -26,9 +30,41 @@ def accuracy(model, x, y) -> float:
 
 def test_parse_eps():
     assert parse_eps("2/255") == pytest.approx(2 / 255) and parse_eps("0.1") == 0.1
+    assert parse_eps("1.5", "l2") == 1.5  # an L2 radius may exceed 1
     for bad in ("0", "-0.1", "1.5", "x"):
         with pytest.raises(ValueError):
             parse_eps(bad)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_apgd_and_square_stay_in_the_ball(digits_model, digits_test, norm):
+    """APGD (one ε for all, or one per image) and Square keep every image inside its ball and the pixel range,
+    and each breaks something at a budget where the digits model is weak."""
+    x, y = digits_test[0][:24], digits_test[1][:24]
+    eps = torch.full((24,), 0.05 if norm == "linf" else 1.0)
+    eps[::2] /= 2
+    ens = Ensemble(digits_model, task_of(digits_model), MEMBERS, Budget(10, 2, 200), norm, torch.Generator())
+    for members in (("apgd",), ("apgd-t",), ("square",)):
+        o = ens.run(x, y, eps, members)
+        d = (o.adv - x).flatten(1)
+        size = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
+        assert (size <= eps + 1e-5).all() and o.adv.min() >= 0 and o.adv.max() <= 1, members
+        assert o.broken.any(), members
+        assert accuracy(digits_model, o.adv, y) <= 1 - o.broken.double().mean().item() + 1e-9, members
+
+
+def test_apgd_is_as_strong_as_torchattacks_apgd(digits_model, digits_test):
+    """The project's APGD-CE against torchattacks' (an independent implementation of the same paper): same images,
+    ε and iterations; robust accuracy no higher than theirs + 0.02."""
+    import torchattacks
+
+    x, y = digits_test[0][:128], digits_test[1][:128]
+    eps, steps = 0.02, 20
+    ens = Ensemble(digits_model, task_of(digits_model), ("apgd",), Budget(steps, 1, 1), "linf", torch.Generator())
+    ours = accuracy(digits_model, ens.run(x, y, eps).adv, y)
+    theirs = accuracy(digits_model, torchattacks.APGD(digits_model, eps=eps, steps=steps, loss="ce", seed=0)(x, y), y)
+    assert 0.05 < theirs < 0.9, theirs  # the comparison means something at this ε
+    assert ours <= theirs + 0.02, (ours, theirs)
 
 
 def test_adversarials_stay_in_the_budget(digits_model, digits_test):
@@ -88,7 +124,15 @@ def test_probe_curve_is_monotone_reaches_zero_at_03_and_beats_fgsm(digits_model,
     curve = [m[f"robust_accuracy@linf={e}"] for e in ("0.01", "0.02", "0.05", "0.3")]
     assert all(b <= a for a, b in zip(curve, curve[1:])), curve
     for eps in ("0.01", "0.02", "0.05", "0.3"):
-        assert m[f"robust_accuracy@linf={eps}"] <= m[f"fgsm_accuracy@linf={eps}"]
+        # the worst case is no better for the model than APGD alone, which beats the one-step attack
+        worst, alone = m[f"robust_accuracy@linf={eps}"], m[f"apgd_accuracy@linf={eps}"]
+        assert worst <= alone <= m[f"fgsm_accuracy@linf={eps}"]
+    rows = result.details["rows"]
+    # every image is clean-wrong, broken first by one member, or robust
+    for r, e in zip(rows, ("0.01", "0.02", "0.05", "0.3")):
+        broken = sum(r["broken_first"].values())
+        wrong = round((1 - m["clean_accuracy"]) * 64)
+        assert broken + wrong + round(m[f"robust_accuracy@linf={e}"] * 64) == 64, r
     assert result.score == pytest.approx(np.mean(curve) / m["clean_accuracy"])
 
 
@@ -127,40 +171,26 @@ def test_per_class_table_and_confusion(digits_model, digits_test, tmp_path):
 
 
 def test_honest_model_is_not_flagged_and_masked_one_is(digits_model, digits_test, tmp_path):
-    """Quantising the input to 8 bits inside the model (round() has a zero gradient) masks PGD; the probe says so."""
+    """Quantising the input to 8 bits inside the model (round() has a zero gradient) masks gradient attacks: the probe
+    says so, runs Square everywhere, and its worst case is what the model really withstands."""
     images, labels = digits_test[0][:48], digits_test[1][:48]
-    honest = run_probe(
-        digits_model,
-        images,
-        labels,
-        tmp_path / "a",
-        eps="0.02,0.05",
-        steps=10,
-        check_images=16,
-        square_queries=100,
-        min_eps_images=0,
-    )
+    params = dict(eps="0.02,0.05", steps=10, check_images=16, min_eps_images=0, masked_queries=1000)
+    honest = run_probe(digits_model, images, labels, tmp_path / "a", **params)
     assert honest.metrics["suspect_masking"] == 0, [c for c in honest.details["checks"] if c["flagged"]]
+    assert honest.suspect is None
 
     masked = copy.deepcopy(digits_model)
     masked.net = torch.nn.Sequential(_Quantise(), masked.net)
-    result = run_probe(
-        masked,
-        images,
-        labels,
-        tmp_path / "b",
-        eps="0.02,0.05",
-        steps=10,
-        check_images=16,
-        square_queries=100,
-        min_eps_images=0,
-    )
+    result = run_probe(masked, images, labels, tmp_path / "b", **params)
     assert result.metrics["zero_gradient_share"] == 1.0
     assert result.metrics["suspect_masking"] == 1
     flagged = {c["name"] for c in result.details["checks"] if c["flagged"]}
-    # (ε = 1 still reaches zero here: its random start alone is noise that no digit survives)
-    assert {"input gradients usable", "gradient-free attack finds nothing PGD missed"} <= flagged
-    assert any(f.text.startswith("suspect result") for f in result.findings)
+    assert {"input gradients usable", "gradient-free attack finds nothing the gradient attacks missed"} <= flagged
+    assert result.suspect and "Square attack ran on every image at every ε (1000 queries each)" in result.suspect
+    assert result.details["masked"]["queries"] == 1000 and sum(result.details["masked"]["broken"]) > 0
+    assert any(f.severity == "high" and f.text.startswith("gradient masking suspected") for f in result.findings)
+    # the gradient-free worst case lands near the honest model's figure, far from the masked 0.9+
+    assert result.metrics["robust_accuracy@linf=0.05"] <= honest.metrics["robust_accuracy@linf=0.05"] + 0.1
 
 
 class _Quantise(torch.nn.Module):
@@ -187,8 +217,39 @@ def test_disappearance_counts_objects_found_clean_and_lost():
 
 
 def test_unknown_and_badly_typed_params():
-    with pytest.raises(AuditError, match="valid: bisect, check_images, eps, gallery"):
+    with pytest.raises(AuditError, match="valid: bisect, check_images, ensemble, eps, gallery"):
         parse_params(AttacksProbe, {"epsilon": "0.1"})
     with pytest.raises(AuditError):
         parse_params(AttacksProbe, {"steps": "2.5"})
     assert parse_params(AttacksProbe, {"eps": ["0.1", "2/255"]}).eps == ("0.1", "2/255")
+    for bad in ({"norm": "l1"}, {"ensemble": "everything"}, {"targets": "0"}, {"eps": ["1.5"], "norm": "linf"}):
+        with pytest.raises(AuditError):
+            parse_params(AttacksProbe, bad)
+    assert parse_params(AttacksProbe, {"eps": ["0.5", "2"], "norm": "l2"}).eps == ("0.5", "2")
+
+
+def test_l2_is_for_classifiers_and_has_a_default_grid(digits_model, digits_test, tmp_path):
+    """norm=l2: a grid scaled from the model's L-inf one, metric keys @l2=; a detector refuses it before any probe."""
+    from auditor.probes.attacks.probe import l2_grid
+
+    grid = l2_grid(digits_model)
+    assert len(grid) == len(digits_model.epsilons) and float(grid[0]) < float(grid[-1])
+    result = run_probe(
+        digits_model,
+        digits_test[0][:32],
+        digits_test[1][:32],
+        tmp_path,
+        norm="l2",
+        eps="0.5,2",
+        steps=10,
+        check_images=0,
+        min_eps_images=0,
+    )
+    assert result.metrics["robust_accuracy@l2=2"] <= result.metrics["robust_accuracy@l2=0.5"] < 1
+    assert "fgm_accuracy@l2=0.5" in result.metrics
+
+    class Detector:
+        task = "detect"
+
+    with pytest.raises(ValueError, match="norm l2 is for classifiers"):
+        make_probe(AttacksProbe, norm="l2").check(Detector())

@@ -79,20 +79,24 @@ class Task(abc.ABC):
 
     # ---- attacks ----------------------------------------------------------------------------------------
 
-    # Whether an image is right or wrong as a whole (one class): then it leaves the PGD batch at its first
-    # misclassified iterate (AutoAttack's rule) and the check runs restarts cheaply. Otherwise every image
-    # takes every step and keeps its highest-loss iterate.
+    # Whether an image is right or wrong as a whole (one class): then it leaves an attack at its first
+    # misclassified iterate (AutoAttack's rule), APGD-T has classes to target and the grid is swept from the
+    # largest ε down. Otherwise every image takes every step and keeps its highest-loss iterate.
     attack_stops_when_wrong: ClassVar[bool] = False
+    attack_norms: ClassVar[tuple[str, ...]] = ("linf",)  # the threat models attacks.norm may name
+    # The ensemble's budget when attacks.steps / square_queries / masked_queries are unset: APGD iterations, the
+    # Square attack's queries per image, and its queries when a masking check fails (then it runs everywhere).
+    # A detector's or segmenter's step costs 10-100 times a classifier's, and its Square query two forwards.
+    attack_steps: ClassVar[int] = 20
+    attack_queries: ClassVar[int] = 25
+    attack_masked_queries: ClassVar[int] = 500
     # Sizes used when attacks.min_eps_images / attacks.bisect / attacks.check_images are unset: images
-    # whose minimal ε is bisected, bisection rounds, images for the stronger-PGD and ε = 1 checks. A
-    # detector's or segmenter's attack step costs 10-100 times a classifier's.
+    # whose minimal ε is bisected, bisection rounds, images for the stronger-attack and unbounded checks.
     attack_min_eps_images: ClassVar[int] = 8
     attack_bisect_rounds: ClassVar[int] = 2
     attack_check_images: ClassVar[int] = 8
-    attack_check_restarts: ClassVar[int] = 0  # restarts the stronger-PGD check adds to attacks.restarts
-    attack_square: ClassVar[bool] = False  # ART's gradient-free Square attack (it needs a classifier) checks PGD
     attack_per_class: ClassVar[bool] = False  # accuracy per true class and the confusion under attack
-    attack_disappearance: ClassVar[bool] = False  # the share of objects found clean that PGD makes disappear
+    attack_disappearance: ClassVar[bool] = False  # the share of objects found clean that the attacks make disappear
     # The gallery: True shows each image at the smallest budget that flips it; False the images that lose
     # most at the budget that halves the metric.
     attack_gallery_at_flip: ClassVar[bool] = False

@@ -29,11 +29,13 @@ class Classify(Task):
     # ---- attacks ----------------------------------------------------------------------------------------
 
     attack_stops_when_wrong = True
+    attack_norms = ("linf", "l2")
+    attack_steps = 50
+    attack_queries = 100
+    attack_masked_queries = 5000  # AutoAttack's Square budget
     attack_min_eps_images = 64
     attack_bisect_rounds = 4
-    attack_check_images = 32
-    attack_check_restarts = 2
-    attack_square = True
+    attack_check_images = 16
     attack_per_class = True
     attack_gallery_at_flip = True
     attack_gallery = "classes"

@@ -13,25 +13,44 @@ from typing import Any
 
 from auditor.probes.attacks.gradient_masking import Check
 
-# what details.engine says (runs saved before the attacks package carry the engine's old path, auditor/adversary.py)
-ENGINE = "the project's batched torch PGD on the model's own loss (auditor/probes/attacks/engine.py)"
+# what details.engine says (runs saved before the ensemble name the PGD engine)
+ENGINE = "the project's batched attack ensemble (auditor/probes/attacks/ensemble.py)"
 
 
 @dataclass
 class EpsRow:
-    """The metric at one budget of the grid, under PGD and under FGSM."""
+    """The metric at one budget of the grid: the worst case over the ensemble, the first member (APGD) alone, the
+    one-step attack; and how many images each member broke first."""
 
     eps: str  # as the grid spells it ('0.1', '2/255'): the metric keys use it
     eps_value: float
     fgsm: float
-    pgd: float
+    robust: float
+    first: float | None = None  # None: runs saved before the ensemble (their `robust` is PGD's)
+    broken_first: dict[str, int] = dataclasses.field(default_factory=dict)  # member -> images it broke first
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EpsRow:
+        d = dict(d)
+        if "pgd" in d:  # runs saved before the ensemble
+            d["robust"] = d.pop("pgd")
+        return cls(**d)
 
 
 @dataclass
 class ObjectsEpsRow(EpsRow):
-    """A detector's row: also the share of objects found clean that PGD makes disappear (None: none found)."""
+    """A detector's row: also the share of objects found clean that the attacks make disappear (None: none found)."""
 
-    disappearance: float | None
+    disappearance: float | None = None
+
+
+@dataclass
+class MaskedRun:
+    """A masking check failed: Square ran on every image the ensemble left, at every ε, with `queries` each."""
+
+    queries: int
+    broken: list[int]  # per ε (grid order): images it broke that the ensemble had not
+    last_success: int | None  # the latest query at which it broke an image: well below `queries` means converged
 
 
 @dataclass
@@ -49,7 +68,7 @@ class MinEps:
 
 @dataclass
 class ClassRow:
-    """One true class: its clean accuracy, its accuracy under PGD at each ε of the grid (grid order)."""
+    """One true class: its clean accuracy, its accuracy under attack (worst case) at each ε of the grid (grid order)."""
 
     class_name: str
     n: int
@@ -73,7 +92,7 @@ class ClassRow:
 
 @dataclass
 class Confusion:
-    """How many images of class `true` PGD turns into class `pred`, and their share of the class."""
+    """How many images of class `true` the attacks turn into class `pred`, and their share of the class."""
 
     true: str
     pred: str
@@ -83,7 +102,7 @@ class Confusion:
 
 @dataclass
 class PerClass:
-    """Classifiers: per-class rows, weakest first, and the most common confusions under PGD at `eps`."""
+    """Classifiers: per-class rows, weakest first, and the most common confusions under attack at `eps`."""
 
     rows: list[ClassRow]
     eps: str  # the smallest ε that halves the overall accuracy (else the largest)
@@ -123,6 +142,11 @@ class AttacksDetails:
     suspect_masking: bool
     captions: dict[str, str]  # artifact path -> caption
     per_class: PerClass | None = None  # classifiers
+    norm: str = "linf"
+    members: dict[str, str] = dataclasses.field(default_factory=dict)  # the ensemble's attacks in order: id -> name
+    targets: int | None = None  # APGD-T's runner-up classes
+    square_queries: int | None = None  # Square's queries per image in the ensemble
+    masked: MaskedRun | None = None  # a masking check failed and Square ran everywhere
 
     @property
     def shows_disappearance(self) -> bool:
@@ -149,12 +173,17 @@ class AttacksDetails:
         out["captions"] = self.captions
         if self.per_class is not None:
             out["per_class"] = self.per_class.to_dict()
+        out["norm"] = self.norm
+        if self.members:
+            out["members"], out["targets"], out["square_queries"] = self.members, self.targets, self.square_queries
+        if self.masked is not None:
+            out["masked"] = dataclasses.asdict(self.masked)
         return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AttacksDetails:
         return cls(
-            rows=[(ObjectsEpsRow if "disappearance" in r else EpsRow)(**r) for r in d["rows"]],
+            rows=[(ObjectsEpsRow if "disappearance" in r else EpsRow).from_dict(r) for r in d["rows"]],
             label_free=d["label_free"],
             metric=d["metric"],
             clean=d["clean"],
@@ -167,4 +196,9 @@ class AttacksDetails:
             suspect_masking=d.get("suspect_masking", False),
             captions=d.get("captions", {}),
             per_class=PerClass.from_dict(d["per_class"]) if "per_class" in d else None,
+            norm=d.get("norm", "linf"),
+            members=d.get("members", {}),
+            targets=d.get("targets"),
+            square_queries=d.get("square_queries"),
+            masked=MaskedRun(**d["masked"]) if "masked" in d else None,
         )

@@ -1,5 +1,8 @@
-"""Batched L-inf attacks on the device: FGSM, PGD with restarts, the sweep over an ε grid, and the
-minimal ε per image.
+"""Batched L-inf FGSM and PGD on the device, and the bisection behind the minimal ε per image.
+
+The probe's robustness figures come from the ensemble (ensemble.py: APGD-CE, APGD-T, Square); FGSM
+gives the one-step figure the masking checks compare against, and PGD is the classic baseline that
+bench/attack_step.py times against the model's own forward+backward and the peers.
 
 FGSM: Goodfellow et al. 2015. PGD: Madry et al. 2018, random start, step size
 step_factor * ε / steps. Every task attacks the adapter's own per-image loss (cross-entropy,
@@ -16,17 +19,12 @@ tests/test_attacks.py checks that it is at least as strong as ART's and torchatt
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from auditor.probes.base import Context
 from auditor.tasks import task_of
-
-BROKEN_SHARE = 0.5  # an image is broken when it keeps less than half of its clean agreement with the reference
 
 
 def _per_image(eps: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -65,8 +63,10 @@ class LinfAttack:
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
             loss, wrong = self._loss(x, y)
-            (grad,) = torch.autograd.grad(loss.sum(), x)
-        return grad, loss.detach(), wrong
+            # a model whose output does not reach back to its input (a detached or non-differentiable input
+            # stage) has no gradient: zero, which the masking checks then report
+            grad = torch.autograd.grad(loss.sum(), x, allow_unused=True)[0] if loss.requires_grad else None
+        return (torch.zeros_like(x) if grad is None else grad), loss.detach(), wrong
 
     def fgsm_from_gradient(self, x: torch.Tensor, grad: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
         # a non-finite gradient moves nothing rather than turning the image into NaN
@@ -141,103 +141,3 @@ def bisect_min_eps(broken_at, lo: torch.Tensor, hi: torch.Tensor, rounds: int) -
         hi = torch.where(broken, mid, hi)
         lo = torch.where(broken, lo, mid)
     return hi
-
-
-@dataclass
-class Sweep:
-    """The data attacked at every ε of the grid: predictions and the task's metric per ε (grid order)."""
-
-    grid: list[str]  # the budgets as given ('0.1', '2/255')
-    values: list[float]
-    order: list[int]  # grid indices by increasing ε
-    clean_pred: Any
-    reference: Any  # the labels, or (label-free) the clean prediction
-    fgsm_pred: list
-    pgd_pred: list
-    clean: float  # the metric on clean images (1.0 label-free: the reference is the prediction)
-    pgd: list[float]
-    fgsm: list[float]
-    zero_share: float  # share of images whose clean input gradient is all zero
-    bad_share: float  # share of images whose clean input gradient is not finite
-
-
-def sweep(ctx: Context, engine: LinfAttack, grid: list[str], values: list[float], clean_pred, reference, bar) -> Sweep:
-    """Every batch attacked at every ε (smallest first): FGSM from one clean gradient, and PGD."""
-    task, data = ctx.task, ctx.data
-    order = sorted(range(len(grid)), key=lambda i: values[i])
-    fgsm_parts, pgd_parts = [[] for _ in grid], [[] for _ in grid]
-    zero_grad, bad_grad = [], []
-    for b in range(-(-len(data) // ctx.batch_size)):
-        sl = slice(b * ctx.batch_size, (b + 1) * ctx.batch_size)
-        x = data.images_at(sl, ctx.device)
-        ref = task.to(task.take(reference, sl), ctx.device)
-        grad, _, _ = engine.gradient(x, ref)  # one clean gradient serves FGSM at every ε
-        finite = torch.isfinite(grad).flatten(1).all(1)
-        bad_grad.append(~finite.cpu())
-        zero_grad.append((finite & (grad.flatten(1).abs().amax(1) == 0)).cpu())
-        for gi in order:
-            x_fgsm = engine.fgsm_from_gradient(x, grad, values[gi])
-            x_pgd = engine.pgd(x, ref, values[gi])
-            with torch.no_grad():
-                fgsm_parts[gi].append(task.predict(ctx.adapter, x_fgsm))
-                pgd_parts[gi].append(task.predict(ctx.adapter, x_pgd))
-            bar.update(1)
-    fgsm_pred = [task.concat(parts) for parts in fgsm_parts]
-    pgd_pred = [task.concat(parts) for parts in pgd_parts]
-    return Sweep(
-        grid=grid,
-        values=values,
-        order=order,
-        clean_pred=clean_pred,
-        reference=reference,
-        fgsm_pred=fgsm_pred,
-        pgd_pred=pgd_pred,
-        clean=task.score(clean_pred, reference, ctx.adapter) if data.labelled else 1.0,
-        pgd=[task.score(pred, reference, ctx.adapter) for pred in pgd_pred],
-        fgsm=[task.score(pred, reference, ctx.adapter) for pred in fgsm_pred],
-        zero_share=float(torch.cat(zero_grad).double().mean()),
-        bad_share=float(torch.cat(bad_grad).double().mean()),
-    )
-
-
-def min_eps(ctx: Context, engine: LinfAttack, s: Sweep, subset: list[int], rounds: int, bar):
-    """Per image of the subset: the smallest ε that breaks it (0 if wrong when clean), and whether
-    it withstood the whole grid (then its value is the largest ε, a lower bound). Two numpy arrays.
-
-    The grid brackets each image's minimal ε; `rounds` of bisection, each one batched attack over
-    the images still searched, narrow the bracket.
-    """
-    if not subset:
-        return np.zeros(0), np.zeros(0, dtype=bool)
-    task, k = ctx.task, ctx.adapter.num_classes
-    idx = torch.tensor(subset)
-    a_clean = task.image_score(s.clean_pred, s.reference, k)[idx]
-    agree_pgd = [task.image_score(pred, s.reference, k) for pred in s.pgd_pred]
-    broken = torch.stack([agree_pgd[gi][idx] < BROKEN_SHARE * a_clean for gi in s.order])  # G x S
-    ever = broken.any(0)
-    first = broken.float().argmax(0)
-    sorted_values = torch.tensor([s.values[gi] for gi in s.order], dtype=torch.float64)
-    hi = torch.where(ever, sorted_values[first], sorted_values[-1])
-    lo = torch.where(first > 0, sorted_values[(first - 1).clamp_min(0)], torch.zeros_like(hi))
-    wrong_clean = a_clean <= 0
-    rows = torch.nonzero(ever & ~wrong_clean).flatten()
-    if len(rows) and rounds:
-
-        def broken_at(eps: torch.Tensor) -> torch.Tensor:
-            out = []
-            for start in range(0, len(rows), ctx.batch_size):
-                chunk = rows[start : start + ctx.batch_size]
-                members = [subset[int(i)] for i in chunk]
-                x = ctx.data.images_at(members, ctx.device)
-                ref = task.take(s.reference, members)
-                budgets = eps[start : start + ctx.batch_size].to(ctx.device, x.dtype)
-                adv = engine.pgd(x, task.to(ref, ctx.device), budgets)
-                with torch.no_grad():
-                    agree = task.image_score(task.predict(ctx.adapter, adv), ref, k)
-                out.append(agree < BROKEN_SHARE * a_clean[chunk])
-                bar.update(1)
-            return torch.cat(out)
-
-        hi[rows] = bisect_min_eps(broken_at, lo[rows], hi[rows], rounds)
-    result = torch.where(wrong_clean, torch.zeros_like(hi), hi)
-    return result.numpy(), (~ever & ~wrong_clean).numpy()

@@ -15,21 +15,26 @@ from auditor.figures import draw_boxes, overlay_mask, pyplot, save_figure, short
 from auditor.tasks import task_of
 
 
-def robustness_curve(grid, values, pgd, fgsm, clean, label: str, steps: int, path: Path) -> None:
-    """The metric at each budget; the budgets evenly spaced, since grids are often geometric."""
+def robustness_curve(grid, values, curves: dict[str, list[float]], clean, label: str, norm: str, path: Path) -> None:
+    """The metric at each budget, one line per curve (the worst case first); the budgets evenly spaced, since
+    grids are often geometric."""
     plt = pyplot()
     order = np.argsort(values)
     xs = list(range(len(order) + 1))
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
-    ax.plot(xs, [clean] + [pgd[i] for i in order], "o-", color="#c0392b", label=f"PGD ({steps} steps)")
-    ax.plot(xs, [clean] + [fgsm[i] for i in order], "s--", color="#7f8c8d", label="FGSM")
+    styles = [("o-", "#c0392b"), ("^-.", "#e67e22"), ("s--", "#7f8c8d")]
+    for (name, ys), (marker, colour) in zip(curves.items(), styles):
+        ax.plot(xs, [clean] + [ys[i] for i in order], marker, color=colour, label=name)
     ax.set_xticks(xs, ["0"] + [grid[i] for i in order])
-    ax.set_xlabel("ε (L∞, pixel space)")
+    ax.set_xlabel(f"ε ({NORM_NAMES[norm]}, pixel space)")
     ax.set_ylabel(label)
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend()
     save_figure(fig, path)
+
+
+NORM_NAMES = {"linf": "L∞", "l2": "L2"}
 
 
 def min_eps_histogram(min_eps: np.ndarray, censored: np.ndarray, values, grid, path: Path) -> None:
@@ -54,7 +59,7 @@ def min_eps_histogram(min_eps: np.ndarray, censored: np.ndarray, values, grid, p
     ax.axvline(median, color="#2c3e50", linestyle="--", label=f"median {median:.3g} ({median * 255:.1f}/255)")
     ticks = [v for v in sorted(values) if v <= top * 1.0001]
     ax.set_xticks([0.0] + ticks, ["0"] + [grid[values.index(v)] for v in ticks], rotation=30)
-    ax.set_xlabel("minimal ε (L∞, pixel space)")
+    ax.set_xlabel("minimal ε (pixel space)")
     ax.set_ylabel("images")
     from matplotlib.ticker import MaxNLocator
 
@@ -88,7 +93,7 @@ def confusion_heatmap(matrix, class_names, eps: str, path: Path) -> None:
                     fontsize=7,
                     color="white" if shares[i, j] > 0.5 else "black",
                 )
-    ax.set_xlabel(f"predicted under PGD at ε={eps}")
+    ax.set_xlabel(f"predicted under attack (worst case) at ε={eps}")
     ax.set_ylabel("true class")
     save_figure(fig, path)
 

@@ -21,19 +21,32 @@ def findings(d: AttacksDetails) -> list[Finding]:
             )
         )
     out.append(_headline(d))
-    out += _min_eps(d) + _confusion(d) + _disappearance(d)
+    out += _min_eps(d) + _confusion(d) + _disappearance(d) + _gradient_free(d)
     for c in d.checks or []:
         if c.flagged:
-            out.append(Finding("medium", f"suspect result ({c.name}): {c.text}", key=True))
+            out.append(Finding("high" if d.masked else "medium", f"suspect result ({c.name}): {c.text}", key=True))
+    if d.masked is not None:
+        m = d.masked
+        converged = (
+            f"its last success came at query {m.last_success} of {m.queries}"
+            if m.last_success is not None
+            else "it broke none of them"
+        )
+        text = (
+            f"gradient masking suspected: the gradient-free Square attack then ran on every image the gradient attacks "
+            f"left, at every ε, with {m.queries} queries each, and broke {sum(m.broken)} more ({converged}); the "
+            "figures above are that worst case"
+        )
+        out.append(Finding("high", text, key=True))
     return out
 
 
 def _headline(d: AttacksDetails) -> Finding:
     """The smallest ε that halves the metric (high when it is the smallest of the grid), else the largest ε."""
-    grid, values, pgd = [r.eps for r in d.rows], [r.eps_value for r in d.rows], [r.pgd for r in d.rows]
+    grid, values, robust = [r.eps for r in d.rows], [r.eps_value for r in d.rows], [r.robust for r in d.rows]
     clean, label = d.clean, d.metric
     order = np.argsort(values)
-    half = [i for i in order if pgd[i] < 0.5 * clean]
+    half = [i for i in order if robust[i] < 0.5 * clean]
     if clean <= 0:
         return Finding(
             "high",
@@ -44,18 +57,33 @@ def _headline(d: AttacksDetails) -> Finding:
     if half:
         i = half[0]
         sev = "high" if i == order[0] else "medium"
-        in_levels = "" if "/" in str(grid[i]) else f" ({values[i] * 255:.3g}/255)"
+        in_levels = "" if "/" in str(grid[i]) or d.norm != "linf" else f" ({values[i] * 255:.3g}/255)"
         return Finding(
             sev,
-            f"PGD at ε={grid[i]}{in_levels} cuts {label} from {clean:.1%} to {pgd[i]:.1%} (below half of clean)",
+            f"{_attack(d)} at ε={grid[i]}{in_levels} cuts {label} from {clean:.1%} to {robust[i]:.1%} "
+            "(below half of clean)",
             key=True,
         )
     i = order[-1]
     return Finding(
         "low",
-        f"at the largest budget tested, ε={grid[i]}, PGD keeps {label} at {pgd[i]:.1%} of {clean:.1%} clean",
+        f"at the largest budget tested, ε={grid[i]}, {_attack(d)} keeps {label} at {robust[i]:.1%} of {clean:.1%} clean",
         key=True,
     )
+
+
+def _attack(d: AttacksDetails) -> str:
+    """What the rows measure, in words: the worst case over the ensemble (runs saved before it: PGD)."""
+    return f"the worst case over {' + '.join(d.members.values())}" if d.members else "PGD"
+
+
+def _gradient_free(d: AttacksDetails) -> list[Finding]:
+    """How much the gradient-free member added, where it added anything (it rarely should)."""
+    added = [(r.eps, r.broken_first.get("square", 0)) for r in d.rows if r.broken_first.get("square", 0)]
+    if not added or d.masked is not None:
+        return []
+    where = ", ".join(f"{n} at ε={e}" for e, n in added)
+    return [Finding("info", f"the gradient-free Square attack broke images the gradient attacks left: {where}")]
 
 
 def _min_eps(d: AttacksDetails) -> list[Finding]:
@@ -64,11 +92,12 @@ def _min_eps(d: AttacksDetails) -> list[Finding]:
         return []
     if m.median_censored:
         text = (
-            f"more than half of {m.n} images withstand PGD at the largest ε "
+            f"more than half of {m.n} images withstand every attack at the largest ε "
             f"({m.largest:.4g}): the median minimal ε is at least that"
         )
         return [Finding("low", text, key=True)]
-    text = f"half of {m.n} images break at ε ≤ {m.median:.4g} (median minimal ε, {m.median * 255:.1f}/255)"
+    levels = f", {m.median * 255:.1f}/255" if d.norm == "linf" else ""
+    text = f"half of {m.n} images break at ε ≤ {m.median:.4g} (median minimal ε{levels})"
     return [Finding("info", text, key=True)]
 
 
@@ -77,17 +106,17 @@ def _confusion(d: AttacksDetails) -> list[Finding]:
         return []
     c = d.per_class.confusions[0]
     text = (
-        f"under PGD at ε={d.per_class.eps}, {c.share:.0%} of class '{c.true}' becomes '{c.pred}', "
+        f"under attack at ε={d.per_class.eps}, {c.share:.0%} of class '{c.true}' becomes '{c.pred}', "
         "the most common confusion"
     )
     return [Finding("info", text)]
 
 
 def _disappearance(d: AttacksDetails) -> list[Finding]:
-    """The ε at which PGD makes most of the objects found clean disappear (detectors)."""
+    """The ε at which the attacks make most of the objects found clean disappear (detectors)."""
     rates = [(r.eps, r.disappearance) for r in d.rows if isinstance(r, ObjectsEpsRow) and r.disappearance is not None]
     if not rates:
         return []
     g, v = max(rates, key=lambda t: t[1])
-    text = f"PGD at ε={g} makes {v:.0%} of the objects found on clean images disappear"
+    text = f"the attacks at ε={g} make {v:.0%} of the objects found on clean images disappear"
     return [Finding("medium" if v >= 0.5 else "info", text, key=True)]

@@ -1,9 +1,9 @@
-"""`attacks`: L-inf FGSM and PGD over the model's ε grid, the minimal ε per image, and checks on the attack itself.
+"""`attacks`: an attack ensemble over the model's ε grid (L-inf, or L2 for classifiers): per image the worst
+case over APGD-CE, APGD-T and the gradient-free Square attack (ensemble.py), the minimal ε per image, and
+checks on the attack itself that, when one fails, run Square on everything and make the verdict SUSPECT.
 
-All tasks go through the project's batched loop (engine.py) on the adapter's own
-per-image loss; ART supplies the gradient-free Square attack that checks PGD on classifiers.
-Every image counts in the metric: one that is wrong when clean counts as broken.
-Label-free data uses the clean prediction as the reference.
+Every image counts in the metric: one that is wrong when clean counts as broken. Label-free data uses
+the clean prediction as the reference.
 """
 
 from __future__ import annotations
@@ -25,30 +25,46 @@ from auditor.probes.attacks.details import (
     ClassRow,
     Confusion,
     EpsRow,
+    MaskedRun,
     MinEps,
     ObjectsEpsRow,
     PerClass,
 )
-from auditor.probes.attacks.engine import LinfAttack, Sweep, min_eps, sweep
+from auditor.probes.attacks.engine import LinfAttack
+from auditor.probes.attacks.ensemble import ENSEMBLES, NORMS, Budget, Ensemble
 from auditor.probes.attacks.findings import findings
+from auditor.probes.attacks.sweep import Sweep, min_eps, sweep
 from auditor.probes.base import Context, Figures, Probe
 from auditor.results import ProbeResult
-from auditor.tasks import Task, predict_all
+from auditor.tasks import Task, predict_all, task_of
 
 METRIC_LABELS = {"accuracy": "accuracy", "miou": "mIoU", "map50": "mAP50"}
+ONE_STEP = {"linf": "fgsm", "l2": "fgm"}  # the one-step attack's name in the metric keys
 
 
-def parse_eps(text: str) -> float:
-    """'0.1' or '2/255' -> float, checked to lie in (0, 1]."""
+def parse_eps(text: str, norm: str = "linf") -> float:
+    """'0.1' or '2/255' -> float, checked to be positive (and at most 1 for L-inf: pixel space)."""
     text = str(text).strip()
     num, slash, den = text.partition("/")
     try:
         value = float(num) / float(den) if slash else float(num)
     except (ValueError, ZeroDivisionError):
         raise ValueError(f"{text!r} is not a number such as 0.03 or a fraction such as 8/255") from None
-    if not 0 < value <= 1:
-        raise ValueError(f"epsilon {text} must lie in (0, 1] (pixel space)")
+    if not (math.isfinite(value) and value > 0) or (norm == "linf" and value > 1):
+        raise ValueError(
+            f"epsilon {text} must lie in (0, 1] (pixel space)"
+            if norm == "linf"
+            else f"epsilon {text} must be a positive L2 radius (pixel space)"
+        )
     return value
+
+
+def l2_grid(adapter) -> tuple[str, ...]:
+    """The default L2 grid: each L-inf budget of the model's grid times sqrt(pixels) / 4, two significant digits.
+    A quarter of the L-inf ball's corner distance lands on the radii published for the usual sets (CIFAR-10:
+    8/255 -> 0.43, the common 0.5; ImageNet: 4/255 -> 1.5)."""
+    pixels = adapter.channels * adapter.input_size[0] * adapter.input_size[1]
+    return tuple(f"{parse_eps(e) * math.sqrt(pixels) / 4:.2g}" for e in adapter.epsilons)
 
 
 def _check_integer(name: str, value: Any, least: int, none_ok: bool = False) -> None:
@@ -65,59 +81,71 @@ class AttacksProbe(Probe):
     template = "probes/attacks.html.j2"
     report_order = 10
     description = (
-        "L-inf FGSM and PGD over an ε grid: accuracy, mIoU or mAP50 under attack, minimal ε per image, "
-        "gradient-masking checks"
+        "an attack ensemble (APGD-CE, APGD-T, Square; per image the worst case) over an ε grid: accuracy, mIoU or "
+        "mAP50 under attack, minimal ε per image, gradient-masking checks"
     )
     tasks = ("classify", "segment", "detect")
-    # clean_/robust_/fgsm_ accuracy, miou and map50 and median_min_eps: higher is better
+    # clean_/robust_/apgd_/fgsm_ accuracy, miou and map50 and median_min_eps: higher is better
     lower_is_better = ("disappearance_rate", "zero_gradient_share", "nonfinite_gradient_share", "suspect_masking")
 
     @dataclass
     class Params:
-        eps: tuple[str, ...] = ()  # L-inf budgets in pixel space ('0.1', '2/255'); empty: the model's grid
-        steps: int = 20  # PGD iterations
-        step_factor: float = 2.5  # PGD step = step_factor * eps / steps (Madry et al.)
-        restarts: int = 1  # PGD random starts
+        eps: tuple[str, ...] = ()  # budgets in pixel space ('0.1', '2/255'); empty: the model's grid
+        norm: str = "linf"  # linf | l2 (classifiers)
+        ensemble: str = "standard"  # fast: APGD-CE + APGD-T; standard: + Square
+        steps: int | None = None  # APGD iterations per run; None: the task's attack_steps (50 / 20)
+        targets: int = 3  # APGD-T: runner-up classes, one APGD run each
+        square_queries: int | None = None  # Square's queries per image; None: the task's attack_queries
+        # Square's queries when a masking check fails (it then runs on every image at every ε); None: the task's
+        masked_queries: int | None = None
         gallery: int = 6  # clean / adversarial / perturbation columns in the report
         # images whose minimal ε is found by bisection (a seeded subset); None: the task's attack_min_eps_images
         # (64 for classifiers, 8 for the detectors and segmenters, whose attack step costs 10-100 times more)
         min_eps_images: int | None = None
         bisect: int | None = None  # bisection rounds inside the grid bracket (bracket / 2**bisect); None: 4 / 2
-        check_images: int | None = None  # images for the stronger-PGD and ε = 1 checks; None: 32 / 8; 0 skips
-        square_queries: int = 300  # Square attack iterations (classifiers)
+        check_images: int | None = None  # images for the stronger-attack and unbounded checks; None: 16 / 8; 0 skips
 
         def __post_init__(self) -> None:
             """Every value checked here, before any probe runs: a bad one is a usage error (exit 2, one line)."""
+            if self.norm not in NORMS:
+                raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+            if self.ensemble not in ENSEMBLES:
+                raise ValueError(f"ensemble must be one of {', '.join(ENSEMBLES)}, got {self.ensemble!r}")
             if isinstance(self.eps, str) or not isinstance(self.eps, tuple | list):
                 raise ValueError(f"eps must be a list of budgets such as ['0.1', '2/255'], got {self.eps!r}")
             budgets = {}
             for e in self.eps:
                 try:
-                    value = parse_eps(e)
+                    value = parse_eps(e, self.norm)
                 except ValueError as exc:
                     raise ValueError(f"eps: {exc}") from None
                 if value in budgets:
                     raise ValueError(f"eps {budgets[value]} and {e} are the same budget; give each once")
                 budgets[value] = e
-            _check_integer("steps", self.steps, 1)
-            _check_integer("restarts", self.restarts, 1)
+            _check_integer("steps", self.steps, 1, none_ok=True)
+            _check_integer("targets", self.targets, 1)
+            _check_integer("square_queries", self.square_queries, 1, none_ok=True)
+            _check_integer("masked_queries", self.masked_queries, 1, none_ok=True)
             _check_integer("gallery", self.gallery, 0)
             _check_integer("min_eps_images", self.min_eps_images, 0, none_ok=True)
             _check_integer("bisect", self.bisect, 0, none_ok=True)
             _check_integer("check_images", self.check_images, 0, none_ok=True)
-            _check_integer("square_queries", self.square_queries, 1)
-            step = self.step_factor
-            if isinstance(step, bool) or not isinstance(step, int | float) or not (math.isfinite(step) and step > 0):
-                raise ValueError(f"step_factor must be a positive number, got {step!r}")
 
         def sized(self, task: Task) -> AttacksProbe.Params:
-            """These parameters with the automatic subset sizes filled in for the task."""
-            return dataclasses.replace(
-                self,
-                min_eps_images=task.attack_min_eps_images if self.min_eps_images is None else self.min_eps_images,
-                check_images=task.attack_check_images if self.check_images is None else self.check_images,
-                bisect=task.attack_bisect_rounds if self.bisect is None else self.bisect,
-            )
+            """These parameters with the automatic sizes filled in for the task."""
+            auto = {
+                "steps": task.attack_steps,
+                "square_queries": task.attack_queries,
+                "masked_queries": task.attack_masked_queries,
+                "min_eps_images": task.attack_min_eps_images,
+                "check_images": task.attack_check_images,
+                "bisect": task.attack_bisect_rounds,
+            }
+            return dataclasses.replace(self, **{k: v for k, v in auto.items() if getattr(self, k) is None})
+
+    def check(self, adapter) -> None:
+        if self.params.norm not in task_of(adapter).attack_norms:
+            raise ValueError(f"norm {self.params.norm} is for classifiers; {adapter.task} models are attacked in linf")
 
     @classmethod
     def view(cls, details: dict[str, Any]) -> AttacksDetails:
@@ -127,40 +155,50 @@ class AttacksProbe(Probe):
     def run(self, ctx: Context) -> ProbeResult:
         p = self.params.sized(ctx.task)
         task, data = ctx.task, ctx.data
-        grid = [str(e) for e in (p.eps or ctx.adapter.epsilons)]
-        values = [parse_eps(e) for e in grid]
-        engine = LinfAttack(ctx.adapter, p.steps, p.step_factor, p.restarts, ctx.generator())
+        grid = [str(e) for e in (p.eps or (ctx.adapter.epsilons if p.norm == "linf" else l2_grid(ctx.adapter)))]
+        values = [parse_eps(e, p.norm) for e in grid]
+        budget = Budget(p.steps, p.targets, p.square_queries)
+        ens = Ensemble(ctx.adapter, task, ENSEMBLES[p.ensemble], budget, p.norm, ctx.generator())
+        engine = LinfAttack(ctx.adapter, generator=ctx.generator())  # the clean gradient of the one-step attack
         clean_pred = predict_all(ctx.adapter, data, task, ctx.batch_size, ctx.device)
         reference = task.reference(data, clean_pred)
         subset = seeded_subset(len(data), p.min_eps_images, ctx.seed)
         n_batches = -(-len(data) // ctx.batch_size)
         bar = ctx.progress(len(grid) * n_batches + p.bisect * -(-len(subset) // ctx.batch_size), self.name)
-        s = sweep(ctx, engine, grid, values, clean_pred, reference, bar)
-        eps_min, censored = min_eps(ctx, engine, s, subset, p.bisect, bar)
+        s = sweep(ctx, ens, engine, grid, values, clean_pred, reference, bar)
+        checks = masking.from_sweep(s, ens)
+        checks += masking.attack_again(ctx, ens, s, p.check_images)
+        masked = None
+        if any(c.flagged for c in checks):  # Square on every image at every ε, with a budget that converges
+            s, masked = self._square_everywhere(ctx, ens, engine, s, p.masked_queries, bar)
+        eps_min, censored = min_eps(ctx, ens, s, subset, p.bisect, bar)
         bar.close()
-        checks = masking.from_sweep(s, p.steps)
-        checks += masking.attack_again(ctx, engine, s, p.steps, p.restarts, p.check_images, p.square_queries)
         per_class, matrix = self._per_class(ctx, s) if task.attack_per_class else (None, None)
         label = METRIC_LABELS[task.metric] if data.labelled else "agreement with the clean prediction"
         figures = Figures(ctx)
-        self._plots(ctx, figures, s, label, p.steps, eps_min, censored, per_class, matrix)
-        self._gallery(ctx, figures, engine, s)
+        self._plots(ctx, figures, s, label, ens, eps_min, censored, per_class, matrix)
+        self._gallery(ctx, figures, ens, s)
         details = AttacksDetails(
-            rows=self._rows(task, s),
+            rows=self._rows(task, s, ens),
             label_free=not data.labelled,
             metric=label,
             clean=s.clean,
             steps=p.steps,
-            restarts=p.restarts,
-            step_factor=p.step_factor,
+            restarts=1,
+            step_factor=2.0,
             engine=ENGINE,
             min_eps=self._min_eps_summary(eps_min, censored, values, p.bisect),
             checks=checks,
-            suspect_masking=any(c.flagged for c in checks),
+            suspect_masking=masked is not None,
             captions=figures.captions,
             per_class=per_class,
+            norm=p.norm,
+            members={m: ens.label(m) for m in ens.members},
+            targets=p.targets if "apgd-t" in ens.members else None,
+            square_queries=p.square_queries if "square" in ens.members else None,
+            masked=masked,
         )
-        score = float(np.mean([min(v / s.clean, 1.0) for v in s.pgd])) if s.clean > 0 else 0.0
+        score = float(np.mean([min(v / s.clean, 1.0) for v in s.robust])) if s.clean > 0 else 0.0
         return ProbeResult(
             status="ok",
             score=score,
@@ -168,16 +206,36 @@ class AttacksProbe(Probe):
             findings=tuple(findings(details)),
             artifacts=tuple(figures.artifacts),
             details=details.to_dict(),
+            suspect=masking.suspect_line(checks, masked),
         )
+
+    @staticmethod
+    def _square_everywhere(ctx: Context, ens: Ensemble, engine: LinfAttack, s: Sweep, queries: int, bar):
+        """The sweep again with Square alone, `queries` per image, on every image the ensemble left unbroken;
+        each image keeps the worse of the two results."""
+        again = sweep(ctx, ens, engine, s.grid, s.values, s.clean_pred, s.reference, bar, s, ("square",), queries)
+        found = torch.cat([q[q >= 0] for q in again.square_query]) if again.square_query else torch.zeros(0)
+        masked = MaskedRun(
+            queries=queries,
+            broken=[again.broken_first(gi)["square"] - s.broken_first(gi)["square"] for gi in range(len(s.grid))],
+            last_success=int(found.max()) if len(found) else None,
+        )
+        return again, masked
 
     # ---- results -------------------------------------------------------------------------------------
 
-    def _rows(self, task: Task, s: Sweep) -> list[EpsRow]:
+    def _rows(self, task: Task, s: Sweep, ens: Ensemble) -> list[EpsRow]:
         """One row per ε of the grid; a detector's also says how many objects disappear."""
+        rows = [
+            EpsRow(
+                e, v, f, r, first=a, broken_first={m: n for m, n in s.broken_first(gi).items() if m in ens.members or n}
+            )
+            for gi, (e, v, f, r, a) in enumerate(zip(s.grid, s.values, s.fgsm, s.robust, s.first))
+        ]
         if task.attack_disappearance:
-            gone = self._disappearance(task, s.clean_pred, s.pgd_pred, s.reference)
-            return [ObjectsEpsRow(*r, disappearance=d) for r, d in zip(zip(s.grid, s.values, s.fgsm, s.pgd), gone)]
-        return [EpsRow(e, v, f, a) for e, v, f, a in zip(s.grid, s.values, s.fgsm, s.pgd)]
+            gone = self._disappearance(task, s.clean_pred, s.robust_pred, s.reference)
+            return [ObjectsEpsRow(**dataclasses.asdict(r), disappearance=d) for r, d in zip(rows, gone)]
+        return rows
 
     @staticmethod
     def _min_eps_summary(eps_min: np.ndarray, censored: np.ndarray, values: list[float], rounds: int) -> MinEps:
@@ -194,31 +252,34 @@ class AttacksProbe(Probe):
 
     @staticmethod
     def _metrics(task: Task, s: Sweep, d: AttacksDetails) -> dict[str, float | None]:
-        """The metric keys (stable API): clean, robust (PGD) and FGSM per ε, then the checks' figures."""
-        kind = task.metric
+        """The metric keys (stable API): clean, robust (the worst case), APGD alone and the one-step attack per ε,
+        then the checks' figures."""
+        kind, norm = task.metric, d.norm
         metrics: dict[str, float | None] = {}
         if not d.label_free:
             metrics[f"clean_{kind}"] = s.clean
         for r in d.rows:
-            metrics[f"robust_{kind}@linf={r.eps}"] = r.pgd
+            metrics[f"robust_{kind}@{norm}={r.eps}"] = r.robust
         for r in d.rows:
-            metrics[f"fgsm_{kind}@linf={r.eps}"] = r.fgsm
+            metrics[f"apgd_{kind}@{norm}={r.eps}"] = r.first
+        for r in d.rows:
+            metrics[f"{ONE_STEP[norm]}_{kind}@{norm}={r.eps}"] = r.fgsm
         if d.min_eps.median is not None:
             metrics["median_min_eps"] = d.min_eps.median
         for r in d.rows:
             if isinstance(r, ObjectsEpsRow):
-                metrics[f"disappearance_rate@linf={r.eps}"] = r.disappearance
+                metrics[f"disappearance_rate@{norm}={r.eps}"] = r.disappearance
         metrics["zero_gradient_share"] = s.zero_share
         metrics["nonfinite_gradient_share"] = s.bad_share
         metrics["suspect_masking"] = float(d.suspect_masking)
         return metrics
 
     @staticmethod
-    def _disappearance(task: Task, clean_pred, pgd_pred, reference) -> list[float | None]:
-        """Per ε: the share of reference objects found when clean that PGD makes the detector miss."""
+    def _disappearance(task: Task, clean_pred, robust_pred, reference) -> list[float | None]:
+        """Per ε: the share of reference objects found when clean that the attacks make the detector miss."""
         found_clean = torch.cat(task.found(clean_pred, reference) or [torch.zeros(0, dtype=torch.bool)])
         out = []
-        for pred in pgd_pred:
+        for pred in robust_pred:
             found_adv = torch.cat(task.found(pred, reference) or [torch.zeros(0, dtype=torch.bool)])
             n = int(found_clean.sum())
             out.append(float((found_clean & ~found_adv).sum()) / n if n else None)
@@ -227,12 +288,14 @@ class AttacksProbe(Probe):
     @staticmethod
     def _per_class(ctx: Context, s: Sweep) -> tuple[PerClass, torch.Tensor | None]:
         """Accuracy per true class at each ε, the ε at which each class falls below half its clean
-        accuracy, and the confusion (true x predicted) under PGD at the ε that halves the overall
-        accuracy; with that confusion matrix for the figure (None past 20 classes)."""
+        accuracy, and the confusion (true x predicted) under attack at the ε that halves the overall
+        accuracy (the worst case throughout); with that confusion matrix for the figure (None past 20 classes)."""
         k, names, reference, grid = ctx.adapter.num_classes, ctx.adapter.class_names, s.reference, s.grid
         counts = torch.bincount(reference, minlength=k)
         clean_acc = torch.bincount(reference, weights=(s.clean_pred == reference).double(), minlength=k)
-        robust = [torch.bincount(reference, weights=(pred == reference).double(), minlength=k) for pred in s.pgd_pred]
+        robust = [
+            torch.bincount(reference, weights=(pred == reference).double(), minlength=k) for pred in s.robust_pred
+        ]
         rows = []
         for c in torch.nonzero(counts).flatten().tolist():
             n = int(counts[c])
@@ -248,9 +311,9 @@ class AttacksProbe(Probe):
                 [r.robust[gi] for gi in s.order],
             )
         )
-        gi = next((gi for gi in s.order if s.pgd[gi] < 0.5 * s.clean), s.order[-1])
+        gi = next((gi for gi in s.order if s.robust[gi] < 0.5 * s.clean), s.order[-1])
         matrix = torch.zeros(k, k, dtype=torch.long)
-        matrix.index_put_((reference, s.pgd_pred[gi]), torch.ones_like(reference), accumulate=True)
+        matrix.index_put_((reference, s.robust_pred[gi]), torch.ones_like(reference), accumulate=True)
         off = matrix.clone()
         off.fill_diagonal_(0)
         top = torch.argsort(off.flatten(), descending=True)[:8]
@@ -269,52 +332,54 @@ class AttacksProbe(Probe):
     # ---- figures -------------------------------------------------------------------------------------
 
     @staticmethod
-    def _plots(ctx, figures: Figures, s: Sweep, label: str, steps: int, eps_min, censored, per_class, matrix) -> None:
+    def _plots(ctx, figures: Figures, s: Sweep, label: str, ens: Ensemble, eps_min, censored, per_class, matrix):
         """The metric against ε, the minimal-ε histogram, and (classifiers) the confusion under attack."""
         title = f"{label[0].upper()}{label[1:]} under attack versus ε"
+        one_step = "FGSM" if ens.norm == "linf" else "FGM"
+        curves = {"worst case (ensemble)": s.robust, f"{ens.label('apgd')} alone": s.first, one_step: s.fgsm}
         figures.save(
-            "robust_accuracy.png", title, figs.robustness_curve, s.grid, s.values, s.pgd, s.fgsm, s.clean, label, steps
+            "robust_accuracy.png", title, figs.robustness_curve, s.grid, s.values, curves, s.clean, label, ens.norm
         )
         if len(eps_min):
-            title = "Smallest ε that breaks each image (PGD, bisection inside the grid)"
+            title = "Smallest ε that breaks each image (the ensemble's worst case, bisection inside the grid)"
             figures.save("min_eps.png", title, figs.min_eps_histogram, eps_min, censored, s.values, s.grid)
         if per_class is not None and matrix is not None:
-            title = "Where the classes go under attack: true class (rows) against the prediction under PGD"
+            title = "Where the classes go under attack: true class (rows) against the prediction under attack"
             figures.save("confusion.png", title, figs.confusion_heatmap, matrix, ctx.adapter.class_names, per_class.eps)
 
-    def _gallery(self, ctx: Context, figures: Figures, engine: LinfAttack, s: Sweep) -> None:
+    def _gallery(self, ctx: Context, figures: Figures, ens: Ensemble, s: Sweep) -> None:
         """A few images at the budget that breaks them, attacked again (the same way) to show them."""
         if self.params.gallery <= 0:
             return
         task, order = ctx.task, np.argsort(s.values)
         if task.attack_gallery_at_flip:
             # each image at the smallest budget that flips it
-            broken = torch.stack([s.pgd_pred[i] != s.reference for i in order]) & (s.clean_pred == s.reference)
+            broken = torch.stack([s.robust_pred[i] != s.reference for i in order]) & (s.clean_pred == s.reference)
             first = torch.where(broken.any(0), broken.float().argmax(0), torch.tensor(-1))
             candidates = torch.nonzero(first >= 0).flatten()
             pick = candidates[seeded_subset(len(candidates), self.params.gallery, ctx.seed)]
             chosen = [(int(i), int(order[first[i]])) for i in pick]
         else:
             # the images that lose most at the smallest budget that halves the metric (else the largest)
-            gi = next((i for i in order if s.pgd[i] < 0.5 * s.clean), order[-1])
-            drop = task.agreement(s.clean_pred, s.reference) - task.agreement(s.pgd_pred[gi], s.reference)
+            gi = next((i for i in order if s.robust[i] < 0.5 * s.clean), order[-1])
+            drop = task.agreement(s.clean_pred, s.reference) - task.agreement(s.robust_pred[gi], s.reference)
             pick = torch.argsort(drop, descending=True)[: self.params.gallery]
             chosen = [(int(i), int(gi)) for i in pick[drop[pick] > 0].sort().values]
         if not chosen:
             return
-        columns = [self._gallery_column(ctx, engine, s, i, gi) for i, gi in chosen]
+        columns = [self._gallery_column(ctx, ens, s, i, gi) for i, gi in chosen]
         caption = (
             "Clean and adversarial images with the model's output, and the perturbation amplified to full contrast"
         )
         figures.save("examples.png", caption, figs.draw_attack_gallery, columns, ctx.adapter, ctx.data.labelled)
 
     @staticmethod
-    def _gallery_column(ctx: Context, engine: LinfAttack, s: Sweep, i: int, gi: int) -> figs.GalleryColumn:
+    def _gallery_column(ctx: Context, ens: Ensemble, s: Sweep, i: int, gi: int) -> figs.GalleryColumn:
         """Image i attacked at the grid's ε number gi, with the model's output on it clean and attacked."""
         task = ctx.task
         x = ctx.data.images_at(slice(i, i + 1), ctx.device)
         ref = task.take(s.reference, slice(i, i + 1))
-        adv = engine.pgd(x, task.to(ref, ctx.device), s.values[gi])
+        adv = ens.run(x, ref, s.values[gi]).adv
         with torch.no_grad():
             outs = ctx.adapter.predict(torch.cat([x, adv]))
         outs = (
