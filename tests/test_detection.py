@@ -87,7 +87,13 @@ def test_ultralytics_yaml_model_on_dataset_yaml(audit, tmp_path, det_set, classe
     m = res["probes"]["attacks"]["metrics"]
     assert (
         set(m)
-        == {"clean_map50", "robust_map50@linf=8/255", "fgsm_map50@linf=8/255", "disappearance_rate@linf=8/255"}
+        == {
+            "clean_map50",
+            "robust_map50@linf=8/255",
+            "apgd_map50@linf=8/255",
+            "fgsm_map50@linf=8/255",
+            "disappearance_rate@linf=8/255",
+        }
         | ATTACK_CHECKS
     )
     assert m["disappearance_rate@linf=8/255"] is None or 0 <= m["disappearance_rate@linf=8/255"] <= 1

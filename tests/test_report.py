@@ -120,7 +120,13 @@ def test_default_run_report_is_self_contained_and_small(default_run):
     assert (default_run / "report.html").stat().st_size < MAX_REPORT_BYTES
     assert not re.search(r'(src|href)="(https?:)?//', html)  # nothing fetched from anywhere
     top = html[: html.index('id="probe-')]
-    for part in ('id="scorecard"', 'id="key-findings"', 'id="model-card"', "PGD at ε=", "sklearn-digits-test"):
+    for part in (
+        'id="scorecard"',
+        'id="key-findings"',
+        'id="model-card"',
+        "APGD-T + Square at ε=",
+        "sklearn-digits-test",
+    ):
         assert part in top, part  # verdict, scorecard, model card and key findings come before any section
     assert html.index('id="probe-attacks"') < html.index('id="probe-gradcam"') < html.index('id="probe-filters"')
 

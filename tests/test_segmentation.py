@@ -116,6 +116,8 @@ def test_torchscript_segmenter_on_images_and_masks(audit, tmp_path, seg_folder, 
             "clean_miou",
             "robust_miou@linf=2/255",
             "robust_miou@linf=8/255",
+            "apgd_miou@linf=2/255",
+            "apgd_miou@linf=8/255",
             "fgsm_miou@linf=2/255",
             "fgsm_miou@linf=8/255",
         }
