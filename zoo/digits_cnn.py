@@ -116,7 +116,8 @@ RECIPE = {
 }
 
 
-def _evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """Cross-entropy and accuracy on pixel-space images, normalised here as the zoo adapter does."""
     model.eval()
     with torch.no_grad():
         logits = model((images - MEAN[0]) / STD[0])
@@ -135,7 +136,7 @@ def train(out_path: Path, seed: int = 0, progress: Callable[[int], Any] | None =
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=r["max_epochs"])
     best = (math.inf, None, 0)  # val loss, state, epoch
     bar = progress(r["max_epochs"]) if progress else None
-    with _deterministic():
+    with deterministic():
         for epoch in range(r["max_epochs"]):
             model.train()
             order = torch.randperm(len(y_train), generator=generator)
@@ -148,7 +149,7 @@ def train(out_path: Path, seed: int = 0, progress: Callable[[int], Any] | None =
                 nn.utils.clip_grad_norm_(model.parameters(), r["clip_grad_norm"])
                 optimizer.step()
             scheduler.step()
-            val_loss, val_acc = _evaluate(model, *data["val"])
+            val_loss, val_acc = evaluate(model, *data["val"])
             if val_loss < best[0]:
                 best = (val_loss, copy.deepcopy(model.state_dict()), epoch)
             if bar is not None:
@@ -159,7 +160,7 @@ def train(out_path: Path, seed: int = 0, progress: Callable[[int], Any] | None =
     if bar is not None:
         bar.close()
     model.load_state_dict(best[1])
-    _, test_acc = _evaluate(model, *data["test"])
+    _, test_acc = evaluate(model, *data["test"])
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out_path)
@@ -172,7 +173,9 @@ def train(out_path: Path, seed: int = 0, progress: Callable[[int], Any] | None =
     }
 
 
-class _deterministic:
+class deterministic:
+    """torch's deterministic algorithms on inside the block, as they were outside it (the recipes use it)."""
+
     def __enter__(self):
         self._was = torch.are_deterministic_algorithms_enabled()
         torch.use_deterministic_algorithms(True)

@@ -55,6 +55,7 @@ _REGISTRY: dict[str, ZooEntry] = {}
 # imports only its own recipe (a recipe imports auditor, ultralytics or scikit-learn as it needs).
 RECIPES = {
     "digits-cnn": "zoo.digits_cnn",
+    "digits-robust": "zoo.digits_robust",
     "shapes-unet": "zoo.shapes_unet",
     "shapes-yolov8n": "zoo.shapes_yolo",
 }
