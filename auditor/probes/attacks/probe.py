@@ -93,7 +93,7 @@ class AttacksProbe(Probe):
         eps: tuple[str, ...] = ()  # budgets in pixel space ('0.1', '2/255'); empty: the model's grid
         norm: str = "linf"  # linf | l2 (classifiers)
         ensemble: str = "standard"  # fast: APGD-CE + APGD-T; standard: + Square
-        steps: int | None = None  # APGD iterations per run; None: the task's attack_steps (50 / 20)
+        steps: int | None = None  # APGD iterations per run; None: the task's attack_steps (100 / 20)
         targets: int = 3  # APGD-T: runner-up classes, one APGD run each
         square_queries: int | None = None  # Square's queries per image; None: the task's attack_queries
         # Square's queries when a masking check fails (it then runs on every image at every ε); None: the task's
