@@ -23,8 +23,8 @@ from tests.conftest import make_probe, probe_context
 from tests.masked_models import masked
 from zoo.registry import get_entry
 
-IMAGES = 16  # a seeded subset of each model's held-out set
-MASKED_IMAGES = 16
+IMAGES = 12  # a seeded subset of each model's held-out set
+MASKED_IMAGES = 10
 
 
 def held_out(name: str, n: int):

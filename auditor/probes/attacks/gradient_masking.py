@@ -112,7 +112,10 @@ def gradients(zero_share: float, nonfinite_share: float) -> Check:
 def gradient_free(where: str, tried: int, broken: int, queries: int) -> Check:
     if tried == 0:
         return Check(GRADIENT_FREE, False, f"{where} the gradient attacks broke every image, so Square had none left")
-    detail = f"{where} the Square attack ({queries} queries) broke {broken} of {tried} images the gradient attacks left"
+    detail = (
+        f"{where} the Square attack ({queries} queries) broke {broken} of the {tried} images (one per ε) the gradient "
+        "attacks left standing"
+    )
     if broken >= max(2, GRADIENT_FREE_SHARE * tried):
         return Check(
             GRADIENT_FREE, True, detail + ": a black-box attack beating white-box ones points at masked gradients"
