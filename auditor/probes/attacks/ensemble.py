@@ -79,9 +79,9 @@ class Ensemble:
         y = ref.to(x.device)
         with torch.no_grad():
             out = self.adapter(x)
-        probabilities = as_logits(out) is not out
+        logits = as_logits(out)
+        probabilities = logits is not out
         self.saw_probabilities |= probabilities
-        logits = out.clamp_min(1e-30).log() if probabilities else out
         broken = logits.argmax(1) != y
         broken_by = torch.where(broken, CLEAN, NONE).to(x.device)
         runners_up = logits.scatter(1, y[:, None], -math.inf).argsort(1, descending=True)
