@@ -64,7 +64,7 @@ def _gradient_cam(method: str, g: torch.Tensor, a: torch.Tensor) -> torch.Tensor
 
 def gap_linear_head(
     net: nn.Module, layer: nn.Module, example: torch.Tensor, forward: Callable[[torch.Tensor], torch.Tensor]
-) -> nn.Linear | None:
+) -> nn.Module | None:
     """The linear layer that reads the global average of `layer`'s output and gives the logits, if any.
 
     Checked on an example rather than by architecture names: the layer's output, averaged
@@ -82,19 +82,18 @@ def gap_linear_head(
         return None
     pooled = a.float().mean(dim=(2, 3))
     for module in net.modules():
-        if (
-            isinstance(module, nn.Linear)
-            and module.in_features == pooled.shape[1]
-            and module.out_features == logits.shape[1]
-        ):
+        # Any module holding an out x in weight, not only nn.Linear: an exported graph's head is a graph module.
+        weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+        if isinstance(weight, torch.Tensor) and tuple(weight.shape) == (logits.shape[1], pooled.shape[1]):
             with torch.no_grad():
-                if torch.allclose(module(pooled), logits.float(), rtol=1e-3, atol=1e-4):
-                    return module
+                head = F.linear(pooled, weight.float(), bias.float() if isinstance(bias, torch.Tensor) else None)
+            if torch.allclose(head, logits.float(), rtol=1e-3, atol=1e-4):
+                return module
     return None
 
 
 def class_activation_maps(
-    head: nn.Linear,
+    head: nn.Module,
     layer: nn.Module,
     x: torch.Tensor,
     classes: torch.Tensor,

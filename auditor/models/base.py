@@ -91,6 +91,8 @@ class ModelAdapter(nn.Module, abc.ABC):
         self.epsilons = tuple(epsilons)
         self.eval_set = eval_set  # zoo models: (name, seed -> tensors or folder, default limit); else None
         self._cam_layers: list[tuple[str, nn.Module]] | None = None
+        # Exported models (.pt2): the program, whose flat graph's nodes gradcam can tap (auditor.models.graphs).
+        self.program: torch.export.ExportedProgram | None = None
 
     def supports(self, capability: str) -> bool:
         return capability in self.capabilities
@@ -139,7 +141,7 @@ class ModelAdapter(nn.Module, abc.ABC):
         NCHW (the first convolution converts). TorchScript and exported graphs are left as
         they are: their layouts are fixed where they were made.
         """
-        if not isinstance(self.net, (torch.jit.ScriptModule, torch.fx.GraphModule)):
+        if self.program is None and not isinstance(self.net, (torch.jit.ScriptModule, torch.fx.GraphModule)):
             self.net.to(memory_format=torch.channels_last)
         return self
 

@@ -103,6 +103,7 @@ class GradCamDetails:
     row_kind: str  # what a row is
     localisation: Localisation | None  # None where no row has a known object ({} in results.json)
     border: Border | None  # None only in runs saved before it was measured
+    source: str = ""  # where the maps come from and why (a layer, or the input); "" in runs saved before
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -120,6 +121,7 @@ class GradCamDetails:
             "row_kind": self.row_kind,
             "localisation": asdict(self.localisation) if self.localisation else {},
             "border": self.border.to_dict() if self.border else None,
+            "source": self.source,
         }
 
     @classmethod
@@ -139,6 +141,7 @@ class GradCamDetails:
             row_kind=d["row_kind"],
             localisation=Localisation(**d["localisation"]) if d.get("localisation") else None,
             border=Border.from_dict(d["border"]) if d.get("border") else None,
+            source=d.get("source", ""),
         )
 
 
@@ -171,6 +174,7 @@ class GradCamView:
     localisation: Localisation | None
     border: Border | None  # None where no map has mass
     border_classes: list[BorderClass]  # the most border-heavy classes, worst first
+    source: str  # where the maps come from and why
 
     @classmethod
     def of(cls, details: dict[str, Any]) -> GradCamView | None:
@@ -195,4 +199,5 @@ class GradCamView:
             localisation=d.localisation,
             border=border,
             border_classes=border.classes[:5] if border else [],
+            source=d.source,
         )

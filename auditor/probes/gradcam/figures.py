@@ -22,6 +22,9 @@ LABELS = {
     "cam": "CAM",
     "gradcam": "Grad-CAM",
     "gradcam++": "Grad-CAM++",
+    "ig": "Integrated Gradients",
+    "smoothgrad": "SmoothGrad",
+    "occlusion": "Occlusion",
     "random": "random map",
     "edges": "edges (Sobel)",
 }

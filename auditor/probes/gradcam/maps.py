@@ -1,5 +1,6 @@
 """The maps of every row: the gradient methods in one forward and one backward per batch of rows, CAM
-from a GAP + linear head where the network ends in one (the engine: auditor.cam)."""
+from a GAP + linear head where the network ends in one (the engine: auditor.cam); or, for a model with no
+layer to tap, an attribution from the input (input_maps)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from auditor.cam import cam_maps, class_activation_maps, gap_linear_head, upsample
+from auditor.probes.gradcam.input_maps import coarse_of, input_maps
 from auditor.targets import Targets, chunks, target_scores
 from auditor.tasks import Task
 
@@ -75,3 +77,17 @@ def explain(
     full = {m: upsample(coarse[m], size) for m in methods}  # the order asked for
     full.setdefault(primary, upsample(coarse[primary], size))
     return Maps(methods, primary, coarse, full, head is not None)
+
+
+def explain_from_input(
+    adapter,
+    x: torch.Tensor,
+    t: Targets,
+    method: str,
+    samples: int,
+    batch_size: int,
+    progress: Callable[[int], object],
+) -> Maps:
+    """One input attribution's maps of every row (auditor.probes.gradcam.input_maps): shown and judged."""
+    full = input_maps(adapter, x, t, method, samples, batch_size, progress)
+    return Maps([method], method, {method: coarse_of(full)}, {method: full}, cam=False)

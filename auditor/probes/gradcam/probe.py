@@ -25,10 +25,12 @@ from auditor.errors import did_you_mean
 from auditor.probes.base import Context, Probe
 from auditor.probes.gradcam.details import Auc, GradCamDetails, GradCamView, Localisation, NothingExplained
 from auditor.probes.gradcam.faithfulness import BASELINES, faithfulness, faithfulness_findings
-from auditor.probes.gradcam.figures import draw_all
+from auditor.probes.gradcam.figures import LABELS, draw_all
+from auditor.probes.gradcam.input_maps import INPUT_METHODS
 from auditor.probes.gradcam.localisation import border_attention, border_findings, localisation_findings, localise
-from auditor.probes.gradcam.maps import Maps, explain
+from auditor.probes.gradcam.maps import Maps, explain, explain_from_input
 from auditor.probes.gradcam.sanity import Cascade, cascade_stages, learned_layers, randomisation, sanity_findings
+from auditor.probes.gradcam.source import SOURCES, Source, choose_source
 from auditor.results import Finding, ProbeResult
 from auditor.tasks import TASKS, Task, task_of
 
@@ -56,6 +58,12 @@ class GradCamProbe(Probe):
         faithful_rows: int = 0  # rows scored by deletion / insertion; 0: the task's (64 for classifiers, 8 otherwise)
         stages: int = 4  # cascading randomisation stages (top layer first, all layers last)
         gallery: int = 3  # classifiers: images per class in the gallery
+        # auto: a layer where one can be tapped, else the input; layer: a layer or an error; input: the input
+        source: str = "auto"
+        # maps from the input: smoothgrad | ig (Integrated Gradients: with its black baseline it fails the sanity check
+        # on digits-cnn, as Adebayo et al. found for gradient x input) | occlusion (passes it; ~10x the cost)
+        input_method: str = "smoothgrad"
+        input_samples: int = 16  # IG's interpolation steps, SmoothGrad's noisy copies
 
         def __post_init__(self):
             unknown = [m for m in self.methods if m not in METHODS]
@@ -67,7 +75,17 @@ class GradCamProbe(Probe):
             for name in ("images", "faithful_rows"):
                 if getattr(self, name) < 0:
                     raise ValueError(f"{name} must be 0 (automatic) or more, got {getattr(self, name)}")
-            for name in ("max_targets", "steps", "stages", "gallery"):
+            for name, value, known in (
+                ("source", self.source, SOURCES),
+                ("input_method", self.input_method, INPUT_METHODS),
+            ):
+                if value not in known:
+                    raise ValueError(
+                        f"{name}: unknown {value!r}{did_you_mean(value, known)}; known: {', '.join(known)}"
+                    )
+            if self.source == "input" and self.layer:
+                raise ValueError("layer: maps from the input (source=input) read no layer; leave layer unset")
+            for name in ("max_targets", "steps", "stages", "gallery", "input_samples"):
                 if getattr(self, name) < 1:
                     raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
             empty = [n for n in self.layer if not n.strip()]
@@ -79,27 +97,17 @@ class GradCamProbe(Probe):
         return GradCamView.of(details)
 
     def skip_reason(self, adapter) -> str | None:
-        if isinstance(adapter.net, torch.jit.ScriptModule):
-            return "TorchScript modules take no hooks, and Grad-CAM reads a layer through them (audit the eager model)"
         if adapter.task not in self.tasks:
             return super().skip_reason(adapter)
-        unsupported = task_of(adapter).explain_unsupported(adapter)
-        if unsupported is not None:
-            return unsupported
-        if not self.params.layer:
-            try:
-                _ = adapter.cam_layers  # finding the layer is the check
-            except ValueError as exc:  # an exported graph keeps no modules to hook
-                return f"no layer to explain: {exc}"
-        return None
+        return task_of(adapter).explain_unsupported(adapter)
 
     def check(self, adapter) -> None:
-        self._layers(adapter)
+        self._source(adapter)
 
     def run(self, ctx: Context) -> ProbeResult:
         p, adapter, task = self.params, ctx.adapter, ctx.task
-        layers = self._layers(adapter)
-        names = [n for n, _ in layers]
+        source = self._source(adapter)
+        names = source.names
         x, labels, picked = self._sample(ctx)
         t = task.explain_targets(adapter, x, labels, p.max_targets, ctx.batch_size)
         if len(t) == 0:
@@ -108,17 +116,18 @@ class GradCamProbe(Probe):
                 status="ok", score=None, findings=(Finding("medium", text),), details=NothingExplained(names).to_dict()
             )
         faithful = min(len(t), p.faithful_rows or task.explain_faithful_rows)
-        learned = learned_layers(adapter, task)
+        learned = learned_layers(source.adapter, task)
         stages = cascade_stages(len(learned), p.stages)
-        bar = ctx.progress(
-            len(t) + 2 * (p.steps + 1) * (len(p.methods) + len(BASELINES)) + len(stages) * len(t), self.name
-        )
-        maps = explain(adapter, task, [m for _, m in layers], x, t, p.methods, ctx.batch_size, bar.update)
+        shown = 1 if source.from_input else len(p.methods)
+        bar = ctx.progress(len(t) + 2 * (p.steps + 1) * (shown + len(BASELINES)) + len(stages) * len(t), self.name)
+        maps = self._maps(source, source.adapter, task, x, t, p.methods, ctx.batch_size, bar.update)
         faith = faithfulness(adapter, x, t, maps, faithful, p.steps, ctx.generator(), ctx.batch_size, bar.update)
         primary = maps.primary
-        cascade = randomisation(
-            adapter, learned, names, x, t, maps.coarse[primary], primary, stages, ctx.seed, ctx.batch_size, bar.update
-        )
+
+        def maps_of(twin):
+            return self._maps(source, twin, task, x, t, (primary,), ctx.batch_size, bar.update).coarse[primary]
+
+        cascade = randomisation(source.adapter, learned, maps_of, maps.coarse[primary], stages, ctx.seed)
         found = localise(task, maps.full[primary], t, labels, tuple(x.shape[-2:]))
         border = border_attention(maps.full[primary], t.cls, adapter.class_names)
         bar.close()
@@ -127,7 +136,7 @@ class GradCamProbe(Probe):
         findings, faith_untrusted = faithfulness_findings(faith.aucs, primary, task.explain_score, faithful)
         sanity, sanity_untrusted = sanity_findings(cascade, primary, task.randomised_unit)
         findings[1:1] = border_findings(border, primary)
-        findings += sanity + localisation_findings(found) + [self._layers_finding(task, names, maps, len(t))]
+        findings += sanity + localisation_findings(found) + [self._source_finding(task, source, maps, len(t))]
         metrics["untrustworthy"] = float(faith_untrusted or sanity_untrusted)
         metrics["border_energy"] = border.mean
         figures = draw_all(ctx, x, t, maps, faith, cascade, picked, labels, p.gallery)
@@ -146,6 +155,7 @@ class GradCamProbe(Probe):
             row_kind=task.explain_row,
             localisation=found,
             border=border,
+            source=source.why,
         )
         return ProbeResult(
             status="ok",
@@ -158,17 +168,19 @@ class GradCamProbe(Probe):
 
     # ---- what to explain ------------------------------------------------------------------------------
 
-    def _layers(self, adapter):
-        if self.params.layer:
-            try:
-                adapter.set_cam_layers(list(self.params.layer))
-            except KeyError as exc:
-                names = [n for n, _ in adapter.net.named_modules() if n]
-                raise ValueError(
-                    f"layer: the model has no module {exc.args[0]}"
-                    f"{did_you_mean(exc.args[0], names)}; e.g. {', '.join(names[-3:])}"
-                ) from None
-        return adapter.cam_layers
+    def _source(self, adapter) -> Source:
+        """Where the maps come from (source.py); chosen once per model, at the check before any probe runs."""
+        if getattr(self, "_chosen", None) is None or self._chosen[0] is not adapter:
+            p = self.params
+            self._chosen = (adapter, choose_source(adapter, p.source, p.layer))
+        return self._chosen[1]
+
+    def _maps(self, source: Source, adapter, task: Task, x, t, methods, batch_size: int, progress) -> Maps:
+        """The maps of every row on `adapter` (the model's hookable form, or a randomised copy of it)."""
+        if source.from_input:
+            p = self.params
+            return explain_from_input(adapter, x, t, p.input_method, p.input_samples, batch_size, progress)
+        return explain(adapter, task, source.modules(adapter), x, t, methods, batch_size, progress)
 
     def _sample(self, ctx):
         """A seeded sample of the data: images on the device, their labels, their indices in the set."""
@@ -205,13 +217,14 @@ class GradCamProbe(Probe):
         return metrics
 
     @staticmethod
-    def _layers_finding(task: Task, names: list[str], maps: Maps, rows: int) -> Finding:
+    def _source_finding(task: Task, source: Source, maps: Maps, rows: int) -> Finding:
+        if source.from_input:
+            return Finding("info", f"{source.why}; {LABELS[maps.primary]} (captum); {rows} rows explained")
         if maps.cam:
             cam = "CAM from the GAP + linear head"
         elif task.class_logits:
             cam = "no CAM: the network does not end in GAP + linear"
         else:
             cam = "CAM is for classifiers"
-        return Finding(
-            "info", f"maps from layer{'s' if len(names) > 1 else ''} {', '.join(names)}; {rows} rows explained; {cam}"
-        )
+        layers = "layers" if len(source.layers) > 1 else "layer"
+        return Finding("info", f"{source.why.replace('layer', layers, 1)}; {rows} rows explained; {cam}")

@@ -7,7 +7,7 @@ the model learned fall apart; maps that survive show the input, not the model.
 
 from __future__ import annotations
 
-import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,20 +17,25 @@ from torch import nn
 
 from auditor.probes.gradcam.details import Stage
 from auditor.probes.gradcam.figures import LABELS
-from auditor.probes.gradcam.maps import row_maps
 from auditor.results import Finding
-from auditor.targets import Targets
 from auditor.tasks import Task
 
 SIMILAR = 0.5  # mean rank correlation at or above which randomised maps count as unchanged
 
 
 def parametrised_layers(net: nn.Module, example: torch.Tensor, forward) -> list[tuple[str, nn.Module]]:
-    """Modules with their own weights, in the order they run (hooks), so the top comes last."""
+    """Modules with their own weights, in the order they run, so the top comes last.
+
+    The order comes from forward hooks; TorchScript takes none, so there it is the order the modules
+    were defined in, and a flat exported graph calls no module, so there it is the order its weights
+    are read in.
+    """
+    if isinstance(net, torch.jit.ScriptModule):
+        return [(n, m) for n, m in net.named_modules() if _owns_parameters(m)]
     order: list[tuple[str, nn.Module]] = []
     handles = []
     for name, module in net.named_modules():
-        if any(True for _ in module.parameters(recurse=False)):
+        if _owns_parameters(module):
             handles.append(
                 module.register_forward_hook(
                     lambda m, _i, _o, name=name: order.append((name, m)) if all(m is not o for _, o in order) else None
@@ -42,24 +47,81 @@ def parametrised_layers(net: nn.Module, example: torch.Tensor, forward) -> list[
     finally:
         for h in handles:
             h.remove()
+    return order or _in_graph_order(net)
+
+
+def _learned(module: nn.Module) -> bool:
+    params = list(module.parameters(recurse=False))
+    return not params or any(p.requires_grad for p in params)
+
+
+def _owns_parameters(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters(recurse=False))
+
+
+def _in_graph_order(net: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The modules holding a flat fx graph's weights, in the order the graph first uses them (its get_attr nodes
+    all come first). A converted TorchScript graph may hold its weights as buffers: they count too."""
+    path = {id(m): n for n, m in net.named_modules()}
+    used: list[tuple[int, str, nn.Module]] = []
+    for graph in (m for m in net.modules() if isinstance(m, torch.fx.GraphModule)):
+        position = {node: i for i, node in enumerate(graph.graph.nodes)}
+        for node in graph.graph.nodes:
+            if node.op == "get_attr":
+                owner = graph.get_submodule(node.target.rpartition(".")[0])
+                first = min((position[u] for u in node.users), default=len(position))
+                used.append((first, path[id(owner)], owner))
+    order: list[tuple[str, nn.Module]] = []
+    for _, name, owner in sorted(used, key=lambda u: u[0]):
+        if owner is not net and all(owner is not o for _, o in order):
+            order.append((name, owner))
     return order
 
 
 def randomise(module: nn.Module, generator_seed: int) -> None:
-    """Fresh initial weights for one module, drawn as its own constructor would draw them."""
+    """Fresh initial weights for one module, drawn as its own constructor would draw them.
+
+    Modules of exported graphs and TorchScript have no reset_parameters: their weights are drawn as
+    PyTorch's layers draw theirs (Kaiming-uniform weights, biases uniform within 1/sqrt(fan-in)), in the
+    same order, so an exported model randomises exactly as its eager source does.
+    """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(generator_seed)
         if hasattr(module, "reset_parameters"):
             module.reset_parameters()
         else:
-            for p in module.parameters(recurse=False):
-                nn.init.normal_(p.data, std=0.02)
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            _reset_like_pytorch(module)
+        buffers = dict(module.named_buffers(recurse=False))
+        if "running_mean" in buffers and "running_var" in buffers:
             # Fresh BN statistics are the identity; random ones change the map like any other layer.
             with torch.no_grad():
-                module.weight.normal_(1.0, 0.5) if module.weight is not None else None
-                module.running_mean.normal_(0.0, 0.5)
-                module.running_var.uniform_(0.5, 2.0)
+                weight = getattr(module, "weight", None)
+                weight.normal_(1.0, 0.5) if weight is not None else None
+                buffers["running_mean"].normal_(0.0, 0.5)
+                buffers["running_var"].uniform_(0.5, 2.0)
+
+
+def _reset_like_pytorch(module: nn.Module) -> None:
+    buffers = dict(module.named_buffers(recurse=False))
+    params = {**buffers, **dict(module.named_parameters(recurse=False))}  # converted graphs keep weights as buffers
+    params = {k: v for k, v in params.items() if k not in ("running_mean", "running_var", "num_batches_tracked")}
+    weight, bias = params.get("weight"), params.get("bias")
+    with torch.no_grad():
+        if "running_mean" in buffers and "running_var" in buffers:  # a norm layer, as _NormBase.reset_parameters
+            buffers["running_mean"].zero_()
+            buffers["running_var"].fill_(1)
+            weight.fill_(1) if weight is not None else None
+            bias.zero_() if bias is not None else None
+            return
+        if weight is not None and weight.dim() >= 2:  # convolutions and linear layers
+            nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+            if bias is not None:
+                fan_in, _ = nn.init._calculate_fan_in_and_fan_out(weight)
+                bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+                nn.init.uniform_(bias, -bound, bound)
+            return
+        for p in params.values():
+            nn.init.normal_(p, std=0.02)
 
 
 def cascade_stages(n_layers: int, stages: int) -> list[int]:
@@ -100,8 +162,9 @@ def learned_layers(adapter, task: Task) -> list[list[tuple[str, nn.Module]]]:
     """Learned layers in the order they run, grouped into the units the cascade randomises
     (Task.randomised_group: single layers, or an ultralytics detector's blocks)."""
     layers = parametrised_layers(adapter.net, adapter.normalize(adapter.example_input(2)), adapter.net)
-    # Fixed tensors (YOLO's DFL projection) are part of the decoding, not learned: left alone.
-    layers = [(n, m) for n, m in layers if any(p.requires_grad for p in m.parameters(recurse=False))]
+    # Fixed tensors (YOLO's DFL projection) are part of the decoding, not learned: left alone. (Weights held as
+    # buffers, as in converted TorchScript graphs, cannot say so, and count as learned.)
+    layers = [(n, m) for n, m in layers if _learned(m)]
     groups: dict[str, list] = {}
     for name, module in layers:
         groups.setdefault(task.randomised_group(name), []).append((name, module))
@@ -111,38 +174,48 @@ def learned_layers(adapter, task: Task) -> list[list[tuple[str, nn.Module]]]:
 def randomisation(
     adapter,
     learned: list[list[tuple[str, nn.Module]]],
-    layer_names: list[str],
-    x: torch.Tensor,
-    t: Targets,
+    maps_of: Callable[[nn.Module], torch.Tensor],
     original: torch.Tensor,
-    method: str,
     stages: list[int],
     seed: int,
-    batch_size: int,
-    progress: Callable[[int], object],
 ) -> Cascade:
-    """Adebayo et al.'s cascade: randomise the top k learned units of a copy, recompute the maps, compare ranks."""
-    results, maps_of = [], []
+    """Adebayo et al.'s cascade: randomise the top k learned units, recompute the maps (`maps_of` the adapter),
+    compare ranks.
+
+    The weights are randomised in place and put back after each stage, rather than on a deep copy:
+    unflattened exported programs cannot be deep-copied (their graphs hold symbolic shapes), and a copy of a
+    large model costs its size again.
+    """
+    results, maps_of_stage = [], []
     for k in stages:
-        twin = copy.deepcopy(adapter)
-        twin_modules = dict(twin.net.named_modules())
-        top = [layer for group in learned[-k:] for layer in group]
-        for j, (name, _) in enumerate(top):
-            randomise(twin_modules[name], seed * 7919 + j)
-        twin_layers = [twin_modules[n] for n in layer_names]
-        maps = row_maps(twin, twin_layers, x, t, [method], batch_size, progress)[method]
+        top = [module for group in learned[-k:] for _, module in group]
+        saved = [_weights(m) for m in top]
+        try:
+            for j, module in enumerate(top):
+                randomise(module, seed * 7919 + j)
+            maps = maps_of(adapter)
+        finally:
+            with torch.no_grad():
+                for weights in saved:
+                    for tensor, value in weights:
+                        tensor.copy_(value)
         rho = rank_correlation(original, maps)
         finite = rho[~torch.isnan(rho)]
         results.append(
             Stage(
-                layers=learned[-k][0][0] if k < len(learned) else "all",
+                layers=learned[-k][0][0].removeprefix("graph.") if k < len(learned) else "all",
                 top=k,
                 similarity=float(finite.mean()) if len(finite) else 0.0,
             )
         )
-        maps_of.append(maps)
-        del twin
-    return Cascade(results, maps_of, float(np.mean([r.similarity for r in results])))
+        maps_of_stage.append(maps)
+    return Cascade(results, maps_of_stage, float(np.mean([r.similarity for r in results])))
+
+
+def _weights(module: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A module's own parameters and buffers, each with a copy of its value."""
+    own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+    return [(t, t.detach().clone()) for t in own]
 
 
 def sanity_findings(cascade: Cascade, method: str, unit: str) -> tuple[list[Finding], bool]:
