@@ -12,6 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest -n N: one intra-op thread per worker (and for the CLIs they start), or N workers' thread pools
+    # would oversubscribe the cores, which slows torch tenfold.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 from PIL import Image
 
 import cli

@@ -14,6 +14,7 @@ from tests.conftest import ATTACK_CHECKS, FAST, read_results
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("default_run")  # one default audit per worker that runs these
 def test_default_run_writes_every_output(default_run, digits_test):
     """`audit run` with no option (the session's default run): the zoo's digits-cnn on its whole held-out set."""
     out = default_run

@@ -60,6 +60,7 @@ def test_workflow_commands_and_options_exist():
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("default_run")  # one default audit per worker that runs these
 def test_gates_file_example_rules_name_real_metrics(default_run):
     gates = tomllib.loads(_block("toml", "# audit/gates.toml"))
     assert gates["baseline"] == "baseline/results.json"

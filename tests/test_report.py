@@ -115,6 +115,7 @@ def test_report_of_a_probe_with_huge_figures_stays_under_15_mb(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("default_run")  # one default audit per worker that runs these
 def test_default_run_report_is_self_contained_and_small(default_run):
     html = (default_run / "report.html").read_text(encoding="utf-8")
     assert (default_run / "report.html").stat().st_size < MAX_REPORT_BYTES

@@ -529,6 +529,7 @@ def test_checks_catch_a_broken_page(browser, tmp_path):
 # ------------------------------------------------------------------------ on a compare page
 
 
+@pytest.mark.xdist_group("default_run")  # one default audit per worker that runs these
 def test_compare_page_loads_clean_and_sorts(browser, default_run, tmp_path, audit, artifacts):
     """`audit compare` of the default run with a second, smaller run: the same checks as the report."""
     other = tmp_path / "other"
