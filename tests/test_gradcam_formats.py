@@ -123,3 +123,15 @@ def test_resnet18_eager_exported_and_scripted_agree_and_the_probe_runs(tmp_path)
         probe = make_probe(GradCamProbe, images=2, steps=3, stages=2, gallery=1)
         result = probe.run(probe_context("gradcam", adapter, tmp_path / "run", images, torch.tensor([0, 1, 2, 3])))
         assert result.status == "ok" and result.metrics["deletion_auc"] is not None
+
+
+def test_without_reachable_weights_the_randomisation_check_says_it_did_not_run(
+    digits_model, digits_test, tmp_path, monkeypatch
+):
+    monkeypatch.setattr("auditor.probes.gradcam.probe.learned_layers", lambda adapter, task: [])
+    probe = make_probe(GradCamProbe, images=8, stages=2)
+    result = probe.run(probe_context("gradcam", digits_model, tmp_path, digits_test[0][:8], digits_test[1][:8]))
+    assert result.status == "ok" and result.metrics["randomization_similarity"] is None
+    assert result.metrics["untrustworthy"] == 0.0 and result.details["stages"] == []
+    assert any("randomisation check did not run" in f.text for f in result.findings)
+    assert not (tmp_path / "gradcam" / "randomisation.png").exists()

@@ -199,6 +199,8 @@ def draw_all(
         faithful.curves,
         faithful.aucs,
     )
+    if not cascade.stages:
+        return figures
     save(
         "randomisation.png",
         "Cascading randomisation: the map of one row as the top layers are re-initialised "

@@ -117,7 +117,7 @@ class GradCamProbe(Probe):
             )
         faithful = min(len(t), p.faithful_rows or task.explain_faithful_rows)
         learned = learned_layers(source.adapter, task)
-        stages = cascade_stages(len(learned), p.stages)
+        stages = cascade_stages(len(learned), p.stages) if learned else []
         shown = 1 if source.from_input else len(p.methods)
         bar = ctx.progress(len(t) + 2 * (p.steps + 1) * (shown + len(BASELINES)) + len(stages) * len(t), self.name)
         maps = self._maps(source, source.adapter, task, x, t, p.methods, ctx.batch_size, bar.update)
@@ -127,7 +127,10 @@ class GradCamProbe(Probe):
         def maps_of(twin):
             return self._maps(source, twin, task, x, t, (primary,), ctx.batch_size, bar.update).coarse[primary]
 
-        cascade = randomisation(source.adapter, learned, maps_of, maps.coarse[primary], stages, ctx.seed)
+        if learned:
+            cascade = randomisation(source.adapter, learned, maps_of, maps.coarse[primary], stages, ctx.seed)
+        else:  # nothing to re-initialise: the check cannot run, and says so
+            cascade = Cascade([], [], None)
         found = localise(task, maps.full[primary], t, labels, tuple(x.shape[-2:]))
         border = border_attention(maps.full[primary], t.cls, adapter.class_names)
         bar.close()

@@ -155,7 +155,7 @@ class Cascade:
 
     stages: list[Stage]
     maps: list[torch.Tensor]
-    mean: float
+    mean: float | None  # None when no learned weight could be reached, and nothing was randomised
 
 
 def learned_layers(adapter, task: Task) -> list[list[tuple[str, nn.Module]]]:
@@ -221,6 +221,9 @@ def _weights(module: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
 def sanity_findings(cascade: Cascade, method: str, unit: str) -> tuple[list[Finding], bool]:
     """The check's finding, and whether it makes the maps untrustworthy; `unit` words what is randomised."""
     label, sim = LABELS[method], cascade.mean
+    if sim is None:
+        text = "the randomisation check did not run: no learned weight of this model could be reached to re-initialise"
+        return [Finding("info", text)], False
     if sim >= SIMILAR:
         finding = Finding(
             "high",
