@@ -4,7 +4,8 @@ classify: ImageFolder (class sub-folders) or a flat folder (label-free).
 segment: images/ + masks/ (PNG, pixel value = class id, 255 = ignore), or images alone
 (label-free).
 detect: an ultralytics data set YAML (its `test` split, else `val`), or images/ + labels/
-(YOLO txt: class cx cy w h, normalised), or images alone (label-free).
+(YOLO txt: class cx cy w h, normalised; YOLO-seg polygons give boxes and instance masks), or images
+alone (label-free).
 
 The set is decoded once, up front, into one tensor: a corrupt file stops the run with its
 name before any probe starts, and probes slice batches without decoding again. Decoded
@@ -27,6 +28,8 @@ from torchvision import tv_tensors
 
 from auditor.errors import AuditError
 from auditor.models.base import ModelAdapter
+from auditor.tasks.instances import Instances
+from auditor.yolo_labels import read_yolo_labels
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 UNLABELLED = -1
@@ -45,7 +48,7 @@ class EvalData:
     name: str
     images: torch.Tensor  # N x C x H x W, uint8 or float in [0, 1]
     labels: Any  # classify: N class ids; segment: N x H x W masks (uint8); detect: list of K x 5 (class, xyxy
-    # in input pixels); label-free: N x UNLABELLED
+    # in input pixels; polygon labels: an Instances, with masks); label-free: N x UNLABELLED
     labelled: bool
     source: str  # "zoo", "imagefolder" or "flat"
     total: int  # images available before --limit
@@ -191,7 +194,7 @@ def _decode_all(files: list[Path], labels: list, adapter: ModelAdapter, progress
         try:
             if isinstance(label, YoloLabel):
                 image = _decode(f, mode, transform)
-                target = _read_yolo_labels(label.path, image.shape[-2:], label.class_map)
+                target = read_yolo_labels(label.path, image.shape[-2:], label.class_map)  # boxes, masks or None
             elif isinstance(label, Path):
                 image, target = _decode_pair(f, label, mode, transform)
             else:
@@ -213,14 +216,16 @@ def _stack_targets(targets: list, kind, num_classes: int, root: Path):
     """EvalData.labels from per-image targets: boxes stay a list, masks and class ids become one tensor.
     `kind` is one of the labels the set was scanned with (all of a set's labels are of one kind)."""
     if isinstance(kind, YoloLabel):
+        boxes, masks = [b for b, _ in targets], [m for _, m in targets]
         _check_class_ids(
-            torch.cat([t[:, 0] for t in targets]).long(),
+            torch.cat([t[:, 0] for t in boxes]).long(),
             num_classes,
             root,
             "labels",
             "; a data set YAML with `names` maps its ids to the model's by name",
         )
-        return targets
+        # YOLO-seg polygons on every object: instance masks beside the boxes
+        return Instances(boxes, masks) if any(len(b) for b in boxes) and None not in masks else boxes
     if isinstance(kind, Path):
         masks = torch.stack(targets)
         _check_class_ids(masks[masks != 255].long(), num_classes, root, "masks", "; 255 = ignore")
@@ -398,27 +403,8 @@ def _yaml_split_dir(path: Path) -> tuple[Path, list[str]]:
 
 
 def _read_yolo_labels(path: Path, size, class_map: dict[int, int] | None = None) -> torch.Tensor:
-    """YOLO txt (class cx cy w h, normalised) -> K x 5 (class, x0, y0, x1, y1) in input pixels."""
-    h, w = (int(v) for v in size)
-    if not path.is_file():
-        return torch.zeros(0, 5)
-    try:
-        rows = [[float(v) for v in line.split()[:5]] for line in path.read_text().splitlines() if line.strip()]
-    except ValueError as exc:
-        raise AuditError(f"{path}: not a YOLO label file (class cx cy w h per line): {exc}") from exc
-    if not rows:
-        return torch.zeros(0, 5)
-    t = torch.tensor(rows)
-    if t.shape[1] != 5:
-        raise AuditError(f"{path}: not a YOLO label file (class cx cy w h per line)")
-    cls = t[:, 0]
-    if class_map is not None:
-        bad = [int(c) for c in cls.tolist() if int(c) not in class_map]
-        if bad:
-            raise AuditError(f"{path}: class id {bad[0]} is not in the data set's `names`")
-        cls = torch.tensor([float(class_map[int(c)]) for c in cls.tolist()])
-    cx, cy, bw, bh = t[:, 1] * w, t[:, 2] * h, t[:, 3] * w, t[:, 4] * h
-    return torch.stack([cls, cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], dim=1)
+    """YOLO txt (boxes, or YOLO-seg polygons; normalised) -> K x 5 (class, x0, y0, x1, y1) in input pixels."""
+    return read_yolo_labels(path, size, class_map)[0]
 
 
 def map_folders_to_classes(folders: list[str], class_names: list[str], root: Path) -> dict[str, int]:

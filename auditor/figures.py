@@ -85,10 +85,11 @@ def overlay_mask(image: torch.Tensor, mask: torch.Tensor, num_classes: int, alph
 
 
 def draw_boxes(ax, boxes: dict, names) -> None:
-    """Rectangles in class colours (tab10), with the class name."""
+    """Rectangles in class colours (tab10), with the class name; instance masks ("masks", at any grid) outlined."""
     from matplotlib.patches import Rectangle
 
     colours = pyplot().get_cmap("tab10")
+    _outline_masks(ax, boxes.get("masks"), boxes["labels"], colours)
     for (x0, y0, x1, y1), label in zip(boxes["boxes"].tolist(), boxes["labels"].tolist()):
         c = colours(int(label) % 10)
         ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=c, linewidth=1.2))
@@ -101,6 +102,17 @@ def draw_boxes(ax, boxes: dict, names) -> None:
             va="bottom",
             bbox={"facecolor": c, "edgecolor": "none", "pad": 0.5},
         )
+
+
+def _outline_masks(ax, masks: torch.Tensor | None, labels: torch.Tensor, colours) -> None:
+    """Each instance mask's outline in its class colour, scaled (nearest) to the image the axes show."""
+    if masks is None or len(masks) == 0 or not ax.images:
+        return
+    h, w = ax.images[-1].get_array().shape[:2]
+    grown = torch.nn.functional.interpolate(masks[:, None].float().cpu(), (h, w), mode="nearest")[:, 0]
+    for m, label in zip(grown, labels.tolist()):
+        if m.any():
+            ax.contour(m.numpy(), levels=[0.5], colors=[colours(int(label) % 10)], linewidths=0.8)
 
 
 def short(text: str, n: int = 34) -> str:

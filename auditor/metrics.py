@@ -33,25 +33,42 @@ def mean_iou_score(
     return per_class[present].mean().item() if present.any() else float("nan")
 
 
-def detection_map(preds: list[dict], targets: list[torch.Tensor], *, map50_only: bool = False) -> dict[str, float]:
+def detection_map(
+    preds: list[dict], targets: list[torch.Tensor], *, map50_only: bool = False, target_masks: list | None = None
+) -> dict[str, float]:
     """COCO-style mAP50 and mAP50-95 (torchmetrics, pycocotools backend) for boxes in pixels.
 
     preds: per image {boxes xyxy, scores, labels}; targets: per image K x 5 (class, x0, y0, x1, y1).
     map50_only: evaluate the 0.5 IoU threshold alone (the same mAP50, without the other nine
     thresholds' matching: a third of the augment probe's time on shapes-yolov8n went there).
+    target_masks: per image K x h x w bool instance masks of the targets; the predictions then carry "masks"
+    (N x h x w bool) too, and mask_map50 (mask_map50_95) is scored beside the boxes' in the same evaluation.
     """
     from torchmetrics.detection import MeanAveragePrecision
 
-    metric = MeanAveragePrecision(iou_type="bbox", box_format="xyxy", iou_thresholds=[0.5] if map50_only else None)
-    metric.warn_on_many_detections = False  # COCO's 100 boxes per image, lowest scores dropped: intended
-    metric.update(
-        [
-            {"boxes": p["boxes"].float().cpu(), "scores": p["scores"].float().cpu(), "labels": p["labels"].long().cpu()}
-            for p in preds
-        ],
-        [{"boxes": t[:, 1:5].float().cpu(), "labels": t[:, 0].long().cpu()} for t in targets],
+    with_masks = target_masks is not None
+    metric = MeanAveragePrecision(
+        iou_type=("bbox", "segm") if with_masks else "bbox",
+        box_format="xyxy",
+        iou_thresholds=[0.5] if map50_only else None,
     )
+    metric.warn_on_many_detections = False  # COCO's 100 boxes per image, lowest scores dropped: intended
+    pred_rows = [
+        {"boxes": p["boxes"].float().cpu(), "scores": p["scores"].float().cpu(), "labels": p["labels"].long().cpu()}
+        for p in preds
+    ]
+    target_rows = [{"boxes": t[:, 1:5].float().cpu(), "labels": t[:, 0].long().cpu()} for t in targets]
+    if with_masks:
+        for row, p in zip(pred_rows, preds):
+            row["masks"] = p["masks"].bool().cpu()
+        for row, m in zip(target_rows, target_masks):
+            row["masks"] = m.bool().cpu()
+    metric.update(pred_rows, target_rows)
     result = metric.compute()
-    if map50_only:
-        return {"map50": max(float(result["map_50"]), 0.0)}
-    return {"map50": max(float(result["map_50"]), 0.0), "map50_95": max(float(result["map"]), 0.0)}
+    kinds = {"": "bbox_", "mask_": "segm_"} if with_masks else {"": ""}
+    out = {}
+    for name, prefix in kinds.items():
+        out[f"{name}map50"] = max(float(result[f"{prefix}map_50"]), 0.0)
+        if not map50_only:
+            out[f"{name}map50_95"] = max(float(result[f"{prefix}map"]), 0.0)
+    return out

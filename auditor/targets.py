@@ -1,7 +1,7 @@
 """Targets: the rows a probe explains or attacks, each an image and a scalar of the model's output.
 
 A row is a class of an image (classifiers), a box at the head's anchor that holds it
-(detectors), or a class's mask (segmenters). `target_scores` turns a batch's output into
+(detectors), a class's mask (segmenters), or a box and its mask (instance segmenters). `target_scores` turns a batch's output into
 one differentiable scalar per row the same way for every task, so gradcam, patch and
 attacks share one definition of "the score of this thing".
 """
@@ -21,10 +21,10 @@ class Targets:
 
     image: torch.Tensor  # R: index into the batch's images
     cls: torch.Tensor  # R: target class
-    role: list[str]  # "predicted" / "true" (classify), "box" (detect), "mask" (segment), or a probe's own
+    role: list[str]  # "predicted" / "true" (classify), "box" (detect), "mask" (segment), "instance", or a probe's own
     anchor: torch.Tensor | None = None  # boxes: the head's column that holds the box
     box: torch.Tensor | None = None  # boxes: R x 4 xyxy
-    mask: torch.Tensor | None = None  # masks: R x H x W, the pixels whose class logits are summed
+    mask: torch.Tensor | None = None  # masks: R x H x W, the pixels whose class (instance: mask) logits are summed
 
     def __len__(self) -> int:
         return len(self.image)
@@ -59,7 +59,10 @@ class Targets:
     def scores(self, adapter, out, probability: bool = False) -> torch.Tensor:
         """One score per row from the model's output on the batch: the row's class logit (or probability);
         for a mask the logits summed over it (the probability averaged); for a box its class score at
-        its anchor, as a logit (or probability)."""
+        its anchor, as a logit (or probability); for an instance (a box with a mask) its mask logits summed over
+        the mask (its mask probability averaged there)."""
+        if self.anchor is not None and self.mask is not None:
+            return adapter.instance_scores(out, self.anchor, self.mask, probability)
         if self.anchor is not None:
             score = adapter.anchor_scores(out, self.anchor, self.cls)
             # The gradient of a saturated sigmoid vanishes (maps peak at 1e-4); its logit's does not.

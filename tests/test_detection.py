@@ -302,7 +302,9 @@ def test_checkpoint_written_by_ultralytics(audit, tmp_path, det_set, classes3):
 
 
 @pytest.mark.slow
-def test_ultralytics_seg_model_is_audited_as_a_detector(audit, tmp_path, det_set, classes3):
+def test_ultralytics_seg_model_with_box_labels_scores_its_boxes(audit, tmp_path, det_set, classes3):
+    """Box labels have no masks: the -seg model's boxes are scored, its masks are not (tests/test_instances.py
+    covers the masks)."""
     out = tmp_path / "out"
     r = audit(
         "run",
@@ -322,6 +324,7 @@ def test_ultralytics_seg_model_is_audited_as_a_detector(audit, tmp_path, det_set
     res = read_results(out)
     assert res["model"]["task"] == "detect" and any("-seg" in n for n in res["model"]["notes"])
     assert res["probes"]["attacks"]["status"] == "ok"
+    assert not any("mask_map50" in k for k in res["probes"]["attacks"]["metrics"])
 
 
 def test_dataset_names_map_to_model_classes_by_name(tmp_path, det_set):

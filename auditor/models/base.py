@@ -25,6 +25,10 @@ SHOW_CONF = 0.25  # detectors: boxes shown, and the label-free reference
 # it, and `anchor_scores(outputs, anchors, classes)` a differentiable score per box: what gradcam explains
 # and the detector patch suppresses.
 BOX_TARGETS = "box_targets"
+# INSTANCE_MASKS (with BOX_TARGETS): every box has an instance mask. Predictions carry "masks" (N_i x h x w bool, at
+# the prototype grid), `mask_logits(outputs, images, anchors)` gives an instance's mask logits at the input size and
+# `instance_scores(outputs, anchors, masks)` a differentiable score per instance: what gradcam explains.
+INSTANCE_MASKS = "instance_masks"
 
 
 @dataclass(frozen=True)

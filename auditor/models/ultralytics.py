@@ -70,17 +70,7 @@ class DetectorAdapter(ModelAdapter):
         return self.decode(self(x), conf)
 
     def decode(self, outputs, conf: float = SHOW_CONF) -> list[dict[str, torch.Tensor]]:
-        from ultralytics.utils.nms import non_max_suppression
-
-        kept = non_max_suppression(
-            _decoded(outputs).detach(),
-            conf_thres=conf,
-            iou_thres=NMS_IOU,
-            max_det=300,
-            max_time_img=10.0,
-            nc=self.num_classes,
-        )
-        return [{"boxes": d[:, :4], "scores": d[:, 4], "labels": d[:, 5].long()} for d in kept]
+        return [d for d, _ in self.detect_with_anchors(outputs, conf)]
 
     def detect_with_anchors(
         self, outputs, conf: float = SHOW_CONF
@@ -98,7 +88,8 @@ class DetectorAdapter(ModelAdapter):
             nc=self.num_classes,
         )
         return [
-            ({"boxes": d[:, :4], "scores": d[:, 4], "labels": d[:, 5].long()}, a.long()) for d, a in zip(kept, anchors)
+            ({"boxes": d[:, :4], "scores": d[:, 4], "labels": d[:, 5].long()}, a.long().view(-1))
+            for d, a in zip(kept, anchors)
         ]
 
     def anchor_scores(self, outputs, anchors: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -132,6 +123,16 @@ class DetectorAdapter(ModelAdapter):
 
         The criterion sums over the batch, so each image gets an equal share of the total.
         """
+        if getattr(self, "_criterion", None) is None:
+            from ultralytics.utils.loss import v8DetectionLoss
+
+            self._criterion = v8DetectionLoss(self.net)
+        total, _ = self._criterion(outputs, self.loss_batch(targets))
+        n = len(targets)
+        return total.sum().expand(n) / n
+
+    def loss_batch(self, targets: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Targets K x 5 per image as ultralytics' criteria take them: image index, class, normalised cx cy w h."""
         h, w = self.input_size
         scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=self.mean.device)
         idx, cls, boxes = [], [], []
@@ -141,15 +142,7 @@ class DetectorAdapter(ModelAdapter):
             cls.append(t[:, 0])
             xyxy = t[:, 1:5] / scale
             boxes.append(torch.cat([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], dim=1))
-        batch = {"batch_idx": torch.cat(idx), "cls": torch.cat(cls).view(-1, 1), "bboxes": torch.cat(boxes)}
-        if getattr(self, "_criterion", None) is None:
-            # The box loss, also for -seg models (their mask loss needs instance masks we do not have).
-            from ultralytics.utils.loss import v8DetectionLoss
-
-            self._criterion = v8DetectionLoss(self.net)
-        total, _ = self._criterion(outputs, batch)
-        n = len(targets)
-        return total.sum().expand(n) / n
+        return {"batch_idx": torch.cat(idx), "cls": torch.cat(cls).view(-1, 1), "bboxes": torch.cat(boxes)}
 
 
 # Globals an ultralytics checkpoint may need when unpickled; anything else (os.system, eval,
@@ -203,9 +196,14 @@ def adapter_for(net: nn.Module, spec, *, facts: ModelFacts, names: list[str], si
             f"--model {spec.model}: an ultralytics {kind}; detectors and -seg models are supported "
             "(pose, OBB and classification heads are not)"
         )
+    adapter_class = DetectorAdapter
     if kind == "SegmentationModel":
+        from auditor.models.ultralytics_seg import InstanceAdapter
+
+        adapter_class = InstanceAdapter
         facts.notes.append(
-            "ultralytics -seg model audited as a detector of its boxes; its instance masks are not scored"
+            "ultralytics -seg model: boxes and instance masks scored (mask mAP50 beside box mAP50 where the "
+            "reference has masks: label-free, the clean prediction's); gradcam explains each instance's mask"
         )
     if not hasattr(net, "args") or isinstance(net.args, dict):
         from ultralytics.cfg import get_cfg
@@ -216,7 +214,7 @@ def adapter_for(net: nn.Module, spec, *, facts: ModelFacts, names: list[str], si
             else None
         )
     input_size = spec.input_size or (size, size)
-    return DetectorAdapter(
+    return adapter_class(
         net.float().eval(),
         facts=facts,
         class_names=names,

@@ -57,6 +57,14 @@ class Task(abc.ABC):
     def score(self, pred, reference, adapter) -> float:
         """The task's metric over a whole set of predictions."""
 
+    # Metrics scored beside `metric` where the reference allows them (an instance segmenter's mask_map50): the
+    # attacks and augment probes report each under its own name beside the task's metric.
+    side_metrics: ClassVar[tuple[str, ...]] = ()
+
+    def scores(self, pred, reference, adapter) -> dict[str, float]:
+        """The task's metric and each side metric the reference allows, over a whole set, by name."""
+        return {self.metric: self.score(pred, reference, adapter)}
+
     @abc.abstractmethod
     def agreement(self, pred, reference) -> torch.Tensor:
         """Per image, how much of its reference the prediction still matches, in [0, 1]."""

@@ -28,6 +28,7 @@ class EpsRow:
     robust: float
     first: float | None = None  # None: runs saved before the ensemble (their `robust` is PGD's)
     broken_first: dict[str, int] = dataclasses.field(default_factory=dict)  # member -> images it broke first
+    side: dict[str, float] = dataclasses.field(default_factory=dict)  # the task's side metrics under the worst case
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EpsRow:
@@ -147,6 +148,9 @@ class AttacksDetails:
     targets: int | None = None  # APGD-T's runner-up classes
     square_queries: int | None = None  # Square's queries per image in the ensemble
     masked: MaskedRun | None = None  # a masking check failed and Square ran everywhere
+    # the side metrics the rows carry (instance masks: mask_map50): name -> words; their clean values (labelled)
+    side_labels: dict[str, str] = dataclasses.field(default_factory=dict)
+    side_clean: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def shows_disappearance(self) -> bool:
@@ -178,6 +182,8 @@ class AttacksDetails:
             out["members"], out["targets"], out["square_queries"] = self.members, self.targets, self.square_queries
         if self.masked is not None:
             out["masked"] = dataclasses.asdict(self.masked)
+        if self.side_labels:
+            out["side_labels"], out["side_clean"] = self.side_labels, self.side_clean
         return out
 
     @classmethod
@@ -201,4 +207,6 @@ class AttacksDetails:
             targets=d.get("targets"),
             square_queries=d.get("square_queries"),
             masked=MaskedRun(**d["masked"]) if "masked" in d else None,
+            side_labels=d.get("side_labels", {}),
+            side_clean=d.get("side_clean", {}),
         )

@@ -38,7 +38,7 @@ from auditor.probes.base import Context, Figures, Probe
 from auditor.results import ProbeResult
 from auditor.tasks import Task, predict_all, task_of
 
-METRIC_LABELS = {"accuracy": "accuracy", "miou": "mIoU", "map50": "mAP50"}
+METRIC_LABELS = {"accuracy": "accuracy", "miou": "mIoU", "map50": "mAP50", "mask_map50": "mask mAP50"}
 ONE_STEP = {"linf": "fgsm", "l2": "fgm"}  # the one-step attack's name in the metric keys
 
 
@@ -197,6 +197,8 @@ class AttacksProbe(Probe):
             targets=p.targets if "apgd-t" in ens.members else None,
             square_queries=p.square_queries if "square" in ens.members else None,
             masked=masked,
+            side_labels={m: self._side_label(m, data.labelled) for m in s.side},
+            side_clean=s.side_clean,
         )
         score = float(np.mean([min(v / s.clean, 1.0) for v in s.robust])) if s.clean > 0 else 0.0
         return ProbeResult(
@@ -228,7 +230,13 @@ class AttacksProbe(Probe):
         """One row per ε of the grid; a detector's also says how many objects disappear."""
         rows = [
             EpsRow(
-                e, v, f, r, first=a, broken_first={m: n for m, n in s.broken_first(gi).items() if m in ens.members or n}
+                e,
+                v,
+                f,
+                r,
+                first=a,
+                broken_first={m: n for m, n in s.broken_first(gi).items() if m in ens.members or n},
+                side={m: values[gi] for m, values in s.side.items()},
             )
             for gi, (e, v, f, r, a) in enumerate(zip(s.grid, s.values, s.fgsm, s.robust, s.first))
         ]
@@ -236,6 +244,10 @@ class AttacksProbe(Probe):
             gone = self._disappearance(task, s.clean_pred, s.robust_pred, s.reference)
             return [ObjectsEpsRow(**dataclasses.asdict(r), disappearance=d) for r, d in zip(rows, gone)]
         return rows
+
+    @staticmethod
+    def _side_label(metric: str, labelled: bool) -> str:
+        return METRIC_LABELS[metric] + ("" if labelled else " against the clean prediction")
 
     @staticmethod
     def _min_eps_summary(eps_min: np.ndarray, censored: np.ndarray, values: list[float], rounds: int) -> MinEps:
@@ -260,6 +272,11 @@ class AttacksProbe(Probe):
             metrics[f"clean_{kind}"] = s.clean
         for r in d.rows:
             metrics[f"robust_{kind}@{norm}={r.eps}"] = r.robust
+        for side in d.side_labels:  # beside the task's metric (instance masks: mask_map50)
+            if not d.label_free:
+                metrics[f"clean_{side}"] = d.side_clean[side]
+            for r in d.rows:
+                metrics[f"robust_{side}@{norm}={r.eps}"] = r.side[side]
         for r in d.rows:
             metrics[f"apgd_{kind}@{norm}={r.eps}"] = r.first
         for r in d.rows:

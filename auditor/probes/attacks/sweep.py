@@ -10,7 +10,7 @@ and breaks cheaply (in a few APGD steps) above it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -41,6 +41,10 @@ class Sweep:
     fgsm: list[float]
     zero_share: float  # share of images whose clean input gradient is all zero
     bad_share: float  # share of images whose clean input gradient is not finite
+    # the task's side metrics the reference allows (instance masks: mask_map50): per ε under the worst case,
+    # and clean (labelled data only; label-free the reference is the clean prediction)
+    side: dict[str, list[float]] = field(default_factory=dict)
+    side_clean: dict[str, float] = field(default_factory=dict)
 
     def broken_first(self, gi: int) -> dict[str, int]:
         """How many images each member broke first at the grid's ε number gi."""
@@ -99,13 +103,25 @@ def sweep(
         first_pred=joined["first"],
         broken_by=joined["by"],
         square_query=joined["query"],
-        clean=task.score(clean_pred, reference, ctx.adapter) if data.labelled else 1.0,
-        robust=score(joined["robust"]),
         first=score(joined["first"]),
         fgsm=score(joined["fgsm"]),
         zero_share=float(torch.cat(zero_grad).double().mean()),
         bad_share=float(torch.cat(bad_grad).double().mean()),
+        **_scored(ctx, clean_pred, joined["robust"], reference),
     )
+
+
+def _scored(ctx: Context, clean_pred, robust_pred: list, reference) -> dict[str, Any]:
+    """Sweep's clean and worst-case figures: the task's metric, and its side metrics where the reference allows."""
+    task, adapter = ctx.task, ctx.adapter
+    robust = [task.scores(pred, reference, adapter) for pred in robust_pred]
+    clean = task.scores(clean_pred, reference, adapter) if ctx.data.labelled else {}
+    return {
+        "clean": clean[task.metric] if ctx.data.labelled else 1.0,
+        "robust": [r[task.metric] for r in robust],
+        "side": {m: [r[m] for r in robust] for m in task.side_metrics if m in robust[0]},
+        "side_clean": {m: clean[m] for m in task.side_metrics if m in clean},
+    }
 
 
 def _batch_of(task, s: Sweep, sl: slice) -> dict[str, list]:

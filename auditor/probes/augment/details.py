@@ -19,10 +19,11 @@ class ShiftCell:
     value: float  # the task's metric under the shift (agreement with the clean prediction when label-free)
     flip: float | None = None  # share of the clean prediction that changed
     ratio: float | None = None  # value / clean metric; None when the clean metric is 0
+    side: dict[str, float] = dataclasses.field(default_factory=dict)  # the task's side metrics (mask_map50)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ShiftCell:
-        return cls(d["level"], d["value"], d.get("flip"), d.get("ratio"))
+        return cls(d["level"], d["value"], d.get("flip"), d.get("ratio"), d.get("side", {}))
 
 
 @dataclass
@@ -55,6 +56,9 @@ class AugmentDetails:
     skipped: list[str]  # colour-only shifts not run on a single-channel model
     example: int  # the image the example figures show
     captions: dict[str, str]  # figure path -> caption
+    # the side metrics the cells carry (instance masks: mask_map50): name -> words; their clean values (labelled)
+    side_labels: dict[str, str] = dataclasses.field(default_factory=dict)
+    side_clean: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def corruption_count(self) -> int:

@@ -41,7 +41,7 @@ class Boxes(Panels):
         arr, cmap = to_display(image)
         ax.imshow(arr, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
         keep = out["scores"] >= SHOW_CONF
-        draw_boxes(ax, {"boxes": out["boxes"][keep], "labels": out["labels"][keep]}, adapter.class_names)
+        draw_boxes(ax, {k: v[keep] for k, v in out.items() if k in ("boxes", "labels", "masks")}, adapter.class_names)
         return f"{label}: {int(keep.sum())} boxes", "black"
 
 

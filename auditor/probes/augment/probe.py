@@ -35,7 +35,7 @@ from auditor.probes.base import Context, Probe
 from auditor.results import Finding, ProbeResult
 from auditor.tasks import predict_all, task_of
 
-METRIC_LABELS = {"accuracy": "accuracy", "miou": "mIoU", "map50": "mAP50"}
+METRIC_LABELS = {"accuracy": "accuracy", "miou": "mIoU", "map50": "mAP50", "mask_map50": "mask mAP50"}
 UNHURT = 0.95  # a shift whose relative metric stays above this is not worth a finding of its own
 
 
@@ -46,6 +46,7 @@ class Sweep:
     values: dict[str, dict[int, float]]  # the task's metric
     flips: dict[str, dict[int, float]]  # share of the clean prediction that changed
     shown: dict[str, list]  # [(level label, shifted example image, the model's output on it)], one per severity
+    side: dict[str, dict[int, dict[str, float]]]  # the task's side metrics the reference allows (mask_map50)
 
 
 class AugmentProbe(Probe):
@@ -96,11 +97,14 @@ class AugmentProbe(Probe):
 
         clean_pred = predict_all(adapter, data, task, ctx.batch_size, ctx.device)
         reference = task.reference(data, clean_pred)
-        clean = task.score(clean_pred, reference, adapter) if data.labelled else 1.0
+        clean_all = task.scores(clean_pred, reference, adapter) if data.labelled else {}
+        clean = clean_all[kind] if data.labelled else 1.0
         example = self._example_index(ctx, clean_pred, reference)
         sweep = self._sweep(ctx, shifts, severities, scale, clean_pred, reference, example)
 
+        side_clean = {m: v for m, v in clean_all.items() if m != kind}
         metrics: dict[str, float | None] = {f"clean_{kind}": clean} if data.labelled else {}
+        metrics.update({f"clean_{m}": v for m, v in side_clean.items()})
         rows = _rows(shifts, sweep, clean, kind, metrics)
         corruption_rel = [r.relative for r in rows if r.imagenet_c and r.relative is not None]
         score = float(np.mean([min(max(v, 0.0), 1.0) for v in corruption_rel])) if corruption_rel else None
@@ -128,6 +132,8 @@ class AugmentProbe(Probe):
             skipped=skipped,
             example=example,
             captions=figures.captions,
+            side_labels={m: _side_label(m, data.labelled) for m in _side_names(sweep)},
+            side_clean=side_clean,
         )
         findings = self._findings(rows, clean, label, scale, data.labelled, skipped, ce_notes)
         return ProbeResult(
@@ -161,10 +167,12 @@ class AugmentProbe(Probe):
         variants = [(s, lv) for s in shifts for lv in (severities if len(s.levels) == 5 else [1])]
         n_batches = -(-len(ctx.data) // ctx.batch_size)
         bar = ctx.progress(len(variants) * n_batches, self.name)
-        sweep = Sweep({s.name: {} for s in shifts}, {s.name: {} for s in shifts}, {s.name: [] for s in shifts})
+        names = [s.name for s in shifts]
+        sweep = Sweep({n: {} for n in names}, {n: {} for n in names}, {n: [] for n in names}, {n: {} for n in names})
         for shift, level in variants:
-            value, flip, shown = _measure(ctx, shift, level, scale, reference, clean_ref, example, bar)
-            sweep.values[shift.name][level] = value
+            values, flip, shown = _measure(ctx, shift, level, scale, reference, clean_ref, example, bar)
+            sweep.values[shift.name][level] = values.pop(ctx.task.metric)
+            sweep.side[shift.name][level] = values
             sweep.flips[shift.name][level] = flip
             if shown is not None:
                 sweep.shown[shift.name].append(shown)
@@ -224,8 +232,8 @@ class AugmentProbe(Probe):
 
 
 def _measure(ctx: Context, shift: Shift, level: int, scale: float, reference, clean_ref, example: int, bar):
-    """One shift at one severity over the whole set, batch by batch: (the task's metric, flip rate, and
-    (level label, shifted image, output) of the example image)."""
+    """One shift at one severity over the whole set, batch by batch: (the task's metric and side metrics by name,
+    flip rate, and (level label, shifted image, output) of the example image)."""
     task, adapter, data = ctx.task, ctx.adapter, ctx.data
     h, w = adapter.input_size
     g = torch.Generator(device=ctx.device).manual_seed(_seed(ctx.seed, shift.name, level))
@@ -251,7 +259,7 @@ def _measure(ctx: Context, shift: Shift, level: int, scale: float, reference, cl
             shown = (shift.levels[level - 1], shifted[j].detach().cpu().clone(), out_j)
         bar.update(1)
     pred_all, ref_all, clean_all = task.concat(preds), task.concat(refs), task.concat(cleans)
-    return task.score(pred_all, ref_all, adapter), 1.0 - task.agreement(pred_all, clean_all).mean().item(), shown
+    return task.scores(pred_all, ref_all, adapter), 1.0 - task.agreement(pred_all, clean_all).mean().item(), shown
 
 
 def _rows(shifts: list[Shift], sweep: Sweep, clean: float, kind: str, metrics: dict) -> list[ShiftRow]:
@@ -259,15 +267,16 @@ def _rows(shifts: list[Shift], sweep: Sweep, clean: float, kind: str, metrics: d
     relative@SHIFT to `metrics`."""
     rows = []
     for shift in shifts:
-        values, flips = sweep.values[shift.name], sweep.flips[shift.name]
+        values, flips, side = sweep.values[shift.name], sweep.flips[shift.name], sweep.side[shift.name]
         levels = sorted(values)
         for lv in levels:
             metrics[f"{kind}@{shift.name}:{lv}"] = values[lv]
+            metrics.update({f"{m}@{shift.name}:{lv}": v for m, v in side[lv].items()})
             metrics[f"flip_rate@{shift.name}:{lv}"] = flips[lv]
         relative = _relative([values[lv] for lv in levels], clean)
         metrics[f"relative@{shift.name}"] = relative
         cells = [
-            ShiftCell(shift.levels[lv - 1], values[lv], flips[lv], values[lv] / clean if clean > 0 else None)
+            ShiftCell(shift.levels[lv - 1], values[lv], flips[lv], values[lv] / clean if clean > 0 else None, side[lv])
             for lv in levels
         ]
         rows.append(ShiftRow(shift.name, shift.family, shift.imagenet_c, cells, relative))
@@ -303,6 +312,15 @@ def _shift_findings(rows: list[ShiftRow], clean: float, label: str) -> list[Find
             )
         )
     return findings
+
+
+def _side_names(sweep: Sweep) -> list[str]:
+    """The side metrics measured (the same under every shift: they depend on the reference alone)."""
+    return sorted({m for per_level in sweep.side.values() for got in per_level.values() for m in got})
+
+
+def _side_label(metric: str, labelled: bool) -> str:
+    return METRIC_LABELS[metric] + ("" if labelled else " against the clean prediction")
 
 
 def _relative(values: list[float], clean: float) -> float | None:

@@ -31,11 +31,15 @@ LABELS = {
 
 
 def _mark_target(ax, adapter, t, r: int) -> None:
-    """The row's box (detectors) or the outline of its mask (segmenters)."""
+    """The row's box (detectors), the outline of its mask (segmenters), or both (instance segmenters)."""
     if t.box is not None:
         draw_boxes(ax, {"boxes": t.box[r : r + 1].cpu(), "labels": t.cls[r : r + 1].cpu()}, adapter.class_names)
-    elif t.mask is not None:
+    if t.mask is not None and bool(t.mask[r].any()):
         ax.contour(t.mask[r].cpu().float().numpy(), levels=[0.5], colors="white", linewidths=0.8)
+    if ax.images:  # a box past the image's edge must not widen the panel
+        h, w = ax.images[-1].get_array().shape[:2]
+        ax.set_xlim(-0.5, w - 0.5)
+        ax.set_ylim(h - 0.5, -0.5)
 
 
 def _bare(ax) -> None:
