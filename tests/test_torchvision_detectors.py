@@ -25,7 +25,7 @@ from auditor.models.torchvision_detect import TorchvisionDetectorAdapter, featur
 from auditor.probes.gradcam import GradCamProbe
 from auditor.targets import best_box_targets, target_scores
 from auditor.tasks import task_of
-from tests.conftest import make_probe, probe_context
+from tests.conftest import make_probe, probe_context, read_results
 
 NAMES = ["__background__", "circle", "square", "triangle"]
 SIZE = 128
@@ -189,3 +189,27 @@ def test_randomisation_units_of_torchvision_detectors():
     assert group("backbone.body.layer4.0.conv1") == "backbone.body.layer4"
     assert group("roi_heads.box_predictor.cls_score") == "roi_heads.box_predictor"
     assert group("model.22.cv3.0.conv") == "model.22"
+
+
+@pytest.mark.slow
+def test_audit_of_a_torchvision_detector_runs_gradcam_and_patch(audit, faster_spec, tmp_path):
+    """What BOX_TARGETS switches on, through the CLI: gradcam's box maps and the patch's detector goal (label-free
+    images: the clean detections are the objects to hide, so the patch has something to push down)."""
+    from PIL import Image
+
+    for i, x in enumerate(images(4, seed=3)):
+        Image.fromarray((x.permute(1, 2, 0) * 255).byte().numpy()).save(tmp_path / f"img{i}.png")
+    out = tmp_path / "out"
+    r = audit(
+        *("run", "--model", FASTER, "--weights", faster_spec.weights, "--classes", faster_spec.classes_file),
+        *("--input-size", str(SIZE), "--data", tmp_path, "--probes", "gradcam,patch", "--out", out),
+        *("--set", "patch.steps=2", "--set", "patch.scales=0.1"),
+        *("--set", "gradcam.images=2", "--set", "gradcam.max_targets=2", "--set", "gradcam.steps=2"),
+        *("--set", "gradcam.stages=1"),
+    )
+    assert r.code == 0, r
+    probes = read_results(out)["probes"]
+    assert probes["gradcam"]["status"] == "ok" and probes["gradcam"]["details"]["rows"] == 2
+    patch = probes["patch"]
+    assert patch["status"] == "ok" and patch["metrics"]["clean_recall"] == 1.0
+    assert 0 <= patch["metrics"]["success_rate@scale=0.1"] <= 1
