@@ -22,7 +22,7 @@ class Targets:
     image: torch.Tensor  # R: index into the batch's images
     cls: torch.Tensor  # R: target class
     role: list[str]  # "predicted" / "true" (classify), "box" (detect), "mask" (segment), "instance", or a probe's own
-    anchor: torch.Tensor | None = None  # boxes: the head's column that holds the box
+    anchor: torch.Tensor | None = None  # boxes: the head's column that holds the box (R x 4: a proposal region)
     box: torch.Tensor | None = None  # boxes: R x 4 xyxy
     mask: torch.Tensor | None = None  # masks: R x H x W, the pixels whose class (instance: mask) logits are summed
 

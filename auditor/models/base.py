@@ -22,8 +22,9 @@ SHOW_CONF = 0.25  # detectors: boxes shown, and the label-free reference
 
 # Capabilities an adapter may declare (ModelAdapter.capabilities), beyond the contract every adapter keeps.
 # BOX_TARGETS: `detect_with_anchors(outputs)` gives each shown box with the head column (anchor) that holds
-# it, and `anchor_scores(outputs, anchors, classes)` a differentiable score per box: what gradcam explains
-# and the detector patch suppresses.
+# it (a two-stage model: its proposal's region), `anchor_scores(outputs, anchors, classes)` a differentiable
+# score per box, what gradcam explains, and `candidates(outputs)` every candidate box and its class scores,
+# what the detector patch suppresses.
 BOX_TARGETS = "box_targets"
 # INSTANCE_MASKS (with BOX_TARGETS): every box has an instance mask. Predictions carry "masks" (N_i x h x w bool, at
 # the prototype grid), `mask_logits(outputs, images, anchors)` gives an instance's mask logits at the input size and

@@ -19,8 +19,9 @@ import torchvision.models
 
 from auditor.errors import AuditError, first_line
 from auditor.files import sha256_of
-from auditor.models.base import SHOW_CONF, ClassifierAdapter, ModelAdapter, ModelFacts, Preprocess, SegmenterAdapter
+from auditor.models.base import ClassifierAdapter, ModelAdapter, ModelFacts, Preprocess, SegmenterAdapter
 from auditor.models.common import apply_state_dict, load_state_dict
+from auditor.models.torchvision_detect import TorchvisionDetectorAdapter
 
 # The grid of RobustBench's ImageNet L-inf track ends at 4/255, so its figures compare.
 IMAGENET_EPSILONS = ("0.5/255", "1/255", "2/255", "4/255")
@@ -132,41 +133,6 @@ def _segmentation_args(state: dict | None) -> dict:
     if state is not None:
         args["aux_loss"] = any(k.startswith("aux_classifier") for k in state)
     return args
-
-
-class TorchvisionDetectorAdapter(ModelAdapter):
-    """torchvision's detectors: lists in, lists out; their own loss comes from train mode with targets.
-
-    Their batch norms are frozen, so train mode changes only the region-proposal budgets;
-    the attack objective is the sum of the model's training losses for the reference boxes.
-    """
-
-    task = "detect"
-
-    def forward(self, x: torch.Tensor):
-        return self.net(list(self.normalize(x)))
-
-    def predict(self, x: torch.Tensor, conf: float = SHOW_CONF) -> list[dict[str, torch.Tensor]]:
-        out = []
-        for d in self(x):
-            keep = d["scores"] >= conf
-            out.append({"boxes": d["boxes"][keep], "scores": d["scores"][keep], "labels": d["labels"][keep]})
-        return out
-
-    def loss(self, outputs, targets) -> torch.Tensor:
-        raise NotImplementedError("torchvision detectors compute their loss in objective()")
-
-    def objective(self, x: torch.Tensor, targets: list[torch.Tensor]) -> torch.Tensor:
-        was_training = self.net.training
-        self.net.train()
-        try:
-            losses = self.net(
-                list(self.normalize(x)), [{"boxes": t[:, 1:5].float(), "labels": t[:, 0].long()} for t in targets]
-            )
-        finally:
-            self.net.train(was_training)
-        total = sum(losses.values())
-        return total.expand(len(x)) / len(x)
 
 
 def _missing(name: str, weights, path: Path, why: str) -> str:

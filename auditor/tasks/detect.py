@@ -83,17 +83,28 @@ class Detect(Task):
 
     def randomised_group(self, layer: str) -> str:
         """Blocks (model.22, model.21, ...): an ultralytics head's last layer in running order serves one
-        pyramid level only, so randomising it alone would leave the other levels' maps as they were."""
-        return ".".join(layer.split(".")[:2])
+        pyramid level only, so randomising it alone would leave the other levels' maps as they were.
+        torchvision's names: a one-stage model's classification and regression heads run side by side on
+        the same features, so they are one unit ("head"; the regression head runs last, and randomised
+        alone it left RetinaNet's class scores and maps as they were, rank correlation 1.00); the backbone
+        goes block by block (backbone.body.layer4, ...), not as one unit."""
+        parts = layer.split(".")
+        if parts[0] == "head":
+            return "head"
+        return ".".join(parts[:3] if parts[:2] == ["backbone", "body"] else parts[:2])
 
     def explain_unsupported(self, adapter) -> str | None:
         if not adapter.supports(BOX_TARGETS):
-            return "per-box maps need a detector whose boxes map to head outputs (ultralytics); this one has none"
+            return (
+                "per-box maps need a detector whose boxes map to head outputs (ultralytics, torchvision's "
+                "R-CNN, RetinaNet, FCOS and SSD); this one has none"
+            )
         return None
 
     @torch.no_grad()
     def explain_targets(self, adapter, x: torch.Tensor, labels, cap: int, batch_size: int) -> Targets:
-        """Each box shown (confidence >= SHOW_CONF): its class score at the head's column that holds it."""
+        """Each box shown (confidence >= SHOW_CONF): its class score at its origin (the head's column that holds
+        it; a two-stage model's proposal region)."""
         dev = x.device
         found = [d for s in chunks(len(x), batch_size) for d in adapter.detect_with_anchors(adapter(x[s]))]
         image = [i for i, (d, _) in enumerate(found) for _ in range(len(d["labels"]))]

@@ -34,8 +34,8 @@ class DetectGoal(Goal):
     row = DetectRow
     default_steps, default_rows = 120, 16
     per_object = True
-    needs = BOX_TARGETS  # the head's candidates (DetectorAdapter.candidates)
-    unsupported = "hiding objects needs a detector whose candidates are read from its head (ultralytics)"
+    needs = BOX_TARGETS  # the head's candidates (the adapter's `candidates`)
+    unsupported = "hiding objects needs a detector whose candidates are read from its head (ultralytics, torchvision)"
 
     def __init__(self, adapter, images, reference, clean, labelled):
         super().__init__(adapter, images, reference, clean, labelled)
