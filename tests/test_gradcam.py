@@ -202,3 +202,68 @@ def test_border_attention_flags_classes_whose_maps_sit_on_the_frame():
     centred = border_attention(maps[4:], classes[4:], ["<frame>", "centre"])
     (finding,) = border_findings(centred, "gradcam")
     assert finding.severity == "info" and "0% of the Grad-CAM mass" in finding.text
+
+
+def test_a_class_whose_maps_keep_to_a_corner_of_its_own_is_a_location_shortcut():
+    from auditor.probes.gradcam.shortcut import location_shortcuts, shortcut_findings
+
+    g = torch.Generator().manual_seed(0)
+    maps = torch.rand(12, 28, 28, generator=g) * 0.1  # a little mass everywhere
+    maps[:4, 21:28, 21:28] += 1.0  # class 0: a patch at the bottom-right corner
+    maps[4:, 10:18, 10:18] += 1.0  # classes 1 and 2: the centre, as every centred object set
+    classes = torch.tensor([0] * 4 + [1] * 4 + [2] * 4)
+    found = location_shortcuts(maps, classes, ["tagged", "a", "b"])
+    (flagged,) = found.flagged
+    assert flagged.name == "tagged" and flagged.place == "bottom-right corner" and flagged.box == (21, 21, 28, 28)
+    assert flagged.concentrated == 1.0 and flagged.contrast > 6
+    assert not any(s.flagged for s in found.classes[1:])  # the centre is everyone's: no class's own
+    finding = shortcut_findings(found, "gradcam")[0]
+    assert finding.severity == "high" and "'tagged'" in finding.text and "bottom-right corner" in finding.text
+    assert "pixels x 21-27, y 21-27 of 28x28" in finding.text
+    # With ground truth: a place the class's objects cover is the object, not a shortcut.
+    objects = torch.zeros(12, 28, 28, dtype=torch.bool)
+    objects[:4, 18:28, 18:28] = True
+    known = torch.tensor([True] * 4 + [False] * 8)
+    on_object = location_shortcuts(maps, classes, ["tagged", "a", "b"], objects, known)
+    assert not on_object.flagged and on_object.classes[0].object_overlap == 1.0
+    # Alone, a class cannot be told from the data's layout (nor with too few maps).
+    assert not location_shortcuts(maps[:4], classes[:4], ["tagged"]).flagged
+    assert location_shortcuts(maps[:2], classes[:2], ["tagged"]).classes == []
+    assert (
+        shortcut_findings(location_shortcuts(maps[4:], classes[4:], ["tagged", "a", "b"]), "gradcam")[0].severity
+        == "info"
+    )
+
+
+@pytest.mark.slow
+def test_a_planted_corner_mark_is_flagged_and_the_same_net_without_it_is_not(tmp_path):
+    """End to end on a tiny CNN trained (about a second each) to read a mark at the top-left corner of every '7'."""
+    from tests.planted_shortcut import MARK_CLASS, MARK_PLACE, adapter_of, planted, reliance
+
+    for mark in (True, False):
+        p = planted(mark=mark)
+        marked, unmarked = reliance(p.net, p.images, p.labels)
+        if mark:  # the net reads the mark: the class is lost without it
+            assert marked > 0.9 and unmarked < 0.2, (marked, unmarked)
+        # 40 images, 10 of them of the marked class, so that the class has maps enough
+        mine = torch.nonzero(p.labels == MARK_CLASS).flatten()[:10]
+        rest = torch.nonzero(p.labels != MARK_CLASS).flatten()[:30]
+        pick = torch.cat([mine, rest])
+        result = run_probe(
+            adapter_of(p.net),
+            p.images[pick],
+            p.labels[pick],
+            tmp_path / str(mark),
+            images=40,
+            steps=3,
+            stages=1,
+            methods="gradcam",
+            faithful_rows=8,
+        )
+        high = [f.text for f in result.findings if f.severity == "high" and "location shortcut" in f.text]
+        if mark:
+            assert result.metrics["shortcut_classes"] == 1.0 and len(high) == 1, result.findings
+            assert f"class '{MARK_CLASS}'" in high[0] and MARK_PLACE in high[0]
+            assert (tmp_path / str(mark) / "gradcam" / "classes.png").stat().st_size > 1000
+        else:
+            assert result.metrics["shortcut_classes"] == 0.0 and not high, result.findings

@@ -78,6 +78,67 @@ class Border:
 
 
 @dataclass
+class Shortcut:
+    """Where one explained class's maps concentrate (auditor.probes.gradcam.shortcut)."""
+
+    name: str
+    index: int  # the class's index among the model's classes
+    rows: int  # its maps
+    box: tuple[int, int, int, int]  # the window holding most of its mean map: x0, y0, x1, y1 (x1, y1 exclusive)
+    place: str  # the window's place in words
+    concentrated: float  # share of its maps that hold at least Shortcuts.enough of their mass in the window
+    mass: float  # its maps' mean share of mass in the window
+    others: float | None  # the other classes' maps' mean share there; None when no other class was explained
+    object_overlap: float | None  # mean share of the window its ground-truth objects cover; None without them
+    flagged: bool = False
+
+    @property
+    def contrast(self) -> float | None:
+        """How many times the other classes' share the class's maps put in the window (None: no other class)."""
+        if self.others is None:
+            return None
+        return self.mass / self.others if self.others > 0 else float("inf")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {"class": d.pop("name"), **d, "box": list(self.box)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Shortcut:
+        rest = {k: v for k, v in d.items() if k not in ("class", "box")}
+        return cls(name=d["class"], box=tuple(d["box"]), **rest)
+
+
+@dataclass
+class Shortcuts:
+    """Per explained class, the place its maps concentrate on; flagged classes first."""
+
+    window: float  # the window's share of the image's area
+    size: tuple[int, int]  # the maps' H x W
+    classes: list[Shortcut]
+    enough: float  # the share of its mass a map holds in the window to concentrate there
+    contrast: float  # how many times the other classes' share a flagged class's maps put in the window
+
+    @property
+    def flagged(self) -> list[Shortcut]:
+        return [s for s in self.classes if s.flagged]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "window": self.window,
+            "size": list(self.size),
+            "enough": self.enough,
+            "contrast": self.contrast,
+            "classes": [c.to_dict() for c in self.classes],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Shortcuts:
+        classes = [Shortcut.from_dict(c) for c in d["classes"]]
+        return cls(d["window"], tuple(d["size"]), classes, d["enough"], d["contrast"])
+
+
+@dataclass
 class NothingExplained:
     """Details when no sampled image had anything to explain."""
 
@@ -103,6 +164,7 @@ class GradCamDetails:
     row_kind: str  # what a row is
     localisation: Localisation | None  # None where no row has a known object ({} in results.json)
     border: Border | None  # None only in runs saved before it was measured
+    shortcuts: Shortcuts | None = None  # None only in runs saved before it was measured
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -120,6 +182,7 @@ class GradCamDetails:
             "row_kind": self.row_kind,
             "localisation": asdict(self.localisation) if self.localisation else {},
             "border": self.border.to_dict() if self.border else None,
+            "shortcuts": self.shortcuts.to_dict() if self.shortcuts else None,
         }
 
     @classmethod
@@ -139,6 +202,7 @@ class GradCamDetails:
             row_kind=d["row_kind"],
             localisation=Localisation(**d["localisation"]) if d.get("localisation") else None,
             border=Border.from_dict(d["border"]) if d.get("border") else None,
+            shortcuts=Shortcuts.from_dict(d["shortcuts"]) if d.get("shortcuts") else None,
         )
 
 
@@ -171,6 +235,8 @@ class GradCamView:
     localisation: Localisation | None
     border: Border | None  # None where no map has mass
     border_classes: list[BorderClass]  # the most border-heavy classes, worst first
+    shortcuts: Shortcuts | None  # None in runs saved before it was measured
+    shortcut_classes: list[Shortcut]  # flagged classes, then the most distinctive places
 
     @classmethod
     def of(cls, details: dict[str, Any]) -> GradCamView | None:
@@ -195,4 +261,6 @@ class GradCamView:
             localisation=d.localisation,
             border=border,
             border_classes=border.classes[:5] if border else [],
+            shortcuts=d.shortcuts,
+            shortcut_classes=d.shortcuts.classes[: max(5, len(d.shortcuts.flagged))] if d.shortcuts else [],
         )

@@ -26,9 +26,16 @@ from auditor.probes.base import Context, Probe
 from auditor.probes.gradcam.details import Auc, GradCamDetails, GradCamView, Localisation, NothingExplained
 from auditor.probes.gradcam.faithfulness import BASELINES, faithfulness, faithfulness_findings
 from auditor.probes.gradcam.figures import draw_all
-from auditor.probes.gradcam.localisation import border_attention, border_findings, localisation_findings, localise
+from auditor.probes.gradcam.localisation import (
+    border_attention,
+    border_findings,
+    localisation_findings,
+    localise,
+    row_objects,
+)
 from auditor.probes.gradcam.maps import Maps, explain
 from auditor.probes.gradcam.sanity import Cascade, cascade_stages, learned_layers, randomisation, sanity_findings
+from auditor.probes.gradcam.shortcut import location_shortcuts, shortcut_findings
 from auditor.results import Finding, ProbeResult
 from auditor.tasks import TASKS, Task, task_of
 
@@ -43,7 +50,7 @@ class GradCamProbe(Probe):
     tasks = tuple(TASKS)
     # insertion_auc, energy_in_object, pointing_game: higher is better. The random and edge maps are
     # baselines the model is measured against, not explanations, so their AUCs have no direction.
-    lower_is_better = ("deletion_auc", "randomization_similarity", "untrustworthy", "border_energy")
+    lower_is_better = ("deletion_auc", "randomization_similarity", "untrustworthy", "border_energy", "shortcut_classes")
     no_direction = ("deletion_auc@random", "insertion_auc@random", "deletion_auc@edges", "insertion_auc@edges")
 
     @dataclass
@@ -119,18 +126,21 @@ class GradCamProbe(Probe):
         cascade = randomisation(
             adapter, learned, names, x, t, maps.coarse[primary], primary, stages, ctx.seed, ctx.batch_size, bar.update
         )
-        found = localise(task, maps.full[primary], t, labels, tuple(x.shape[-2:]))
+        objects = row_objects(task, t, labels, tuple(x.shape[-2:]), x.device)
+        found = localise(maps.full[primary], objects, tuple(x.shape[-2:]))
         border = border_attention(maps.full[primary], t.cls, adapter.class_names)
+        shortcuts = location_shortcuts(maps.full[primary], t.cls, adapter.class_names, *(objects or (None, None)))
         bar.close()
 
         metrics = self._metrics(faith.aucs, primary, cascade, found)
         findings, faith_untrusted = faithfulness_findings(faith.aucs, primary, task.explain_score, faithful)
         sanity, sanity_untrusted = sanity_findings(cascade, primary, task.randomised_unit)
-        findings[1:1] = border_findings(border, primary)
+        findings[1:1] = shortcut_findings(shortcuts, primary) + border_findings(border, primary)
         findings += sanity + localisation_findings(found) + [self._layers_finding(task, names, maps, len(t))]
         metrics["untrustworthy"] = float(faith_untrusted or sanity_untrusted)
         metrics["border_energy"] = border.mean
-        figures = draw_all(ctx, x, t, maps, faith, cascade, picked, labels, p.gallery)
+        metrics["shortcut_classes"] = float(len(shortcuts.flagged))
+        figures = draw_all(ctx, x, t, maps, faith, cascade, picked, labels, p.gallery, shortcuts)
         details = GradCamDetails(
             layers=names,
             methods=maps.methods,
@@ -146,6 +156,7 @@ class GradCamProbe(Probe):
             row_kind=task.explain_row,
             localisation=found,
             border=border,
+            shortcuts=shortcuts,
         )
         return ProbeResult(
             status="ok",
