@@ -25,6 +25,15 @@ class Auc:
 
 
 @dataclass
+class RoadAuc:
+    """Areas under one map's mean ROAD curves: most relevant removed first (lower is better), least relevant
+    first (higher is better)."""
+
+    morf: float
+    lerf: float
+
+
+@dataclass
 class Stage:
     """One stage of cascading randomisation."""
 
@@ -165,6 +174,7 @@ class GradCamDetails:
     localisation: Localisation | None  # None where no row has a known object ({} in results.json)
     border: Border | None  # None only in runs saved before it was measured
     shortcuts: Shortcuts | None = None  # None only in runs saved before it was measured
+    road: dict[str, RoadAuc] | None = None  # the judged map's and the baselines'; None in runs saved before ROAD
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -183,6 +193,7 @@ class GradCamDetails:
             "localisation": asdict(self.localisation) if self.localisation else {},
             "border": self.border.to_dict() if self.border else None,
             "shortcuts": self.shortcuts.to_dict() if self.shortcuts else None,
+            "road": {name: asdict(a) for name, a in self.road.items()} if self.road else None,
         }
 
     @classmethod
@@ -203,6 +214,7 @@ class GradCamDetails:
             localisation=Localisation(**d["localisation"]) if d.get("localisation") else None,
             border=Border.from_dict(d["border"]) if d.get("border") else None,
             shortcuts=Shortcuts.from_dict(d["shortcuts"]) if d.get("shortcuts") else None,
+            road={name: RoadAuc(**a) for name, a in d["road"].items()} if d.get("road") else None,
         )
 
 
@@ -217,6 +229,7 @@ class MapRow:
     deletion: float
     insertion: float
     primary: bool
+    road: RoadAuc | None = None  # where ROAD scored the map (the judged one and the baselines)
 
 
 @dataclass
@@ -230,6 +243,7 @@ class GradCamView:
     faithful_rows: int
     steps: int
     maps: list[MapRow]
+    road: bool  # ROAD was measured (not in runs saved before it)
     primary: str  # the judged method's name
     stages: list[Stage]
     localisation: Localisation | None
@@ -253,9 +267,12 @@ class GradCamView:
             faithful_rows=d.faithful_rows,
             steps=d.steps,
             maps=[
-                MapRow(TABLE_LABELS.get(name, name), a.deletion, a.insertion, name == d.primary)
+                MapRow(
+                    TABLE_LABELS.get(name, name), a.deletion, a.insertion, name == d.primary, (d.road or {}).get(name)
+                )
                 for name, a in d.aucs.items()
             ],
+            road=d.road is not None,
             primary=TABLE_LABELS[d.primary],
             stages=d.stages,
             localisation=d.localisation,

@@ -136,12 +136,26 @@ def draw_class_means(adapter, x, t, maps: torch.Tensor, shortcuts: Shortcuts, pa
     save_figure(fig, path)
 
 
-def draw_curves(curves: dict, aucs: dict, path: Path) -> None:
-    """Mean deletion and insertion curves of each map; aucs: map -> Auc (the legend's numbers)."""
+# Each panel of the faithfulness figure: (curve, title, the x axis).
+PANELS = (
+    ("deletion", "deletion (lower is better)", "share of pixels removed (black)"),
+    ("insertion", "insertion (higher is better)", "share of pixels revealed (on a blur)"),
+    ("morf", "ROAD, most relevant first (lower is better)", "share of pixels removed (imputed)"),
+    ("lerf", "ROAD, least relevant first (higher is better)", "share of pixels removed (imputed)"),
+)
+
+
+def draw_curves(faithful: Faithfulness, path: Path) -> None:
+    """Mean deletion and insertion curves of each map, and ROAD's of the judged map and the baselines;
+    each legend gives the AUCs."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(7.2, 2.8))
+    fig, axes = plt.subplots(2, 2, figsize=(7.2, 5.6))
     styles = {"random": ":", "edges": "--"}
-    for ax, mode in zip(axes, ("deletion", "insertion")):
+    colours = {name: f"C{i}" for i, name in enumerate(faithful.curves)}  # a map keeps its colour in every panel
+    for ax, (mode, title, xlabel) in zip(axes.flat, PANELS):
+        curves, aucs = (
+            (faithful.road, faithful.road_aucs) if mode in ("morf", "lerf") else (faithful.curves, faithful.aucs)
+        )
         for name, modes in curves.items():
             mean = modes[mode].mean(dim=0).cpu().numpy()
             share = np.linspace(0, 1, len(mean))
@@ -149,12 +163,13 @@ def draw_curves(curves: dict, aucs: dict, path: Path) -> None:
                 share,
                 mean,
                 styles.get(name, "-"),
+                color=colours[name],
                 label=f"{LABELS[name]} ({getattr(aucs[name], mode):.3f})",
                 linewidth=1.4 if name not in styles else 1.1,
             )
-        ax.set_title(f"{mode} ({'lower' if mode == 'deletion' else 'higher'} is better)", fontsize=9)
-        ax.set_xlabel(f"share of pixels {'removed' if mode == 'deletion' else 'revealed'}", fontsize=8)
-        ax.set_ylabel("score of the explained target", fontsize=8)
+        ax.set_title(title, fontsize=8.5)
+        ax.set_xlabel(xlabel, fontsize=7.5)
+        ax.set_ylabel("score of the explained target", fontsize=7.5)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=6.5, frameon=False)
         ax.grid(alpha=0.3)
@@ -234,12 +249,13 @@ def draw_all(
     )
     save(
         "faithfulness.png",
-        "Deletion (left, lower is better) and insertion (right, higher is better): the "
-        "model's score as pixels are removed (set to black) or revealed (on a blurred copy) in each map's "
-        "order; mean over rows, AUC in the legend",
+        "Top: deletion (lower is better) and insertion (higher is better), the model's score as pixels are "
+        "removed (set to black) or revealed (on a blurred copy) in each map's order. Bottom: ROAD, the "
+        f"{LABELS[maps.primary]} map's and the baselines' pixels removed most relevant first (lower is better) and "
+        "least relevant first (higher is better), each removed pixel imputed from its neighbours plus noise so "
+        "the holes' shape tells the model nothing (Rong et al. 2022). Mean over rows, AUC in the legend",
         draw_curves,
-        faithful.curves,
-        faithful.aucs,
+        faithful,
     )
     save(
         "randomisation.png",
