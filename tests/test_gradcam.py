@@ -297,7 +297,12 @@ def test_a_class_whose_maps_keep_to_a_corner_of_its_own_is_a_location_shortcut()
     objects[:4, 18:28, 18:28] = True
     known = torch.tensor([True] * 4 + [False] * 8)
     on_object = location_shortcuts(maps, classes, ["tagged", "a", "b"], objects, known)
-    assert not on_object.flagged and on_object.classes[0].object_overlap == 1.0
+    assert not on_object.flagged and on_object.classes[0].on_object == pytest.approx(1.0)
+    objects[:4] = False
+    objects[:4, :5, :5] = True  # the class's objects elsewhere: the corner is off them
+    off_object = location_shortcuts(maps, classes, ["tagged", "a", "b"], objects, known)
+    assert off_object.flagged and off_object.classes[0].on_object < 0.01
+    assert "0% of the mass there lies on the class's objects" in shortcut_findings(off_object, "gradcam")[0].text
     # Alone, a class cannot be told from the data's layout (nor with too few maps).
     assert not location_shortcuts(maps[:4], classes[:4], ["tagged"]).flagged
     assert location_shortcuts(maps[:2], classes[:2], ["tagged"]).classes == []

@@ -98,7 +98,7 @@ class Shortcut:
     concentrated: float  # share of its maps that hold at least Shortcuts.enough of their mass in the window
     mass: float  # its maps' mean share of mass in the window
     others: float | None  # the other classes' maps' mean share there; None when no other class was explained
-    object_overlap: float | None  # mean share of the window its ground-truth objects cover; None without them
+    on_object: float | None  # share of its maps' mass in the window on its ground-truth objects; None without them
     flagged: bool = False
 
     @property
