@@ -40,7 +40,7 @@ from auditor.probes.gradcam.localisation import (
     row_objects,
 )
 from auditor.probes.gradcam.maps import Maps, explain
-from auditor.probes.gradcam.road import road_findings
+from auditor.probes.gradcam.road import road_findings, road_jobs
 from auditor.probes.gradcam.sanity import Cascade, cascade_stages, learned_layers, randomisation, sanity_findings
 from auditor.probes.gradcam.shortcut import location_shortcuts, shortcut_findings
 from auditor.results import Finding, ProbeResult
@@ -137,7 +137,11 @@ class GradCamProbe(Probe):
         learned = learned_layers(adapter, task)
         stages = cascade_stages(len(learned), p.stages)
         bar = ctx.progress(
-            len(t) + 2 * (p.steps + 1) * (len(p.methods) + 1 + 2 * len(BASELINES)) + len(stages) * len(t), self.name
+            len(t)
+            + 2 * (p.steps + 1) * (len(p.methods) + len(BASELINES))
+            + road_jobs(1 + len(BASELINES), p.steps)
+            + len(stages) * len(t),
+            self.name,
         )
         maps = explain(adapter, task, [m for _, m in layers], x, t, p.methods, ctx.batch_size, bar.update)
         faith = faithfulness(adapter, x, t, maps, faithful, p.steps, ctx.generator(), ctx.batch_size, bar.update)
