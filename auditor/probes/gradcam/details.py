@@ -25,6 +25,15 @@ class Auc:
 
 
 @dataclass
+class RoadAuc:
+    """Areas under one map's mean ROAD curves: most relevant removed first (lower is better), least relevant
+    first (higher is better)."""
+
+    morf: float
+    lerf: float
+
+
+@dataclass
 class Stage:
     """One stage of cascading randomisation."""
 
@@ -78,6 +87,67 @@ class Border:
 
 
 @dataclass
+class Shortcut:
+    """Where one explained class's maps concentrate (auditor.probes.gradcam.shortcut)."""
+
+    name: str
+    index: int  # the class's index among the model's classes
+    rows: int  # its maps
+    box: tuple[int, int, int, int]  # the window holding most of its mean map: x0, y0, x1, y1 (x1, y1 exclusive)
+    place: str  # the window's place in words
+    concentrated: float  # share of its maps that hold at least Shortcuts.enough of their mass in the window
+    mass: float  # its maps' mean share of mass in the window
+    others: float | None  # the other classes' maps' mean share there; None when no other class was explained
+    on_object: float | None  # share of its maps' mass in the window on its ground-truth objects; None without them
+    flagged: bool = False
+
+    @property
+    def contrast(self) -> float | None:
+        """How many times the other classes' share the class's maps put in the window (None: no other class)."""
+        if self.others is None:
+            return None
+        return self.mass / self.others if self.others > 0 else float("inf")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {"class": d.pop("name"), **d, "box": list(self.box)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Shortcut:
+        rest = {k: v for k, v in d.items() if k not in ("class", "box")}
+        return cls(name=d["class"], box=tuple(d["box"]), **rest)
+
+
+@dataclass
+class Shortcuts:
+    """Per explained class, the place its maps concentrate on; flagged classes first."""
+
+    window: float  # the window's share of the image's area
+    size: tuple[int, int]  # the maps' H x W
+    classes: list[Shortcut]
+    enough: float  # the share of its mass a map holds in the window to concentrate there
+    contrast: float  # how many times the other classes' share a flagged class's maps put in the window
+
+    @property
+    def flagged(self) -> list[Shortcut]:
+        return [s for s in self.classes if s.flagged]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "window": self.window,
+            "size": list(self.size),
+            "enough": self.enough,
+            "contrast": self.contrast,
+            "classes": [c.to_dict() for c in self.classes],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Shortcuts:
+        classes = [Shortcut.from_dict(c) for c in d["classes"]]
+        return cls(d["window"], tuple(d["size"]), classes, d["enough"], d["contrast"])
+
+
+@dataclass
 class NothingExplained:
     """Details when no sampled image had anything to explain."""
 
@@ -104,6 +174,8 @@ class GradCamDetails:
     localisation: Localisation | None  # None where no row has a known object ({} in results.json)
     border: Border | None  # None only in runs saved before it was measured
     source: str = ""  # where the maps come from and why (a layer, or the input); "" in runs saved before
+    shortcuts: Shortcuts | None = None  # None only in runs saved before it was measured
+    road: dict[str, RoadAuc] | None = None  # the judged map's and the baselines'; None in runs saved before ROAD
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -122,6 +194,8 @@ class GradCamDetails:
             "localisation": asdict(self.localisation) if self.localisation else {},
             "border": self.border.to_dict() if self.border else None,
             "source": self.source,
+            "shortcuts": self.shortcuts.to_dict() if self.shortcuts else None,
+            "road": {name: asdict(a) for name, a in self.road.items()} if self.road else None,
         }
 
     @classmethod
@@ -142,6 +216,8 @@ class GradCamDetails:
             localisation=Localisation(**d["localisation"]) if d.get("localisation") else None,
             border=Border.from_dict(d["border"]) if d.get("border") else None,
             source=d.get("source", ""),
+            shortcuts=Shortcuts.from_dict(d["shortcuts"]) if d.get("shortcuts") else None,
+            road={name: RoadAuc(**a) for name, a in d["road"].items()} if d.get("road") else None,
         )
 
 
@@ -156,6 +232,7 @@ class MapRow:
     deletion: float
     insertion: float
     primary: bool
+    road: RoadAuc | None = None  # where ROAD scored the map (the judged one and the baselines)
 
 
 @dataclass
@@ -169,12 +246,15 @@ class GradCamView:
     faithful_rows: int
     steps: int
     maps: list[MapRow]
+    road: bool  # ROAD was measured (not in runs saved before it)
     primary: str  # the judged method's name
     stages: list[Stage]
     localisation: Localisation | None
     border: Border | None  # None where no map has mass
     border_classes: list[BorderClass]  # the most border-heavy classes, worst first
     source: str  # where the maps come from and why
+    shortcuts: Shortcuts | None  # None in runs saved before it was measured
+    shortcut_classes: list[Shortcut]  # flagged classes, then the most distinctive places
 
     @classmethod
     def of(cls, details: dict[str, Any]) -> GradCamView | None:
@@ -191,13 +271,18 @@ class GradCamView:
             faithful_rows=d.faithful_rows,
             steps=d.steps,
             maps=[
-                MapRow(TABLE_LABELS.get(name, name), a.deletion, a.insertion, name == d.primary)
+                MapRow(
+                    TABLE_LABELS.get(name, name), a.deletion, a.insertion, name == d.primary, (d.road or {}).get(name)
+                )
                 for name, a in d.aucs.items()
             ],
+            road=d.road is not None,
             primary=TABLE_LABELS[d.primary],
             stages=d.stages,
             localisation=d.localisation,
             border=border,
             border_classes=border.classes[:5] if border else [],
             source=d.source,
+            shortcuts=d.shortcuts,
+            shortcut_classes=d.shortcuts.classes[: max(5, len(d.shortcuts.flagged))] if d.shortcuts else [],
         )

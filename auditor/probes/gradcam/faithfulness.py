@@ -3,6 +3,8 @@
 Deletion and insertion curves of each map beside two baselines, a random map as coarse as
 the CAM and an edge (Sobel) map: deletion sets the map's top pixels to black, insertion
 reveals them on a blurred copy, and the model's score of the row is read at each step.
+ROAD (auditor.probes.gradcam.road) reads the judged map and the baselines once more with
+the removed pixels imputed instead of blacked out.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ import torch.nn.functional as F
 from torchvision.transforms.v2.functional import gaussian_blur
 
 from auditor.cam import ScoreFn, normalise, upsample
-from auditor.probes.gradcam.details import Auc
+from auditor.probes.gradcam.details import Auc, RoadAuc
 from auditor.probes.gradcam.figures import LABELS
 from auditor.probes.gradcam.maps import Maps
+from auditor.probes.gradcam.road import road_curves
 from auditor.results import Finding
 from auditor.targets import Targets, target_scores
 
@@ -143,6 +146,8 @@ def auc(curves: torch.Tensor) -> torch.Tensor:
 class Faithfulness:
     curves: dict[str, dict[str, torch.Tensor]]  # map -> {"deletion", "insertion"} -> rows x (steps + 1)
     aucs: dict[str, Auc]  # map -> the mean AUCs: the methods' maps, then the baselines'
+    road: dict[str, dict[str, torch.Tensor]]  # the judged map and the baselines -> {"morf", "lerf"} -> rows x steps+1
+    road_aucs: dict[str, RoadAuc]
 
 
 def faithfulness(
@@ -156,7 +161,8 @@ def faithfulness(
     batch_size: int,
     progress: Callable[[int], None],
 ) -> Faithfulness:
-    """The first `rows` rows, each map and the two baselines through deletion and insertion."""
+    """The first `rows` rows, each map and the two baselines through deletion and insertion; the judged
+    (primary) map and the baselines through ROAD."""
     size = tuple(x.shape[-2:])
     first = torch.arange(rows, device=x.device)
     x_rows = x[t.image[first]]
@@ -164,17 +170,16 @@ def faithfulness(
     scored["random"] = random_maps(rows, tuple(maps.coarse[maps.primary].shape[-2:]), size, generator).to(x.device)
     scored["edges"] = sobel_maps(x_rows)
     sub = t.take(first)
-    curves = deletion_insertion(
-        lambda b, r: target_scores(adapter, b, sub.take(r), probability=True),
-        x_rows,
-        scored,
-        steps,
-        generator,
-        batch_size,
-        progress,
-    )
+
+    def prob_fn(b, r):
+        return target_scores(adapter, b, sub.take(r), probability=True)
+
+    curves = deletion_insertion(prob_fn, x_rows, scored, steps, generator, batch_size, progress)
     aucs = {m: Auc(**{mode: auc(c).mean().item() for mode, c in modes.items()}) for m, modes in curves.items()}
-    return Faithfulness(curves, aucs)
+    ranks = {m: pixel_order(scored[m], generator) for m in (maps.primary, *BASELINES)}
+    road = road_curves(prob_fn, x_rows, ranks, steps, generator, batch_size, progress)
+    road_aucs = {m: RoadAuc(**{o: auc(c).mean().item() for o, c in orders.items()}) for m, orders in road.items()}
+    return Faithfulness(curves, aucs, road, road_aucs)
 
 
 def faithfulness_findings(aucs: dict[str, Auc], method: str, what: str, rows: int) -> tuple[list[Finding], bool]:

@@ -14,6 +14,7 @@ from auditor.targets import Targets, round_robin
 from auditor.tasks import task_of
 
 if TYPE_CHECKING:  # these modules read LABELS from here
+    from auditor.probes.gradcam.details import Shortcuts
     from auditor.probes.gradcam.faithfulness import Faithfulness
     from auditor.probes.gradcam.maps import Maps
     from auditor.probes.gradcam.sanity import Cascade
@@ -111,12 +112,57 @@ def draw_gallery(adapter, x, t, maps: torch.Tensor, labels, set_index: list[int]
     save_figure(fig, path)
 
 
-def draw_curves(curves: dict, aucs: dict, path: Path) -> None:
-    """Mean deletion and insertion curves of each map; aucs: map -> Auc (the legend's numbers)."""
+CLASS_TILES = 20  # the per-class grid shows the classes with the most maps, at most this many
+
+
+def draw_class_means(adapter, x, t, maps: torch.Tensor, shortcuts: Shortcuts, path: Path) -> None:
+    """One tile per explained class: its mean map (each map scaled to sum 1) over its mean image; a flagged
+    class's title in red, its window outlined."""
+    from matplotlib.patches import Rectangle
+
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(7.2, 2.8))
+    counts = torch.bincount(t.cls.cpu())
+    classes = sorted(sorted(torch.nonzero(counts).flatten().tolist(), key=lambda c: -int(counts[c]))[:CLASS_TILES])
+    flagged = {s.index: s for s in shortcuts.flagged}
+    cols = min(len(classes), 10)
+    rows = -(-len(classes) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols + 0.3, 1.45 * rows + 0.2), squeeze=False)
+    unit = maps / maps.flatten(1).sum(1).clamp_min(1e-12).view(-1, 1, 1)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, c in zip(axes.flat, classes):
+        mine = (t.cls == c).nonzero().flatten()
+        ax.imshow(overlay_heat(x[t.image[mine]].mean(0), unit[mine].mean(0)), interpolation="bilinear")
+        s = flagged.get(c)
+        if s is not None:
+            x0, y0, x1, y1 = s.box
+            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor="red", linewidth=1.5))
+        title = f"{short(adapter.class_names[c], 12)}\n{len(mine)} map{'s' if len(mine) > 1 else ''}"
+        ax.set_title(title, fontsize=6.5, color="#c0392b" if s is not None else "black")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+# Each panel of the faithfulness figure: (curve, title, the x axis).
+PANELS = (
+    ("deletion", "deletion (lower is better)", "share of pixels removed (black)"),
+    ("insertion", "insertion (higher is better)", "share of pixels revealed (on a blur)"),
+    ("morf", "ROAD, most relevant first (lower is better)", "share of pixels removed (imputed)"),
+    ("lerf", "ROAD, least relevant first (higher is better)", "share of pixels removed (imputed)"),
+)
+
+
+def draw_curves(faithful: Faithfulness, path: Path) -> None:
+    """Mean deletion and insertion curves of each map, and ROAD's of the judged map and the baselines;
+    each legend gives the AUCs."""
+    plt = pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(7.2, 5.6))
     styles = {"random": ":", "edges": "--"}
-    for ax, mode in zip(axes, ("deletion", "insertion")):
+    colours = {name: f"C{i}" for i, name in enumerate(faithful.curves)}  # a map keeps its colour in every panel
+    for ax, (mode, title, xlabel) in zip(axes.flat, PANELS):
+        curves, aucs = (
+            (faithful.road, faithful.road_aucs) if mode in ("morf", "lerf") else (faithful.curves, faithful.aucs)
+        )
         for name, modes in curves.items():
             mean = modes[mode].mean(dim=0).cpu().numpy()
             share = np.linspace(0, 1, len(mean))
@@ -124,12 +170,13 @@ def draw_curves(curves: dict, aucs: dict, path: Path) -> None:
                 share,
                 mean,
                 styles.get(name, "-"),
+                color=colours[name],
                 label=f"{LABELS[name]} ({getattr(aucs[name], mode):.3f})",
                 linewidth=1.4 if name not in styles else 1.1,
             )
-        ax.set_title(f"{mode} ({'lower' if mode == 'deletion' else 'higher'} is better)", fontsize=9)
-        ax.set_xlabel(f"share of pixels {'removed' if mode == 'deletion' else 'revealed'}", fontsize=8)
-        ax.set_ylabel("score of the explained target", fontsize=8)
+        ax.set_title(title, fontsize=8.5)
+        ax.set_xlabel(xlabel, fontsize=7.5)
+        ax.set_ylabel("score of the explained target", fontsize=7.5)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=6.5, frameon=False)
         ax.grid(alpha=0.3)
@@ -174,8 +221,9 @@ def draw_all(
     picked: torch.Tensor,
     labels,
     per_class: int,
+    shortcuts: Shortcuts,
 ) -> Figures:
-    """The probe's four figures, saved with their captions."""
+    """The probe's figures, saved with their captions."""
     adapter = ctx.adapter
     figures = Figures(ctx)
     save = figures.save
@@ -195,13 +243,26 @@ def draw_all(
     gallery = task_of(adapter).explain_gallery.format(method=LABELS[maps.primary])
     save("gallery.png", gallery, draw_gallery, adapter, x, t, maps.full[maps.primary], labels, indices, per_class)
     save(
+        "classes.png",
+        f"Where the model looks, per class: each class's mean {LABELS[maps.primary]} map (maps scaled to sum 1) "
+        "over its mean image. A class whose maps keep to one place of its own, whatever the image, is a "
+        "location shortcut: its name is red and the place outlined",
+        draw_class_means,
+        adapter,
+        x,
+        t,
+        maps.full[maps.primary],
+        shortcuts,
+    )
+    save(
         "faithfulness.png",
-        "Deletion (left, lower is better) and insertion (right, higher is better): the "
-        "model's score as pixels are removed (set to black) or revealed (on a blurred copy) in each map's "
-        "order; mean over rows, AUC in the legend",
+        "Top: deletion (lower is better) and insertion (higher is better), the model's score as pixels are "
+        "removed (set to black) or revealed (on a blurred copy) in each map's order. Bottom: ROAD, the "
+        f"{LABELS[maps.primary]} map's and the baselines' pixels removed most relevant first (lower is better) and "
+        "least relevant first (higher is better), each removed pixel imputed from its neighbours plus noise so "
+        "the holes' shape tells the model nothing (Rong et al. 2022). Mean over rows, AUC in the legend",
         draw_curves,
-        faithful.curves,
-        faithful.aucs,
+        faithful,
     )
     if not cascade.stages:
         return figures

@@ -75,19 +75,27 @@ def box_object(label: torch.Tensor, t: Targets, r: int, size, device) -> torch.T
 OBJECT_OF = {"mask": mask_object, "boxes": box_object}
 
 
-def localise(task: Task, maps: torch.Tensor, t: Targets, labels, size) -> Localisation | None:
-    """Share of the map inside the ground-truth object and the pointing game, where objects are known."""
+def row_objects(task: Task, t: Targets, labels, size, device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Each row's ground-truth object (rows x H x W) and whether it has one; None where the task's labels
+    (or their absence) give no objects."""
     object_of = OBJECT_OF.get(task.label_kind)
     if labels is None or object_of is None:
         return None
-    objects = torch.zeros(len(t), *size, dtype=torch.bool, device=maps.device)
-    known = torch.zeros(len(t), dtype=torch.bool, device=maps.device)
+    objects = torch.zeros(len(t), *size, dtype=torch.bool, device=device)
+    known = torch.zeros(len(t), dtype=torch.bool, device=device)
     for r in range(len(t)):
-        obj = object_of(labels[int(t.image[r])], t, r, size, maps.device)
+        obj = object_of(labels[int(t.image[r])], t, r, size, device)
         if obj is not None and obj.any():
             objects[r], known[r] = obj, True
-    if not known.any():
+    return objects, known
+
+
+def localise(maps: torch.Tensor, rows: tuple[torch.Tensor, torch.Tensor] | None, size) -> Localisation | None:
+    """Share of the map inside the ground-truth object and the pointing game, where objects are known
+    (rows: row_objects')."""
+    if rows is None or not rows[1].any():
         return None
+    objects, known = rows
     tolerance = round(15 * min(size) / 224)  # Zhang et al.'s 15 px at 224 px
     energy = energy_in_object(maps[known], objects[known])
     hits = pointing_hits(maps[known], objects[known], tolerance)

@@ -8,7 +8,7 @@ anchor), a segmenter's class (target: the sum of that class's logits over its pr
 mask; the background class 0 is left out).
 
 Trust: deletion and insertion AUCs (Petsiuk et al. 2018) of each map beside a random map
-and an edge map; cascading weight randomisation (Adebayo et al. 2018), whose mean rank
+and an edge map, and ROAD's (Rong et al. 2022: removed pixels imputed) for the judged map; cascading weight randomisation (Adebayo et al. 2018), whose mean rank
 correlation is `randomization_similarity`; with ground truth, `energy_in_object` and the
 pointing game. A map no better than chance, or one that survives randomisation, is
 flagged (`untrustworthy` = 1), because it does not show what the model uses.
@@ -23,13 +23,27 @@ import torch
 from auditor.cam import METHODS
 from auditor.errors import did_you_mean
 from auditor.probes.base import Context, Probe
-from auditor.probes.gradcam.details import Auc, GradCamDetails, GradCamView, Localisation, NothingExplained
-from auditor.probes.gradcam.faithfulness import BASELINES, faithfulness, faithfulness_findings
+from auditor.probes.gradcam.details import GradCamDetails, GradCamView, Localisation, NothingExplained
+from auditor.probes.gradcam.faithfulness import (
+    BASELINES,
+    CHANCE_MARGIN,
+    Faithfulness,
+    faithfulness,
+    faithfulness_findings,
+)
 from auditor.probes.gradcam.figures import LABELS, draw_all
 from auditor.probes.gradcam.input_maps import INPUT_METHODS
-from auditor.probes.gradcam.localisation import border_attention, border_findings, localisation_findings, localise
+from auditor.probes.gradcam.localisation import (
+    border_attention,
+    border_findings,
+    localisation_findings,
+    localise,
+    row_objects,
+)
 from auditor.probes.gradcam.maps import Maps, explain, explain_from_input
+from auditor.probes.gradcam.road import road_findings, road_jobs
 from auditor.probes.gradcam.sanity import Cascade, cascade_stages, learned_layers, randomisation, sanity_findings
+from auditor.probes.gradcam.shortcut import location_shortcuts, shortcut_findings
 from auditor.probes.gradcam.source import SOURCES, Source, choose_source
 from auditor.results import Finding, ProbeResult
 from auditor.tasks import TASKS, Task, task_of
@@ -40,13 +54,25 @@ class GradCamProbe(Probe):
     template = "probes/gradcam.html.j2"
     report_order = 40
     description = (
-        "CAM, Grad-CAM, Grad-CAM++ maps; deletion/insertion vs random and edge maps; weight randomisation check"
+        "CAM, Grad-CAM, Grad-CAM++ maps; deletion/insertion and ROAD vs random and edge maps; weight randomisation "
+        "check; location shortcuts per class"
     )
     tasks = tuple(TASKS)
-    # insertion_auc, energy_in_object, pointing_game: higher is better. The random and edge maps are
-    # baselines the model is measured against, not explanations, so their AUCs have no direction.
-    lower_is_better = ("deletion_auc", "randomization_similarity", "untrustworthy", "border_energy")
-    no_direction = ("deletion_auc@random", "insertion_auc@random", "deletion_auc@edges", "insertion_auc@edges")
+    # insertion_auc, road_lerf_auc, energy_in_object, pointing_game: higher is better. The random and edge maps
+    # are baselines the model is measured against, not explanations, so their AUCs have no direction.
+    lower_is_better = (
+        "deletion_auc",
+        "road_morf_auc",
+        "randomization_similarity",
+        "untrustworthy",
+        "border_energy",
+        "shortcut_classes",
+    )
+    no_direction = tuple(
+        f"{curve}_auc@{baseline}"
+        for baseline in BASELINES
+        for curve in ("deletion", "insertion", "road_morf", "road_lerf")
+    )
 
     @dataclass
     class Params:
@@ -119,7 +145,13 @@ class GradCamProbe(Probe):
         learned = learned_layers(source.adapter, task)
         stages = cascade_stages(len(learned), p.stages) if learned else []
         shown = 1 if source.from_input else len(p.methods)
-        bar = ctx.progress(len(t) + 2 * (p.steps + 1) * (shown + len(BASELINES)) + len(stages) * len(t), self.name)
+        bar = ctx.progress(
+            len(t)
+            + 2 * (p.steps + 1) * (shown + len(BASELINES))
+            + road_jobs(1 + len(BASELINES), p.steps)
+            + len(stages) * len(t),
+            self.name,
+        )
         maps = self._maps(source, source.adapter, task, x, t, p.methods, ctx.batch_size, bar.update)
         faith = faithfulness(adapter, x, t, maps, faithful, p.steps, ctx.generator(), ctx.batch_size, bar.update)
         primary = maps.primary
@@ -131,18 +163,22 @@ class GradCamProbe(Probe):
             cascade = randomisation(source.adapter, learned, maps_of, maps.coarse[primary], stages, ctx.seed)
         else:  # nothing to re-initialise: the check cannot run, and says so
             cascade = Cascade([], [], None)
-        found = localise(task, maps.full[primary], t, labels, tuple(x.shape[-2:]))
+        objects = row_objects(task, t, labels, tuple(x.shape[-2:]), x.device)
+        found = localise(maps.full[primary], objects, tuple(x.shape[-2:]))
         border = border_attention(maps.full[primary], t.cls, adapter.class_names)
+        shortcuts = location_shortcuts(maps.full[primary], t.cls, adapter.class_names, *(objects or (None, None)))
         bar.close()
 
-        metrics = self._metrics(faith.aucs, primary, cascade, found)
+        metrics = self._metrics(faith, primary, cascade, found)
         findings, faith_untrusted = faithfulness_findings(faith.aucs, primary, task.explain_score, faithful)
         sanity, sanity_untrusted = sanity_findings(cascade, primary, task.randomised_unit)
-        findings[1:1] = border_findings(border, primary)
+        road = road_findings(faith.road_aucs, primary, task.explain_score, faithful, CHANCE_MARGIN)
+        findings[1:1] = road + shortcut_findings(shortcuts, primary) + border_findings(border, primary)
         findings += sanity + localisation_findings(found) + [self._source_finding(task, source, maps, len(t))]
         metrics["untrustworthy"] = float(faith_untrusted or sanity_untrusted)
         metrics["border_energy"] = border.mean
-        figures = draw_all(ctx, x, t, maps, faith, cascade, picked, labels, p.gallery)
+        metrics["shortcut_classes"] = float(len(shortcuts.flagged))
+        figures = draw_all(ctx, x, t, maps, faith, cascade, picked, labels, p.gallery, shortcuts)
         details = GradCamDetails(
             layers=names,
             methods=maps.methods,
@@ -152,6 +188,7 @@ class GradCamProbe(Probe):
             faithful_rows=faithful,
             steps=p.steps,
             aucs=faith.aucs,
+            road=faith.road_aucs,
             stages=cascade.stages,
             cam=maps.cam,
             captions=figures.captions,
@@ -159,6 +196,7 @@ class GradCamProbe(Probe):
             localisation=found,
             border=border,
             source=source.why,
+            shortcuts=shortcuts,
         )
         return ProbeResult(
             status="ok",
@@ -207,13 +245,17 @@ class GradCamProbe(Probe):
     # ---- results --------------------------------------------------------------------------------------
 
     @staticmethod
-    def _metrics(aucs: dict[str, Auc], primary: str, cascade: Cascade, found: Localisation | None) -> dict:
+    def _metrics(faith: Faithfulness, primary: str, cascade: Cascade, found: Localisation | None) -> dict:
+        aucs, road = faith.aucs, faith.road_aucs
         metrics: dict[str, float | None] = {
             "deletion_auc": aucs[primary].deletion,
             "insertion_auc": aucs[primary].insertion,
         }
         for name, a in aucs.items():
             metrics[f"deletion_auc@{name}"], metrics[f"insertion_auc@{name}"] = a.deletion, a.insertion
+        metrics["road_morf_auc"], metrics["road_lerf_auc"] = road[primary].morf, road[primary].lerf
+        for name in BASELINES:
+            metrics[f"road_morf_auc@{name}"], metrics[f"road_lerf_auc@{name}"] = road[name].morf, road[name].lerf
         metrics["randomization_similarity"] = cascade.mean
         if found is not None:
             metrics["energy_in_object"], metrics["pointing_game"] = found.energy_in_object, found.pointing_game
