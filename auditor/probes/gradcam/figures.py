@@ -211,6 +211,22 @@ def draw_randomisation(adapter, x, t, maps: torch.Tensor, cascade: Cascade, path
     save_figure(fig, path)
 
 
+CAPTIONS = {
+    "methods.png": "Each method's map for the first rows (image number of the set on the left); the raw peak is "
+    "printed, since every map is scaled to its own maximum",
+    "classes.png": "Where the model looks, per class: each class's mean {method} map (maps scaled to sum 1) over its "
+    "mean image. A class whose maps keep to one place of its own, whatever the image, is a location shortcut: its "
+    "name is red and the place outlined",
+    "faithfulness.png": "Top: deletion (lower is better) and insertion (higher is better), the model's score as "
+    "pixels are removed (set to black) or revealed (on a blurred copy) in each map's order. Bottom: ROAD, the "
+    "{method} map's and the baselines' pixels removed most relevant first (lower is better) and least relevant "
+    "first (higher is better), each removed pixel imputed from its neighbours plus noise so the holes' shape tells "
+    "the model nothing (Rong et al. 2022). Mean over rows, AUC in the legend",
+    "randomisation.png": "Cascading randomisation: the map of one row as the top layers are re-initialised (left "
+    "to right); a trustworthy map falls apart",
+}
+
+
 def draw_all(
     ctx: Context,
     x: torch.Tensor,
@@ -224,57 +240,20 @@ def draw_all(
     shortcuts: Shortcuts,
 ) -> Figures:
     """The probe's figures, saved with their captions."""
-    adapter = ctx.adapter
-    figures = Figures(ctx)
-    save = figures.save
+    adapter, figures = ctx.adapter, Figures(ctx)
+    method, judged = LABELS[maps.primary], maps.full[maps.primary]
+
+    def save(name: str, draw, *args) -> None:
+        figures.save(name, CAPTIONS[name].format(method=method), draw, *args)
+
     indices = picked.tolist()
     show = round_robin(t.image.tolist())[:4]
-    save(
-        "methods.png",
-        "Each method's map for the first rows (image number of the set on the left); the raw "
-        "peak is printed, since every map is scaled to its own maximum",
-        draw_methods,
-        adapter,
-        x,
-        t.take(show),
-        {m: v[show] for m, v in maps.full.items()},
-        [indices[int(i)] for i in t.image[show]],
-    )
-    gallery = task_of(adapter).explain_gallery.format(method=LABELS[maps.primary])
-    save("gallery.png", gallery, draw_gallery, adapter, x, t, maps.full[maps.primary], labels, indices, per_class)
-    save(
-        "classes.png",
-        f"Where the model looks, per class: each class's mean {LABELS[maps.primary]} map (maps scaled to sum 1) "
-        "over its mean image. A class whose maps keep to one place of its own, whatever the image, is a "
-        "location shortcut: its name is red and the place outlined",
-        draw_class_means,
-        adapter,
-        x,
-        t,
-        maps.full[maps.primary],
-        shortcuts,
-    )
-    save(
-        "faithfulness.png",
-        "Top: deletion (lower is better) and insertion (higher is better), the model's score as pixels are "
-        "removed (set to black) or revealed (on a blurred copy) in each map's order. Bottom: ROAD, the "
-        f"{LABELS[maps.primary]} map's and the baselines' pixels removed most relevant first (lower is better) and "
-        "least relevant first (higher is better), each removed pixel imputed from its neighbours plus noise so "
-        "the holes' shape tells the model nothing (Rong et al. 2022). Mean over rows, AUC in the legend",
-        draw_curves,
-        faithful,
-    )
-    if not cascade.stages:
-        return figures
-    save(
-        "randomisation.png",
-        "Cascading randomisation: the map of one row as the top layers are re-initialised "
-        "(left to right); a trustworthy map falls apart",
-        draw_randomisation,
-        adapter,
-        x,
-        t,
-        maps.full[maps.primary],
-        cascade,
-    )
+    shown = {m: v[show] for m, v in maps.full.items()}
+    save("methods.png", draw_methods, adapter, x, t.take(show), shown, [indices[int(i)] for i in t.image[show]])
+    gallery = task_of(adapter).explain_gallery.format(method=method)
+    figures.save("gallery.png", gallery, draw_gallery, adapter, x, t, judged, labels, indices, per_class)
+    save("classes.png", draw_class_means, adapter, x, t, judged, shortcuts)
+    save("faithfulness.png", draw_curves, faithful)
+    if cascade.stages:  # none where no learned weight could be reached
+        save("randomisation.png", draw_randomisation, adapter, x, t, judged, cascade)
     return figures

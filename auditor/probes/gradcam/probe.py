@@ -23,7 +23,14 @@ import torch
 from auditor.cam import METHODS
 from auditor.errors import did_you_mean
 from auditor.probes.base import Context, Probe
-from auditor.probes.gradcam.details import GradCamDetails, GradCamView, Localisation, NothingExplained
+from auditor.probes.gradcam.details import (
+    Border,
+    GradCamDetails,
+    GradCamView,
+    Localisation,
+    NothingExplained,
+    Shortcuts,
+)
 from auditor.probes.gradcam.faithfulness import (
     BASELINES,
     CHANCE_MARGIN,
@@ -47,6 +54,24 @@ from auditor.probes.gradcam.shortcut import location_shortcuts, shortcut_finding
 from auditor.probes.gradcam.source import SOURCES, Source, choose_source
 from auditor.results import Finding, ProbeResult
 from auditor.tasks import TASKS, Task, task_of
+
+
+@dataclass
+class Where:
+    """Where the judged maps fall: against the ground truth, the image's border, and each class's own place."""
+
+    found: Localisation | None
+    border: Border
+    shortcuts: Shortcuts
+
+    @classmethod
+    def of(cls, task: Task, maps: torch.Tensor, t, labels, names) -> Where:
+        objects = row_objects(task, t, labels, tuple(maps.shape[-2:]), maps.device)
+        return cls(
+            found=localise(maps, objects, tuple(maps.shape[-2:])),
+            border=border_attention(maps, t.cls, names),
+            shortcuts=location_shortcuts(maps, t.cls, names, *(objects or (None, None))),
+        )
 
 
 class GradCamProbe(Probe):
@@ -144,14 +169,7 @@ class GradCamProbe(Probe):
         faithful = min(len(t), p.faithful_rows or task.explain_faithful_rows)
         learned = learned_layers(source.adapter, task)
         stages = cascade_stages(len(learned), p.stages) if learned else []
-        shown = 1 if source.from_input else len(p.methods)
-        bar = ctx.progress(
-            len(t)
-            + 2 * (p.steps + 1) * (shown + len(BASELINES))
-            + road_jobs(1 + len(BASELINES), p.steps)
-            + len(stages) * len(t),
-            self.name,
-        )
+        bar = ctx.progress(self._work(len(t), len(stages), source), self.name)
         maps = self._maps(source, source.adapter, task, x, t, p.methods, ctx.batch_size, bar.update)
         faith = faithfulness(adapter, x, t, maps, faithful, p.steps, ctx.generator(), ctx.batch_size, bar.update)
         primary = maps.primary
@@ -163,22 +181,14 @@ class GradCamProbe(Probe):
             cascade = randomisation(source.adapter, learned, maps_of, maps.coarse[primary], stages, ctx.seed)
         else:  # nothing to re-initialise: the check cannot run, and says so
             cascade = Cascade([], [], None)
-        objects = row_objects(task, t, labels, tuple(x.shape[-2:]), x.device)
-        found = localise(maps.full[primary], objects, tuple(x.shape[-2:]))
-        border = border_attention(maps.full[primary], t.cls, adapter.class_names)
-        shortcuts = location_shortcuts(maps.full[primary], t.cls, adapter.class_names, *(objects or (None, None)))
+        where = Where.of(task, maps.full[primary], t, labels, adapter.class_names)
         bar.close()
 
-        metrics = self._metrics(faith, primary, cascade, found)
-        findings, faith_untrusted = faithfulness_findings(faith.aucs, primary, task.explain_score, faithful)
-        sanity, sanity_untrusted = sanity_findings(cascade, primary, task.randomised_unit)
-        road = road_findings(faith.road_aucs, primary, task.explain_score, faithful, CHANCE_MARGIN)
-        findings[1:1] = road + shortcut_findings(shortcuts, primary) + border_findings(border, primary)
-        findings += sanity + localisation_findings(found) + [self._source_finding(task, source, maps, len(t))]
-        metrics["untrustworthy"] = float(faith_untrusted or sanity_untrusted)
-        metrics["border_energy"] = border.mean
-        metrics["shortcut_classes"] = float(len(shortcuts.flagged))
-        figures = draw_all(ctx, x, t, maps, faith, cascade, picked, labels, p.gallery, shortcuts)
+        metrics = self._metrics(faith, primary, cascade, where)
+        findings, untrusted = self._findings(task, faith, cascade, where, primary, faithful)
+        findings.append(self._source_finding(task, source, maps, len(t)))
+        metrics["untrustworthy"] = float(untrusted)
+        figures = draw_all(ctx, x, t, maps, faith, cascade, picked, labels, p.gallery, where.shortcuts)
         details = GradCamDetails(
             layers=names,
             methods=maps.methods,
@@ -193,10 +203,10 @@ class GradCamProbe(Probe):
             cam=maps.cam,
             captions=figures.captions,
             row_kind=task.explain_row,
-            localisation=found,
-            border=border,
+            localisation=where.found,
+            border=where.border,
             source=source.why,
-            shortcuts=shortcuts,
+            shortcuts=where.shortcuts,
         )
         return ProbeResult(
             status="ok",
@@ -244,8 +254,15 @@ class GradCamProbe(Probe):
 
     # ---- results --------------------------------------------------------------------------------------
 
+    def _work(self, rows: int, stages: int, source: Source) -> int:
+        """The progress bar's total: rows explained, scored curve steps, randomised rows."""
+        p = self.params
+        shown = 1 if source.from_input else len(p.methods)
+        curves = 2 * (p.steps + 1) * (shown + len(BASELINES)) + road_jobs(1 + len(BASELINES), p.steps)
+        return rows + curves + stages * rows
+
     @staticmethod
-    def _metrics(faith: Faithfulness, primary: str, cascade: Cascade, found: Localisation | None) -> dict:
+    def _metrics(faith: Faithfulness, primary: str, cascade: Cascade, where: Where) -> dict:
         aucs, road = faith.aucs, faith.road_aucs
         metrics: dict[str, float | None] = {
             "deletion_auc": aucs[primary].deletion,
@@ -257,9 +274,24 @@ class GradCamProbe(Probe):
         for name in BASELINES:
             metrics[f"road_morf_auc@{name}"], metrics[f"road_lerf_auc@{name}"] = road[name].morf, road[name].lerf
         metrics["randomization_similarity"] = cascade.mean
-        if found is not None:
-            metrics["energy_in_object"], metrics["pointing_game"] = found.energy_in_object, found.pointing_game
+        if where.found is not None:
+            metrics["energy_in_object"] = where.found.energy_in_object
+            metrics["pointing_game"] = where.found.pointing_game
+        metrics["border_energy"] = where.border.mean
+        metrics["shortcut_classes"] = float(len(where.shortcuts.flagged))
         return metrics
+
+    @staticmethod
+    def _findings(
+        task: Task, faith: Faithfulness, cascade: Cascade, where: Where, primary: str, faithful: int
+    ) -> tuple[list[Finding], bool]:
+        """The findings, faithfulness first, and whether the maps are untrustworthy (chance or randomisation)."""
+        findings, faith_untrusted = faithfulness_findings(faith.aucs, primary, task.explain_score, faithful)
+        sanity, sanity_untrusted = sanity_findings(cascade, primary, task.randomised_unit)
+        road = road_findings(faith.road_aucs, primary, task.explain_score, faithful, CHANCE_MARGIN)
+        findings[1:1] = road + shortcut_findings(where.shortcuts, primary) + border_findings(where.border, primary)
+        findings += sanity + localisation_findings(where.found)
+        return findings, faith_untrusted or sanity_untrusted
 
     @staticmethod
     def _source_finding(task: Task, source: Source, maps: Maps, rows: int) -> Finding:
