@@ -10,6 +10,14 @@ Gaussian a 28th of the image side (one pixel on 28-pixel digits), so that the ma
 regions as a CAM does rather than single pixels. Rows go through captum in batches: the
 row's target (class, box, mask) is an additional forward argument, which captum repeats
 with the inputs it expands.
+
+Occlusion is the default: it needs no gradient (a scripted model may have none worth
+reading), and on the project's checks it is the one that does all three things asked of a
+map. On digits-cnn as TorchScript (33 rows), deletion/insertion AUC: occlusion 0.147/0.753,
+SmoothGrad 0.192/0.674, IG 0.162/0.729, random 0.332/0.465; randomisation similarity 0.49,
+0.49 and 0.97 (IG's maps show the input); a planted corner mark (tests/planted_shortcut.py)
+holds 79% of the marked class's occlusion mass (IG 55%, SmoothGrad 21%: not flagged).
+Its cost: about 170 forwards per row, where SmoothGrad and IG take 16 forward+backward.
 """
 
 from __future__ import annotations

@@ -111,9 +111,10 @@ class GradCamProbe(Probe):
         gallery: int = 3  # classifiers: images per class in the gallery
         # auto: a layer where one can be tapped, else the input; layer: a layer or an error; input: the input
         source: str = "auto"
-        # maps from the input: smoothgrad | ig (Integrated Gradients: with its black baseline it fails the sanity check
-        # on digits-cnn, as Adebayo et al. found for gradient x input) | occlusion (passes it; ~10x the cost)
-        input_method: str = "smoothgrad"
+        # maps from the input: occlusion (needs no gradient; ~170 forwards a row) | smoothgrad (16 forward+backward
+        # a row; on digits-cnn it misses a planted corner mark) | ig (Integrated Gradients: its maps survive the
+        # randomisation check on digits-cnn, as Adebayo et al. found for gradient x input)
+        input_method: str = "occlusion"
         input_samples: int = 16  # IG's interpolation steps, SmoothGrad's noisy copies
 
         def __post_init__(self):
