@@ -53,6 +53,7 @@ from auditor.probes.gradcam.sanity import Cascade, cascade_stages, learned_layer
 from auditor.probes.gradcam.shortcut import location_shortcuts, shortcut_findings
 from auditor.probes.gradcam.source import SOURCES, Source, choose_source
 from auditor.results import Finding, ProbeResult
+from auditor.targets import round_robin
 from auditor.tasks import TASKS, Task, task_of
 
 
@@ -72,6 +73,9 @@ class Where:
             border=border_attention(maps, t.cls, names),
             shortcuts=location_shortcuts(maps, t.cls, names, *(objects or (None, None))),
         )
+
+
+SAMPLE_POOL = 4  # classifiers: the sample is drawn from this many times as many images, spread over predicted classes
 
 
 class GradCamProbe(Probe):
@@ -235,14 +239,23 @@ class GradCamProbe(Probe):
         return explain(adapter, task, source.modules(adapter), x, t, methods, batch_size, progress)
 
     def _sample(self, ctx):
-        """A seeded sample of the data: images on the device, their labels, their indices in the set."""
+        """A seeded sample of the data: images on the device, their labels, their indices in the set.
+
+        Classifiers: drawn from a seeded pool of SAMPLE_POOL times as many images, one per predicted class
+        in turn, so that each class gets maps enough for the per-class checks (a location shortcut needs 3
+        of a class's maps; a plain draw of 32 digits gave one class 2 and missed a planted one)."""
         data = ctx.data
         n = min(len(data), self.params.images or ctx.task.explain_images)
         g = torch.Generator().manual_seed(ctx.seed)
-        picked = torch.randperm(len(data), generator=g)[:n].sort().values
+        order = torch.randperm(len(data), generator=g)
+        if ctx.task.class_logits and len(data) > n:
+            pool = order[: SAMPLE_POOL * n].tolist()
+            predicted = [int(ctx.adapter.predict(self._image(data, i, ctx.device)[0])) for i in pool]
+            order = torch.tensor([pool[k] for k in round_robin(predicted)])
+        picked = order[:n].sort().values
         xs, labels = [], []
         for i in picked.tolist():
-            xi, yi = data.batch(slice(i, i + 1), ctx.device)
+            xi, yi = self._image(data, i, ctx.device)
             xs.append(xi)
             labels.append(yi)
         if not data.labelled:
@@ -252,6 +265,11 @@ class GradCamProbe(Probe):
         else:
             labels = torch.cat(labels)
         return torch.cat(xs), labels, picked
+
+    @staticmethod
+    @torch.no_grad()
+    def _image(data, i: int, device):
+        return data.batch(slice(i, i + 1), device)
 
     # ---- results --------------------------------------------------------------------------------------
 
