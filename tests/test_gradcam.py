@@ -344,3 +344,11 @@ def test_a_planted_corner_mark_is_flagged_and_the_same_net_without_it_is_not(tmp
             assert (tmp_path / str(mark) / "gradcam" / "classes.png").stat().st_size > 1000
         else:
             assert result.metrics["shortcut_classes"] == 0.0 and not high, result.findings
+
+
+def test_all_zero_maps_have_no_border_share():
+    """A saturated score gives all-zero maps: nothing lies in the border, and nothing is said about it."""
+    from auditor.probes.gradcam.localisation import border_attention, border_findings
+
+    border = border_attention(torch.zeros(4, 16, 16), torch.tensor([0, 0, 1, 1]), ["a", "b"])
+    assert border.mean is None and border.classes == [] and border_findings(border, "gradcam") == []

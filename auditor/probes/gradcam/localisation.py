@@ -147,7 +147,7 @@ def border_attention(maps: torch.Tensor, classes: torch.Tensor, names) -> Border
     return Border(
         band=BORDER,
         area=float(frame.float().mean()),
-        mean=float(share.nanmean()) if len(share) else None,
+        mean=float(share.nanmean()) if bool((~share.isnan()).any()) else None,  # None: no map has mass
         classes=rows,
     )
 
