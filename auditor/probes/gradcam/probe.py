@@ -53,7 +53,7 @@ from auditor.probes.gradcam.sanity import Cascade, cascade_stages, learned_layer
 from auditor.probes.gradcam.shortcut import location_shortcuts, shortcut_findings
 from auditor.probes.gradcam.source import SOURCES, Source, choose_source
 from auditor.results import Finding, ProbeResult
-from auditor.targets import round_robin
+from auditor.targets import chunks, round_robin
 from auditor.tasks import TASKS, Task, task_of
 
 
@@ -249,13 +249,18 @@ class GradCamProbe(Probe):
         g = torch.Generator().manual_seed(ctx.seed)
         order = torch.randperm(len(data), generator=g)
         if ctx.task.class_logits and len(data) > n:
-            pool = order[: SAMPLE_POOL * n].tolist()
-            predicted = [int(ctx.adapter.predict(self._image(data, i, ctx.device)[0])) for i in pool]
-            order = torch.tensor([pool[k] for k in round_robin(predicted)])
+            pool = order[: SAMPLE_POOL * n]  # in the seeded order: each class's first images come first
+            predicted = torch.cat(
+                [
+                    ctx.adapter.predict(data.images_at(pool[s], ctx.device)).cpu()
+                    for s in chunks(len(pool), ctx.batch_size)
+                ]
+            )
+            order = pool[torch.tensor(round_robin(predicted.tolist()))]
         picked = order[:n].sort().values
         xs, labels = [], []
         for i in picked.tolist():
-            xi, yi = self._image(data, i, ctx.device)
+            xi, yi = data.batch(slice(i, i + 1), ctx.device)
             xs.append(xi)
             labels.append(yi)
         if not data.labelled:
@@ -265,11 +270,6 @@ class GradCamProbe(Probe):
         else:
             labels = torch.cat(labels)
         return torch.cat(xs), labels, picked
-
-    @staticmethod
-    @torch.no_grad()
-    def _image(data, i: int, device):
-        return data.batch(slice(i, i + 1), device)
 
     # ---- results --------------------------------------------------------------------------------------
 
