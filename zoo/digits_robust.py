@@ -15,6 +15,7 @@ accuracy peaks and then falls as adversarial training goes on).
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from auditor.files import sha256_of
-from zoo.digits_cnn import MEAN, STD, DigitsCNN, deterministic, evaluate, load_test_set, splits
-from zoo.registry import ZooEntry, register
+from zoo.digits_cnn import ENTRY as DIGITS_CNN
+from zoo.digits_cnn import MEAN, STD, DigitsCNN, deterministic, evaluate, splits
+from zoo.registry import register
 
 RECIPE = {
     "optimizer": "AdamW",
@@ -145,21 +147,14 @@ def train(
     }
 
 
+# digits-cnn's network, input, normalisation, classes and held-out set; its own weights, figures and recipe.
 ENTRY = register(
-    ZooEntry(
+    dataclasses.replace(
+        DIGITS_CNN,
         name="digits-robust",
-        task="classify",
         description="digits-cnn's network and data, PGD adversarially trained (Madry et al. 2018) at L-inf 0.15",
-        build=DigitsCNN,
         checkpoint="digits-robust.pt",
         sha256="751e33d5424170441e317e78e8317d5754ed9bb7097d1b74b0607e4c674c333d",
-        input_size=(28, 28),
-        channels=1,
-        mean=MEAN,
-        std=STD,
-        categories=tuple(str(d) for d in range(10)),
-        eval_set="sklearn-digits-test",
-        load_eval_set=load_test_set,
         metrics={"accuracy": 0.9644},
         epsilons=("0.02", "0.05", "0.1", "0.15", "0.2"),
         train=train,
