@@ -244,9 +244,20 @@ def report(out):
 @click.option(
     "--out", type=click.Path(), help="write the table to this file instead of stdout (the verdict still prints)"
 )
-def diff(base, new, max_drop, metrics, style, out):
-    """Compare two results.json (or output folders) metric by metric; exit 1 when a gated metric got worse."""
-    result = diff_results(load(base), load(new), max_drop=max_drop, metrics=metrics, labels=(str(base), str(new)))
+@click.option(
+    "--significant",
+    is_flag=True,
+    help="a gated metric fails only when it got worse by more than --max-drop AND the change is beyond noise "
+    "(a paired test where the runs share their images, else their 95%% intervals)",
+)
+def diff(base, new, max_drop, metrics, style, out, significant):
+    """Compare two results.json (or output folders) metric by metric; exit 1 when a gated metric got worse.
+
+    Each change is marked within or beyond noise: McNemar's test or a paired bootstrap where the two runs
+    audited the same images, else the two runs' 95% intervals."""
+    result = diff_results(
+        load(base), load(new), max_drop=max_drop, metrics=metrics, labels=(str(base), str(new)), significant=significant
+    )
     text = render_md(result) if style == "md" else render_plain(result)
     if out:
         write_text_atomic(out, text)

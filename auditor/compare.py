@@ -16,9 +16,11 @@ from auditor.errors import AuditError, did_you_mean
 from auditor.files import write_text_atomic
 from auditor.gates import md_text
 from auditor.headlines import section_order
+from auditor.noise import metric_change, same_images
 from auditor.probes.base import metric_direction
 from auditor.report import environment, fact, fmt
 from auditor.results import Results
+from auditor.stats import Change
 
 DEFAULT_GATED = "score,*.score"  # the run's score and every probe's
 MD_ROWS = 1000  # rows a Markdown diff shows at most: a CI job summary must stay well under 1 MiB
@@ -56,6 +58,8 @@ class DiffRow:
     direction: int  # +1 higher is better, -1 lower, 0 neither
     gated: bool
     max_drop: float
+    noise: Change | None = None  # whether the change is beyond noise, and how that was judged
+    significant: bool = False  # a gated row fails only on a change beyond noise (--significant)
 
     @property
     def change(self) -> float | None:
@@ -84,7 +88,21 @@ class DiffRow:
     def failed(self) -> bool:
         if not self.gated:
             return False
-        return self.result == "missing" or (self.worse_by is not None and self.worse_by > self.max_drop)
+        if self.result == "missing":
+            return True
+        worse = self.worse_by is not None and self.worse_by > self.max_drop
+        return worse and not (self.significant and self.within_noise)
+
+    @property
+    def within_noise(self) -> bool:
+        return self.noise is not None and self.noise.beyond_noise is False
+
+    @property
+    def noise_text(self) -> str:
+        """'within' or 'beyond' (noise) for a changed metric with a test; '' otherwise."""
+        if self.noise is None or self.noise.beyond_noise is None or self.result in ("same", "n/a", "missing"):
+            return ""
+        return "beyond" if self.noise.beyond_noise else "within"
 
     @property
     def gate(self) -> str:
@@ -101,6 +119,7 @@ class Diff:
     patterns: tuple[str, ...]
     max_drop: float
     notes: list[str]
+    significant: bool = False  # gated rows fail only on a change beyond noise
 
     @property
     def failures(self) -> list[DiffRow]:
@@ -114,13 +133,16 @@ class Diff:
     def verdict(self) -> str:
         gated = [r for r in self.rows if r.gated]
         scope = f"{len(gated)} gated metric{'s' if len(gated) != 1 else ''} ({', '.join(self.patterns)})"
+        beyond = " beyond noise" if self.significant else ""
         if not self.failures:
-            return f"PASSED: none of {scope} got worse by more than {self.max_drop:g}"
+            return f"PASSED: none of {scope} got worse by more than {self.max_drop:g}{beyond}"
         worst = ", ".join(
             f"{r.key} {_signed(r.change)}" if r.result != "missing" else f"{r.key} missing" for r in self.failures[:3]
         )
         more = f" and {len(self.failures) - 3} more" if len(self.failures) > 3 else ""
-        return f"FAILED: {len(self.failures)} of {scope} got worse by more than {self.max_drop:g}: {worst}{more}"
+        return (
+            f"FAILED: {len(self.failures)} of {scope} got worse by more than {self.max_drop:g}{beyond}: {worst}{more}"
+        )
 
     @property
     def tally(self) -> str:
@@ -133,7 +155,10 @@ class Diff:
             for k in ("better", "worse", "changed", "same", "missing", "n/a")
             if k in counts
         ]
-        return f"{', '.join(parts)} of {len(self.rows)} shared metrics"
+        tested = [r for r in self.rows if r.noise_text]
+        within = sum(r.noise_text == "within" for r in tested)
+        noise = f"; of the {len(tested)} changes with an interval, {within} within noise" if tested else ""
+        return f"{', '.join(parts)} of {len(self.rows)} shared metrics{noise}"
 
 
 def parse_patterns(text: str | None) -> tuple[str, ...]:
@@ -150,6 +175,7 @@ def diff_results(
     max_drop: float = 0.02,
     metrics: str | None = None,
     labels: tuple[str, str] = ("base", "new"),
+    significant: bool = False,
 ) -> Diff:
     """Every metric the two runs share, with its change and which way that is; `metrics` patterns are gated.
 
@@ -180,6 +206,8 @@ def diff_results(
                 direction=metric_direction(probe, metric),
                 gated=any(fnmatchcase(key, p) for p in patterns),
                 max_drop=max_drop,
+                noise=metric_change(base, new, probe, metric),
+                significant=significant,
             )
         )
     rows.sort(key=lambda r: 0 if r.gated else 1 if r.result not in ("same", "n/a") else 2)  # stable: keeps order
@@ -199,6 +227,7 @@ def diff_results(
         patterns=patterns,
         max_drop=max_drop,
         notes=notes,
+        significant=significant,
     )
 
 
@@ -224,6 +253,10 @@ def _differences(a: Results, b: Results, labels: tuple[str, ...]) -> list[str]:
         notes.append(f"different numbers of images: {da.get('n')} → {db.get('n')}")
     if a.run.get("seed") != b.run.get("seed"):
         notes.append(f"different seeds: {a.run.get('seed')} → {b.run.get('seed')}")
+    if same_images(a, b):
+        notes.append("the same images (data digest): noise is judged image by image (McNemar, paired bootstrap)")
+    else:
+        notes.append("not the same images: noise is judged from the two runs' 95% intervals (unpaired)")
     return notes
 
 
@@ -248,6 +281,10 @@ def _change(row: DiffRow) -> str:
     return "0" if row.result == "same" else _signed(row.change)
 
 
+def _noise_md(row: DiffRow) -> str:
+    return md_text(row.noise.describe()) if row.noise_text else ""
+
+
 def render_plain(diff: Diff) -> str:
     """For a terminal: the verdict, what was compared, then aligned columns (gated failures marked FAIL)."""
     lines = [
@@ -257,9 +294,18 @@ def render_plain(diff: Diff) -> str:
     ]
     lines += [f"note: {_plain(n)}" for n in diff.notes]
     lines += [diff.tally, ""]
-    table = [("metric", "", "base", "new", "change", "result", "gate")]
+    table = [("metric", "", "base", "new", "change", "result", "noise", "gate")]
     table += [
-        (_plain(r.key), DIRECTION_MARK[r.direction], _num(r.base), _num(r.new), _change(r), r.result, r.gate)
+        (
+            _plain(r.key),
+            DIRECTION_MARK[r.direction],
+            _num(r.base),
+            _num(r.new),
+            _change(r),
+            r.result,
+            r.noise_text,
+            r.gate,
+        )
         for r in diff.rows
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
@@ -267,7 +313,10 @@ def render_plain(diff: Diff) -> str:
     for row in table:
         cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
         lines.append("  ".join(cells).rstrip())
-    lines.append("(↑ higher is better, ↓ lower is better; gate: the metrics --metrics picks)")
+    lines.append(
+        "(↑ higher is better, ↓ lower is better; noise: whether the change is within the noise of the images "
+        "measured (95%); gate: the metrics --metrics picks)"
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -284,7 +333,10 @@ def render_md(diff: Diff) -> str:
     shown = [r for r in diff.rows if r.gated or r.result not in ("same", "n/a")]
     folded = [r for r in diff.rows if r not in shown]
     budget = MD_ROWS
-    header = ["| metric | better | base | new | change | result | gate |", "|---|:-:|--:|--:|--:|---|---|"]
+    header = [
+        "| metric | better | base | new | change | result | noise | gate |",
+        "|---|:-:|--:|--:|--:|---|---|---|",
+    ]
 
     def table(rows: list[DiffRow]) -> list[str]:
         nonlocal budget
@@ -294,7 +346,7 @@ def render_md(diff: Diff) -> str:
             result = f"**{r.result}**" if r.failed else r.result
             out.append(
                 f"| {md_text(r.key)} | {DIRECTION_MARK[r.direction]} | {_num(r.base)} | {_num(r.new)} | "
-                f"{_change(r)} | {result} | {gate} |"
+                f"{_change(r)} | {result} | {_noise_md(r)} | {gate} |"
             )
         if len(rows) > budget:
             out.append(f"\n{len(rows) - budget} more rows left out; `audit diff` without `--format md` lists them all.")

@@ -14,6 +14,7 @@ files stay uint8 (a quarter of the memory of float32) until a batch is taken.
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -85,6 +86,16 @@ class EvalData:
             return [t.to(device) for t in picked]
         return self.labels[index].to(device).long()
 
+    def digest(self) -> str:
+        """sha256 of the images and labels in audit order: equal digests let two runs be paired image by image."""
+        h = hashlib.sha256()
+        h.update(str((tuple(self.images.shape), str(self.images.dtype))).encode())
+        h.update(self.images.detach().cpu().contiguous().numpy().tobytes())
+        for t in _tensors(self.labels):
+            h.update(str(tuple(t.shape)).encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
     def facts(self) -> dict:
         facts = {
             "name": self.name,
@@ -92,11 +103,22 @@ class EvalData:
             "labelled": self.labelled,
             "layout": self.source,
             "available": self.total,
+            "digest": self.digest(),
         }
         if self.skipped:
             facts["skipped"] = len(self.skipped)
             facts["skipped_files"] = self.skipped[:SKIPPED_LISTED]
         return facts
+
+
+def _tensors(labels) -> list[torch.Tensor]:
+    """Every tensor in a label structure (a tensor, a list of them, or an object holding them)."""
+    if isinstance(labels, torch.Tensor):
+        return [labels]
+    found = [t for item in labels for t in _tensors(item)] if isinstance(labels, list | tuple) else []
+    if hasattr(labels, "__dict__"):  # Instances: a list of boxes with `masks` beside them
+        found += [t for v in vars(labels).values() for t in _tensors(v)]
+    return found
 
 
 def _rows(index, device: torch.device) -> slice | torch.Tensor:

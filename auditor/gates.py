@@ -4,7 +4,9 @@ A rule is `PROBE.METRIC OP NUMBER` (OP in >=, >, <=, <), e.g. `attacks.score >= 
 `attacks.robust_accuracy@linf=2/255 >= 0.3`; `score OP NUMBER` reads the run's score.
 `warn:` in front makes a rule advisory. `PROBE.METRIC drop <= NUMBER` compares with a
 baseline results.json: how much worse the metric got, by its direction (baseline minus
-current where higher is better, current minus baseline where lower is). A rules file is
+current where higher is better, current minus baseline where lower is).
+`PROBE.METRIC significant drop <= NUMBER` fails only when the drop passes NUMBER and is also
+beyond noise (auditor/noise.py: a paired test on the same images, else the two intervals). A rules file is
 TOML: `rules = [...]` and, optionally, `baseline = "path/results.json"` relative to it.
 """
 
@@ -20,6 +22,7 @@ from xml.etree import ElementTree as ET
 from auditor.config import read_toml
 from auditor.errors import AuditError, did_you_mean
 from auditor.headlines import key_findings, section_order
+from auditor.noise import metric_change
 from auditor.probes.base import metric_direction
 from auditor.results import GateResult, Results, load
 
@@ -27,7 +30,7 @@ EXIT_OK, EXIT_GATE_FAILED, EXIT_USAGE, EXIT_PROBE_FAILED = 0, 1, 2, 3
 OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _RULE = re.compile(
-    rf"^(?P<warn>warn:)?\s*(?P<target>\S+?)\s*(?P<drop>\s+drop\s+)?(?P<op>>=|<=|>|<)\s*(?P<num>{_NUMBER})\s*$"
+    rf"^(?P<warn>warn:)?\s*(?P<target>\S+?)\s*(?P<drop>\s+(?P<significant>significant\s+)?drop\s+)?(?P<op>>=|<=|>|<)\s*(?P<num>{_NUMBER})\s*$"
 )
 
 
@@ -40,6 +43,7 @@ class Rule:
     threshold: float
     warn: bool = False
     drop: bool = False  # how much worse than the baseline, by the metric's direction
+    significant: bool = False  # a drop rule that fails only on a change beyond noise
 
     def describe(self) -> str:
         return f"{self.probe}.{self.metric}" if self.probe else self.metric
@@ -66,6 +70,7 @@ def parse_rule(text: str) -> Rule:
         threshold=float(m["num"]),
         warn=bool(m["warn"]),
         drop=bool(m["drop"]),
+        significant=bool(m["significant"]),
     )
 
 
@@ -208,8 +213,24 @@ def evaluate(rules: list[Rule], results: Results, baseline: Results | None = Non
         passed = value is not None and OPS[rule.op](value, rule.threshold)
         what = " drop" + (" (lower is better)" if direction < 0 else "") if rule.drop else ""
         message = why if value is None else f"{rule.describe()}{what} = {value:.4g}"
+        if rule.significant and value is not None:
+            passed, note = _significance(rule, baseline, results, passed)
+            message += note
         out.append(GateResult(rule=rule.text, value=value, passed=passed, warn=rule.warn, message=message))
     return out
+
+
+def _significance(rule: Rule, baseline: Results, results: Results, passed: bool) -> tuple[bool, str]:
+    """A significant-drop rule: a drop past the threshold fails only when the change is beyond noise (or when
+    there is nothing to tell noise by: then it is judged as a plain drop, and says so)."""
+    change = metric_change(baseline, results, rule.probe, rule.metric)
+    if change is None or change.beyond_noise is None:
+        return passed, "; no interval to tell noise from change: judged as a plain drop"
+    if passed:
+        return True, f"; {change.describe()}"
+    if not change.beyond_noise:
+        return True, f", past {rule.threshold:g} but {change.describe()}: passes"
+    return False, f"; {change.describe()}"
 
 
 def suspect(results: Results) -> str | None:

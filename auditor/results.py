@@ -2,7 +2,10 @@
 
 Format history (bump SCHEMA on any incompatible change; metric keys are API):
   auditor.results/1  first version; later, compatibly: a finding may carry `"key": true` (one of the
-                     probe's headline findings, which the report's summary draws from).
+                     probe's headline findings, which the report's summary draws from); a probe may carry
+                     `intervals` (metric -> [low, high], 95%) and `paired` (metric -> what a paired test of
+                     two runs on the same images needs: per-image outcomes or bootstrap replicates, see
+                     auditor/stats.py); `data.digest` fingerprints the images.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ class ProbeResult:
     error: str | None = None  # status failed
     reason: str | None = None  # status skipped
     suspect: str | None = None  # the probe's own checks say its figures are not measured: why (verdict SUSPECT)
+    intervals: dict[str, list[float]] = field(default_factory=dict)  # metric (or "score") -> 95% [low, high]
+    paired: dict[str, dict[str, Any]] = field(default_factory=dict)  # metric -> outcomes or replicates (stats.py)
 
     def __post_init__(self):
         if self.status not in STATUSES:
@@ -60,7 +65,8 @@ class ProbeResult:
             {"severity": f.severity, "text": f.text, **({"key": True} if f.key else {})} for f in self.findings
         ]
         d["artifacts"] = list(self.artifacts)
-        return {k: v for k, v in d.items() if v is not None or k == "score"}
+        optional = ("intervals", "paired")  # compatible additions: absent when empty, as files before them
+        return {k: v for k, v in d.items() if (v is not None or k == "score") and not (k in optional and not v)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ProbeResult:

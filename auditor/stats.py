@@ -158,6 +158,19 @@ class MeanIoU(Estimate):
 
 
 @dataclass
+class Constant(Estimate):
+    """A value that does not vary with the images (a label-free run's clean agreement with itself: 1)."""
+
+    value: float | None
+
+    def replicates(self, weights: torch.Tensor) -> torch.Tensor:
+        return torch.full((len(weights),), float("nan") if self.value is None else self.value, dtype=torch.float64)
+
+    def interval(self, weights: torch.Tensor) -> tuple[float, float] | None:
+        return None
+
+
+@dataclass
 class Derived(Estimate):
     """A function of other estimates (a probe's score from its metrics), on the same resamples: fn takes one
     tensor per part (a value as a 0-d tensor, or the replicates) and returns the same shape."""
@@ -183,8 +196,11 @@ class Derived(Estimate):
 class Estimates:
     """The estimates of one probe's metrics over the same n items: intervals, and what a paired test needs."""
 
-    def __init__(self, n: int, draws: int = DRAWS):
+    def __init__(self, n: int, items: Sequence[int] | None = None, draws: int = DRAWS):
+        """n items; `items`: which of the data's images they are, where a probe measures a sample of them (its
+        fingerprint goes with the paired entries, so that only runs that measured the same sample are paired)."""
         self.n, self.draws = n, draws
+        self.items_id = None if items is None else _fingerprint(items)
         self._weights: torch.Tensor | None = None
         self.items: dict[str, Estimate] = {}
 
@@ -216,14 +232,21 @@ class Estimates:
             bits = est.outcomes()
             if bits is not None:
                 out[key] = {"outcomes": bits}
-                continue
-            reps = est.replicates(self.weights) - est.value
-            out[key] = {"n": self.n, "replicates": encode(reps)}
+            else:
+                out[key] = {"n": self.n, "replicates": encode(est.replicates(self.weights) - est.value)}
+            if self.items_id is not None:
+                out[key]["items"] = self.items_id
         return out
 
     def to_dict(self) -> dict:
         """What a ProbeResult keeps: `intervals` and `paired`."""
         return {"intervals": self.intervals(), "paired": self.paired()}
+
+
+def _fingerprint(items: Sequence[int]) -> str:
+    import hashlib
+
+    return hashlib.sha256(",".join(str(int(i)) for i in items).encode()).hexdigest()[:16]
 
 
 def encode(values: torch.Tensor) -> str:
@@ -273,8 +296,8 @@ def paired_change(
     base_value: float, new_value: float, base: dict | None, new: dict | None, alpha: float = 1 - LEVEL
 ) -> Change | None:
     """The paired test of one metric, from the two runs' `paired` entries; None when they cannot be paired."""
-    if not base or not new:
-        return None
+    if not base or not new or base.get("items") != new.get("items"):
+        return None  # not measured on the same items
     if "outcomes" in base and "outcomes" in new and len(base["outcomes"]) == len(new["outcomes"]):
         p, _, _ = mcnemar(base["outcomes"], new["outcomes"])
         return Change(p < alpha, p, None, "McNemar")

@@ -65,6 +65,11 @@ class Task(abc.ABC):
         """The task's metric and each side metric the reference allows, over a whole set, by name."""
         return {self.metric: self.score(pred, reference, adapter)}
 
+    def estimates(self, pred, reference, adapter) -> dict:
+        """The metrics of `scores` as auditor.stats Estimates over the images (what their intervals and paired
+        tests need), keyed alike; empty where the task has none."""
+        return {}
+
     @abc.abstractmethod
     def agreement(self, pred, reference) -> torch.Tensor:
         """Per image, how much of its reference the prediction still matches, in [0, 1]."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from auditor.stats import Ratio
 from auditor.targets import Targets, chunks
 from auditor.tasks.base import Task
 
@@ -17,6 +18,9 @@ class Classify(Task):
 
     def score(self, pred, reference, adapter) -> float:
         return (pred == reference).double().mean().item()
+
+    def estimates(self, pred, reference, adapter) -> dict:
+        return {self.metric: Ratio.of_flags(pred == reference)}
 
     def agreement(self, pred, reference) -> torch.Tensor:
         return (pred == reference).double()

@@ -32,6 +32,7 @@ from auditor.probes.attacks.details import (
 )
 from auditor.probes.attacks.engine import LinfAttack
 from auditor.probes.attacks.ensemble import ENSEMBLES, NORMS, Budget, Ensemble
+from auditor.probes.attacks.estimates import attack_estimates
 from auditor.probes.attacks.findings import findings
 from auditor.probes.attacks.sweep import Sweep, min_eps, sweep
 from auditor.probes.base import Context, Figures, Probe
@@ -201,6 +202,7 @@ class AttacksProbe(Probe):
             side_clean=s.side_clean,
         )
         score = float(np.mean([min(v / s.clean, 1.0) for v in s.robust])) if s.clean > 0 else 0.0
+        estimates = attack_estimates(task, s, details, ctx.adapter)
         return ProbeResult(
             status="ok",
             score=score,
@@ -209,6 +211,7 @@ class AttacksProbe(Probe):
             artifacts=tuple(figures.artifacts),
             details=details.to_dict(),
             suspect=masking.suspect_line(checks, masked),
+            **estimates.to_dict(),
         )
 
     @staticmethod

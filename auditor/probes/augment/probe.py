@@ -29,10 +29,12 @@ from auditor.models.base import TASKS
 from auditor.probes.augment.corruption_error import NOT_COMPUTED, CorruptionErrors, check_reference, corruption_errors
 from auditor.probes.augment.corruptions import REFERENCE_SIZE
 from auditor.probes.augment.details import AugmentDetails, ShiftCell, ShiftRow
+from auditor.probes.augment.estimates import augment_estimates
 from auditor.probes.augment.figures import draw_galleries
 from auditor.probes.augment.shifts import SHIFTS, Shift
 from auditor.probes.base import Context, Probe
 from auditor.results import Finding, ProbeResult
+from auditor.stats import Estimate, Ratio
 from auditor.tasks import predict_all, task_of
 
 METRIC_LABELS = {"accuracy": "accuracy", "miou": "mIoU", "map50": "mAP50", "mask_map50": "mask mAP50"}
@@ -47,6 +49,7 @@ class Sweep:
     flips: dict[str, dict[int, float]]  # share of the clean prediction that changed
     shown: dict[str, list]  # [(level label, shifted example image, the model's output on it)], one per severity
     side: dict[str, dict[int, dict[str, float]]]  # the task's side metrics the reference allows (mask_map50)
+    estimates: dict[str, dict[int, dict[str, Estimate]]]  # the metrics and flip_rate as estimates over the images
 
 
 class AugmentProbe(Probe):
@@ -136,6 +139,9 @@ class AugmentProbe(Probe):
             side_clean=side_clean,
         )
         findings = self._findings(rows, clean, label, scale, data.labelled, skipped, ce_notes)
+        clean_estimates = task.estimates(clean_pred, reference, adapter) if data.labelled else {}
+        corruptions = [s.name for s in shifts if s.imagenet_c]
+        estimates = augment_estimates(len(data), kind, clean_estimates, sweep.estimates, corruptions)
         return ProbeResult(
             status="ok",
             score=score,
@@ -143,6 +149,7 @@ class AugmentProbe(Probe):
             findings=tuple(findings),
             artifacts=tuple(figures.artifacts),
             details=details.to_dict(),
+            **estimates.to_dict(),
         )
 
     def _shifts(self, channels: int) -> list[Shift]:
@@ -168,9 +175,10 @@ class AugmentProbe(Probe):
         n_batches = -(-len(ctx.data) // ctx.batch_size)
         bar = ctx.progress(len(variants) * n_batches, self.name)
         names = [s.name for s in shifts]
-        sweep = Sweep({n: {} for n in names}, {n: {} for n in names}, {n: [] for n in names}, {n: {} for n in names})
+        sweep = Sweep(*({n: [] if field == "shown" else {} for n in names} for field in Sweep.__dataclass_fields__))
         for shift, level in variants:
-            values, flip, shown = _measure(ctx, shift, level, scale, reference, clean_ref, example, bar)
+            values, flip, shown, estimates = _measure(ctx, shift, level, scale, reference, clean_ref, example, bar)
+            sweep.estimates[shift.name][level] = estimates
             sweep.values[shift.name][level] = values.pop(ctx.task.metric)
             sweep.side[shift.name][level] = values
             sweep.flips[shift.name][level] = flip
@@ -259,7 +267,9 @@ def _measure(ctx: Context, shift: Shift, level: int, scale: float, reference, cl
             shown = (shift.levels[level - 1], shifted[j].detach().cpu().clone(), out_j)
         bar.update(1)
     pred_all, ref_all, clean_all = task.concat(preds), task.concat(refs), task.concat(cleans)
-    return task.scores(pred_all, ref_all, adapter), 1.0 - task.agreement(pred_all, clean_all).mean().item(), shown
+    flips = 1.0 - task.agreement(pred_all, clean_all)
+    estimates = {**task.estimates(pred_all, ref_all, adapter), "flip_rate": Ratio.of_values(flips)}
+    return task.scores(pred_all, ref_all, adapter), flips.mean().item(), shown, estimates
 
 
 def _rows(shifts: list[Shift], sweep: Sweep, clean: float, kind: str, metrics: dict) -> list[ShiftRow]:

@@ -31,6 +31,7 @@ from auditor.probes.gradcam.details import (
     NothingExplained,
     Shortcuts,
 )
+from auditor.probes.gradcam.estimates import gradcam_estimates
 from auditor.probes.gradcam.faithfulness import (
     BASELINES,
     CHANCE_MARGIN,
@@ -193,6 +194,8 @@ class GradCamProbe(Probe):
         findings, untrusted = self._findings(task, faith, cascade, where, primary, faithful)
         findings.append(self._source_finding(task, source, maps, len(t)))
         metrics["untrustworthy"] = float(untrusted)
+        estimates = gradcam_estimates(faith, primary, t.image, picked)
+        estimates.items = {k: e for k, e in estimates.items.items() if k in metrics}  # the metrics reported
         figures = draw_all(ctx, x, t, maps, faith, cascade, picked, labels, p.gallery, where.shortcuts)
         details = GradCamDetails(
             layers=names,
@@ -220,6 +223,7 @@ class GradCamProbe(Probe):
             findings=tuple(findings),
             artifacts=tuple(figures.artifacts),
             details=details.to_dict(),
+            **estimates.to_dict(),
         )
 
     # ---- what to explain ------------------------------------------------------------------------------
