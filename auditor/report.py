@@ -72,6 +72,22 @@ class Section:
     error: str | None
     reason: str | None
     template: str
+    intervals: dict[str, list[float]] = field(default_factory=dict)  # metric -> 95% [low, high]
+
+    def ci(self, *keys: str) -> str:
+        """The 95% interval of the first of `keys` the probe has one for, as "low–high"; '' where none has."""
+        return next((interval_text(self.intervals[k]) for k in keys if k in self.intervals), "")
+
+    def ci_task(self, prefix: str, suffix: str) -> str:
+        """The interval of PREFIX + the task's metric (accuracy, miou or map50) + SUFFIX."""
+        return self.ci(*(f"{prefix}{m}{suffix}" for m in TASK_METRICS))
+
+
+TASK_METRICS = ("accuracy", "miou", "map50")
+
+
+def interval_text(interval) -> str:
+    return f"{fmt(float(interval[0]))}–{fmt(float(interval[1]))}"
 
 
 @dataclass(frozen=True)
@@ -283,7 +299,7 @@ def _section(name: str, p: ProbeResult, probe: type[Probe] | None, template: str
         score=fmt(p.score) if p.status == "ok" else p.status,
         css=score_css(p.score, p.status),
         seconds=p.seconds,
-        metrics=[(k, fmt(v)) for k, v in p.metrics.items()],
+        metrics=[(k, fmt(v), interval_text(p.intervals[k]) if k in p.intervals else "") for k, v in p.metrics.items()],
         findings=sorted(p.findings, key=lambda f: SEVERITY_ORDER[f.severity]),
         figures=figures,
         files=files,
@@ -292,6 +308,7 @@ def _section(name: str, p: ProbeResult, probe: type[Probe] | None, template: str
         error=p.error,
         reason=p.reason,
         template=template,
+        intervals=p.intervals,
     )
 
 
