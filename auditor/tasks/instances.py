@@ -21,6 +21,7 @@ import torch
 
 from auditor.metrics import detection_map
 from auditor.models.base import SHOW_CONF
+from auditor.stats_detection import AP50
 from auditor.targets import Targets, chunks, round_robin
 from auditor.tasks.detect import Detect
 from auditor.tasks.warp import warp_boxes, warp_images
@@ -84,6 +85,16 @@ class InstanceDetect(Detect):
         grid = next((tuple(d["masks"].shape[-2:]) for d in pred), None)
         masks = [_on_grid(m, grid) for m in reference.masks]
         return detection_map(pred, reference, map50_only=True, target_masks=masks)
+
+    def estimates(self, pred, reference, adapter) -> dict:
+        """Box mAP50 and, where the reference has masks, mask mAP50 (masks on the predictions' grid, as `scores`)."""
+        if not isinstance(reference, Instances):
+            return super().estimates(pred, reference, adapter)
+        grid = next((tuple(d["masks"].shape[-2:]) for d in pred), None)
+        return {
+            "map50": AP50.of_boxes(pred, reference, with_masks=True),
+            "mask_map50": AP50.of_masks(pred, reference, [_on_grid(m, grid) for m in reference.masks]),
+        }
 
     # ---- gradcam ----------------------------------------------------------------------------------------
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from auditor.metrics import mean_iou_score
+from auditor.metrics import IGNORE_INDEX, mean_iou_score
+from auditor.stats import MeanIoU
 from auditor.targets import Targets, chunks, round_robin
 from auditor.tasks.base import Task
 from auditor.tasks.warp import warp_masks
@@ -22,6 +23,10 @@ class Segment(Task):
 
     def score(self, pred, reference, adapter) -> float:
         return mean_iou_score(pred, reference, adapter.num_classes)
+
+    def estimates(self, pred, reference, adapter) -> dict:
+        """mIoU as an Estimate over the images: per image and class, its pixels' intersection and union."""
+        return {self.metric: MeanIoU(*class_pixel_counts(pred, reference, adapter.num_classes))}
 
     def agreement(self, pred, reference) -> torch.Tensor:
         valid = reference != 255
@@ -72,3 +77,21 @@ class Segment(Task):
         image_t = torch.tensor([image[i] for i in order], device=dev, dtype=torch.long)
         cls_t = torch.tensor([cls[i] for i in order], device=dev, dtype=torch.long)
         return Targets(image=image_t, cls=cls_t, role=["mask"] * len(order), mask=pred[image_t] == cls_t[:, None, None])
+
+
+def class_pixel_counts(pred: torch.Tensor, reference: torch.Tensor, num_classes: int, chunk: int = 1 << 22):
+    """Per image and class (n x C, int64), the intersection and the union of the predicted and the reference
+    pixels, ignored pixels (255) left out: each image's confusion matrix by one bincount over
+    (image * C + predicted) * C + reference, `chunk` pixels at a time."""
+    n, c = len(pred), num_classes
+    p, r = pred.reshape(n, -1), reference.reshape(n, -1)
+    confusion = torch.zeros(n * c * c, dtype=torch.long)
+    rows = max(1, chunk // max(1, p.shape[1]))
+    for s in range(0, n, rows):
+        ps, rs = p[s : s + rows].cpu().long(), r[s : s + rows].cpu().long()
+        scored = (rs != IGNORE_INDEX) & (rs >= 0) & (rs < c) & (ps >= 0) & (ps < c)
+        index = (torch.arange(s, s + len(ps))[:, None] * c + ps) * c + rs
+        confusion += torch.bincount(index[scored], minlength=n * c * c)
+    confusion = confusion.view(n, c, c)
+    inter = confusion.diagonal(dim1=1, dim2=2)
+    return inter, confusion.sum(2) + confusion.sum(1) - inter
