@@ -46,6 +46,7 @@ class Tile:
     score: str
     css: str
     note: str
+    ci: str = ""  # the score's 95% interval over the images
 
 
 @dataclass(frozen=True)
@@ -249,7 +250,14 @@ def build_view(results: Results, out: Path, templates: dict[str, str] | None = N
         for name in order
     ]
     tiles = [
-        Tile(name=s.name, status=s.status, score=s.score, css=s.css, note=_tile_note(results.probes[s.name]))
+        Tile(
+            name=s.name,
+            status=s.status,
+            score=s.score,
+            css=s.css,
+            note=_tile_note(results.probes[s.name]),
+            ci=s.ci("score"),
+        )
         for s in sections
     ]
     gates = [

@@ -160,10 +160,10 @@ def test_markdown_diff(audit, tmp_path):
     assert r.code == 1, r
     md = out.read_text(encoding="utf-8")
     assert md.startswith("## auditor diff: FAILED")
-    assert "| metric | better | base | new | change | result | gate |" in md
+    assert "| metric | better | base | new | change | result | noise | gate |" in md
     assert re.search(
-        r"^\| attacks\.score \| ↑ \| 0\.5000 \| 0\.3000 \| -0\.2000 \| \*\*worse\*\* \| \*\*FAIL\*\* \|$", md, re.M
-    ), md
+        r"^\| attacks\.score \| ↑ \| 0\.5000 \| 0\.3000 \| -0\.2000 \| \*\*worse\*\* \|  \| \*\*FAIL\*\* \|$", md, re.M
+    ), md  # no intervals in these runs: no noise verdict
     assert "&lt;script&gt;alert(1)&lt;/script&gt;\\|x" in md and "<script>" not in md
     head, _, folded = md.partition("<details>")
     assert "attacks.score" in head and "flip\\_rate@shift199:1" in folded  # unchanged rows folded

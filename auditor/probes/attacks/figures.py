@@ -15,16 +15,28 @@ from auditor.figures import draw_boxes, overlay_mask, pyplot, save_figure, short
 from auditor.tasks import task_of
 
 
-def robustness_curve(grid, values, curves: dict[str, list[float]], clean, label: str, norm: str, path: Path) -> None:
-    """The metric at each budget, one line per curve (the worst case first); the budgets evenly spaced, since
-    grids are often geometric."""
+def robustness_curve(
+    grid, values, curves: dict[str, list[float]], clean, label: str, norm: str, bars: list | None, path: Path
+) -> None:
+    """The metric at each budget, one line per curve (the worst case first, with its 95% intervals as error bars
+    where `bars` gives them: clean first, then per grid entry, None where there is none); the budgets evenly
+    spaced, since grids are often geometric."""
     plt = pyplot()
     order = np.argsort(values)
     xs = list(range(len(order) + 1))
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
     styles = [("o-", "#c0392b"), ("^-.", "#e67e22"), ("s--", "#7f8c8d")]
-    for (name, ys), (marker, colour) in zip(curves.items(), styles):
-        ax.plot(xs, [clean] + [ys[i] for i in order], marker, color=colour, label=name)
+    for n, ((name, ys), (marker, colour)) in enumerate(zip(curves.items(), styles)):
+        line = [clean] + [ys[i] for i in order]
+        ax.plot(xs, line, marker, color=colour, label=name + (" (95% intervals)" if n == 0 and bars else ""))
+        if n == 0 and bars:
+            shown = [bars[0]] + [bars[1 + i] for i in order]
+            at = [(x, y, b) for x, y, b in zip(xs, line, shown) if b is not None and y is not None]
+            if at:
+                err = np.array([[max(y - b[0], 0.0) for _, y, b in at], [max(b[1] - y, 0.0) for _, y, b in at]])
+                ax.errorbar(
+                    [x for x, _, _ in at], [y for _, y, _ in at], yerr=err, fmt="none", ecolor=colour, capsize=3
+                )
     ax.set_xticks(xs, ["0"] + [grid[i] for i in order])
     ax.set_xlabel(f"ε ({NORM_NAMES[norm]}, pixel space)")
     ax.set_ylabel(label)

@@ -177,10 +177,15 @@ class AttacksProbe(Probe):
         per_class, matrix = self._per_class(ctx, s) if task.attack_per_class else (None, None)
         label = METRIC_LABELS[task.metric] if data.labelled else "agreement with the clean prediction"
         figures = Figures(ctx)
-        self._plots(ctx, figures, s, label, ens, eps_min, censored, per_class, matrix)
+        rows = self._rows(task, s, ens)
+        estimates = attack_estimates(task, s, p.norm, rows, not data.labelled, ctx.adapter)
+        intervals = estimates.intervals()
+        keys = [f"clean_{task.metric}"] + [f"robust_{task.metric}@{p.norm}={r.eps}" for r in rows]
+        bars = [intervals.get(k) for k in keys]
+        self._plots(ctx, figures, s, label, ens, eps_min, censored, per_class, matrix, bars)
         self._gallery(ctx, figures, ens, s)
         details = AttacksDetails(
-            rows=self._rows(task, s, ens),
+            rows=rows,
             label_free=not data.labelled,
             metric=label,
             clean=s.clean,
@@ -202,7 +207,6 @@ class AttacksProbe(Probe):
             side_clean=s.side_clean,
         )
         score = float(np.mean([min(v / s.clean, 1.0) for v in s.robust])) if s.clean > 0 else 0.0
-        estimates = attack_estimates(task, s, details, ctx.adapter)
         return ProbeResult(
             status="ok",
             score=score,
@@ -352,13 +356,22 @@ class AttacksProbe(Probe):
     # ---- figures -------------------------------------------------------------------------------------
 
     @staticmethod
-    def _plots(ctx, figures: Figures, s: Sweep, label: str, ens: Ensemble, eps_min, censored, per_class, matrix):
+    def _plots(ctx, figures: Figures, s: Sweep, label: str, ens: Ensemble, eps_min, censored, per_class, matrix, bars):
         """The metric against ε, the minimal-ε histogram, and (classifiers) the confusion under attack."""
         title = f"{label[0].upper()}{label[1:]} under attack versus ε"
         one_step = "FGSM" if ens.norm == "linf" else "FGM"
         curves = {"worst case (ensemble)": s.robust, f"{ens.label('apgd')} alone": s.first, one_step: s.fgsm}
         figures.save(
-            "robust_accuracy.png", title, figs.robustness_curve, s.grid, s.values, curves, s.clean, label, ens.norm
+            "robust_accuracy.png",
+            title,
+            figs.robustness_curve,
+            s.grid,
+            s.values,
+            curves,
+            s.clean,
+            label,
+            ens.norm,
+            bars,
         )
         if len(eps_min):
             title = "Smallest ε that breaks each image (the ensemble's worst case, bisection inside the grid)"
