@@ -6,6 +6,7 @@ traceback); 3 a probe failed and no gate decided.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from auditor.probes import available_probes
 from auditor.report import fmt, render_report
 from auditor.results import load
 from auditor.runner import Interrupted, RunConfig, run_audit, write_outputs
+from auditor.spread import render_spread, spread_rows
 
 EXIT_USAGE = 2
 DEFAULT_MODEL = "digits-cnn"
@@ -101,9 +103,19 @@ def cli():
 )
 @click.option("--offline", is_flag=True, default=None, help="never download: fail at once if weights are not cached")
 @click.option("--resume", is_flag=True, help="reuse probes already finished in --out by an interrupted run")
-def run(**opts):
+@click.option(
+    "--repeat",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="run N times with seeds SEED..SEED+N-1 (each in OUT/seed-S; --limit keeps SEED's subset) and write the "
+    "spread of every metric (OUT/spread.md): how much each moves with the seed, before choosing gates",
+)
+def run(repeat, **opts):
     """Run the probes on a model and write report.html, results.json, junit.xml and summary.md."""
     config = run_config(opts)
+    if repeat > 1:
+        return _repeat(config, repeat)
     try:
         results = run_audit(config)
     except Interrupted as stop:
@@ -118,6 +130,37 @@ def run(**opts):
     paths = write_outputs(results, config.out)
     _print_summary(results, paths)
     return exit_code(results)
+
+
+def _repeat(config: RunConfig, times: int) -> int:
+    """The audit at `times` seeds, each in its own folder, then the spread table; exit: the worst run's."""
+    runs, codes = [], []
+    for seed in range(config.seed, config.seed + times):
+        folder = config.out / f"seed-{seed}"
+        results = run_audit(dataclasses.replace(config, seed=seed, out=folder, data_seed=config.seed))  # same images
+        write_outputs(results, folder)
+        click.echo(f"seed {seed}: score {fmt(results.score)} · {verdict(results)} ({folder})")
+        runs.append(results)
+        codes.append(exit_code(results))
+    click.echo(render_spread(spread_rows(runs), runs))
+    path = config.out / "spread.md"
+    write_text_atomic(path, render_spread(spread_rows(runs, "*"), runs, "md"))
+    click.echo(f"every metric's spread: {path}")
+    return max(codes, key=lambda c: (c != 0, c))
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path())
+@click.option(
+    "--metrics",
+    help="fnmatch patterns over PROBE.METRIC, comma-separated [default: score,*.score]; '*' for every metric",
+)
+@click.option("--format", "style", type=click.Choice(["plain", "md"]), default="plain", show_default=True)
+def spread(runs, metrics, style):
+    """How much each metric moves over runs of one audit (other seeds, devices): results.json files or folders."""
+    loaded = [load(r) for r in runs]
+    click.echo(render_spread(spread_rows(loaded, metrics), loaded, style), nl=False)
+    return 0
 
 
 def run_config(opts: dict) -> RunConfig:

@@ -50,6 +50,7 @@ class RunConfig:
     baseline: Results | None = None  # what `drop` gates compare with, loaded by the caller
     progress: bool = False
     resume: bool = False
+    data_seed: int | None = None  # the seed of the --limit subset when it is not `seed` (--repeat keeps one subset)
 
 
 def make_progress(enabled: bool):
@@ -124,7 +125,13 @@ def run_audit(config: RunConfig) -> Results:
 
     seed_everything(config.seed)
     adapter = load_model(config.model).to(device).eval().prefer_channels_last()
-    data = load_data(adapter, config.data, limit=config.limit, seed=config.seed, progress=progress)
+    data = load_data(
+        adapter,
+        config.data,
+        limit=config.limit,
+        seed=config.seed if config.data_seed is None else config.data_seed,
+        progress=progress,
+    )
     check_model_output(adapter, data, device)
     probes = {name: registry[name](params[name]) for name in names}
     check_probes(probes, adapter)
@@ -220,6 +227,7 @@ def _facts(config: RunConfig, adapter: ModelAdapter, data: EvalData, device, res
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "batch_size": config.batch_size,
         "peak_memory_gib": _peak_rss_gib(),
+        **({"limit_seed": config.data_seed} if config.data_seed is not None else {}),
     }
     if device.type == "cuda":
         peaks = [p.details.get("gpu_peak_gib", 0.0) for p in results.values()]
@@ -336,6 +344,7 @@ def _fingerprint(config: RunConfig, name: str, params: Any) -> str:
         "data": config.data,
         "limit": config.limit,
         "seed": config.seed,
+        **({"data_seed": config.data_seed} if config.data_seed is not None else {}),
         "probe": name,
         "params": asdict(params),
         "version": auditor.__version__,
