@@ -44,6 +44,8 @@ def spread_rows(runs: list[Results], metrics: str | None = None) -> list[SpreadR
         widths = [_width(r, probe, metric) for r in runs]
         widths = [w for w in widths if w is not None]
         rows.append(SpreadRow(key, got, sum(widths) / len(widths) if widths else None))
+    if not rows and metrics is None:  # no probe with a score ran: every metric
+        return spread_rows(runs, "*")
     if not rows:
         raise AuditError(f"no metric matching {', '.join(patterns)} has a value in every run")
     return rows

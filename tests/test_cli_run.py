@@ -50,6 +50,21 @@ def test_same_seed_same_metrics(audit, tmp_path):
     assert ra["probes"]["attacks"]["metrics"] == rb["probes"]["attacks"]["metrics"]
 
 
+def test_repeat_runs_seeds_on_one_subset_and_writes_the_spread(audit, tmp_path):
+    out = tmp_path / "rep"
+    r = audit("run", "--limit", "24", "--out", out, "--probes", "attacks", "--seed", "3", "--repeat", "2", *FAST)
+    assert r.code == 0, r
+    runs = [read_results(out / f"seed-{s}") for s in (3, 4)]
+    assert [x["run"]["seed"] for x in runs] == [3, 4]
+    assert runs[0]["data"]["digest"] == runs[1]["data"]["digest"]  # --limit kept seed 3's images
+    line = next(x for x in r.out.splitlines() if x.startswith("attacks.score"))
+    values = [x["probes"]["attacks"]["score"] for x in runs]
+    assert float(line.split()[4]) == pytest.approx(max(values) - min(values), abs=1e-4)  # the spread column
+    md = (out / "spread.md").read_text()
+    assert "| attacks.robust\\_accuracy@linf=0.1 |" in md and "95% interval width" in md
+    assert audit("spread", out / "seed-3", out / "seed-4", "--metrics", "attacks.*").code == 0
+
+
 @pytest.mark.slow
 def test_installed_command_is_quiet_when_not_a_terminal(tmp_path):
     """The `audit` script on PATH: no progress bars in a pipe, a short summary on stdout."""
