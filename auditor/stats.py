@@ -90,6 +90,10 @@ class Ratio(Estimate):
 
     num: torch.Tensor
     den: torch.Tensor
+    # num counts successes among den trials (objects hidden of those found, maps hitting their object): at a
+    # value of 0 or 1 every resample agrees and the bootstrap's interval shrinks to a point, so Wilson's over
+    # the trials is used there instead
+    proportion: bool = False
     value: float | None = field(init=False)
 
     def __post_init__(self):
@@ -123,8 +127,8 @@ class Ratio(Estimate):
     def interval(self, weights: torch.Tensor) -> tuple[float, float] | None:
         if self.value is None:
             return None
-        if self.binary:
-            return wilson(int(self.num.sum()), int(self.den.sum()))
+        if self.binary or (self.proportion and self.value in (0.0, 1.0)):
+            return wilson(round(float(self.num.sum())), round(float(self.den.sum())))
         return super().interval(weights)
 
     def outcomes(self) -> str | None:

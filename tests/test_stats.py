@@ -191,3 +191,13 @@ def test_paired_bootstrap_needs_the_same_items():
     other.add("m", Ratio.of_values(torch.tensor([0.1, 0.5, 0.9])))
     assert paired_change(0.5, 0.5, est.paired()["m"], other.paired()["m"]) is None
     assert paired_change(0.5, 0.5, est.paired()["m"], est.paired()["m"]).beyond_noise is False
+
+
+def test_a_proportion_at_its_edge_keeps_an_interval():
+    """Maps that all hit their object, two rows per image: every resample says 1.0, yet 20 hits do not prove a
+    hit rate of 1 (Wilson's lower bound over the 20 rows)."""
+    hits = Ratio(torch.full((10,), 2.0), torch.full((10,), 2.0), proportion=True)
+    lo, hi = hits.interval(resample_weights(10))
+    assert hi == pytest.approx(1.0) and lo == pytest.approx(wilson(20, 20)[0]) and lo < 0.9
+    plain = Ratio(torch.full((10,), 2.0), torch.full((10,), 2.0))  # a mean that happens to be 1: no such claim
+    assert plain.interval(resample_weights(10)) == (1.0, 1.0)

@@ -44,7 +44,11 @@ def attack_estimates(task: Task, s: Sweep, norm: str, rows: list, label_free: bo
             lost = [(c & ~a).sum() for c, a in zip(found_clean, task.found(pred, s.reference))]
             est.add(
                 f"disappearance_rate@{norm}={row.eps}",
-                Ratio(torch.tensor(lost, dtype=torch.float64), torch.tensor([c.sum() for c in found_clean])),
+                Ratio(
+                    torch.tensor(lost, dtype=torch.float64),
+                    torch.tensor([c.sum() for c in found_clean]),
+                    proportion=True,
+                ),
             )
     base = clean[kind] if not label_free else Constant(1.0)
     est.add("score", Derived(robustness_score, [base, *(r[kind] for r in robust)]))

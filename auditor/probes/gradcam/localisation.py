@@ -90,13 +90,25 @@ def row_objects(task: Task, t: Targets, labels, size, device) -> tuple[torch.Ten
     return objects, known
 
 
+def pointing_tolerance(size) -> int:
+    return round(15 * min(size) / 224)  # Zhang et al.'s 15 px at 224 px
+
+
+def frame_mask(h: int, w: int, device) -> torch.Tensor:
+    """The image's outer band (BORDER of each side), H x W bool."""
+    bh, bw = max(1, round(BORDER * h)), max(1, round(BORDER * w))
+    frame = torch.ones(h, w, dtype=torch.bool, device=device)
+    frame[bh : h - bh, bw : w - bw] = False
+    return frame
+
+
 def localise(maps: torch.Tensor, rows: tuple[torch.Tensor, torch.Tensor] | None, size) -> Localisation | None:
     """Share of the map inside the ground-truth object and the pointing game, where objects are known
     (rows: row_objects')."""
     if rows is None or not rows[1].any():
         return None
     objects, known = rows
-    tolerance = round(15 * min(size) / 224)  # Zhang et al.'s 15 px at 224 px
+    tolerance = pointing_tolerance(size)
     energy = energy_in_object(maps[known], objects[known])
     hits = pointing_hits(maps[known], objects[known], tolerance)
     area = objects[known].flatten(1).float().mean(1)
@@ -129,10 +141,7 @@ def localisation_findings(found: Localisation | None) -> list[Finding]:
 
 def border_attention(maps: torch.Tensor, classes: torch.Tensor, names) -> Border:
     """Share of each map's mass in the image's outer band, overall and per explained class (worst first)."""
-    h, w = maps.shape[-2:]
-    bh, bw = max(1, round(BORDER * h)), max(1, round(BORDER * w))
-    frame = torch.ones(h, w, dtype=torch.bool, device=maps.device)
-    frame[bh : h - bh, bw : w - bw] = False
+    frame = frame_mask(*maps.shape[-2:], maps.device)
     share = energy_in_object(maps, frame.expand_as(maps))
     rows = []
     for c in classes.unique().tolist():

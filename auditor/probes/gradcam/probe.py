@@ -67,8 +67,8 @@ class Where:
     shortcuts: Shortcuts
 
     @classmethod
-    def of(cls, task: Task, maps: torch.Tensor, t, labels, names) -> Where:
-        objects = row_objects(task, t, labels, tuple(maps.shape[-2:]), maps.device)
+    def of(cls, maps: torch.Tensor, t, names, objects) -> Where:
+        """objects: each row's ground-truth object and whether it has one (localisation.row_objects), or None."""
         return cls(
             found=localise(maps, objects, tuple(maps.shape[-2:])),
             border=border_attention(maps, t.cls, names),
@@ -187,14 +187,15 @@ class GradCamProbe(Probe):
             cascade = randomisation(source.adapter, learned, maps_of, maps.coarse[primary], stages, ctx.seed)
         else:  # nothing to re-initialise: the check cannot run, and says so
             cascade = Cascade([], [], None)
-        where = Where.of(task, maps.full[primary], t, labels, adapter.class_names)
+        objects = row_objects(task, t, labels, tuple(x.shape[-2:]), x.device)
+        where = Where.of(maps.full[primary], t, adapter.class_names, objects)
         bar.close()
 
         metrics = self._metrics(faith, primary, cascade, where)
         findings, untrusted = self._findings(task, faith, cascade, where, primary, faithful)
         findings.append(self._source_finding(task, source, maps, len(t)))
         metrics["untrustworthy"] = float(untrusted)
-        estimates = gradcam_estimates(faith, primary, t.image, picked)
+        estimates = gradcam_estimates(faith, primary, maps.full[primary], objects, t.image, picked)
         estimates.items = {k: e for k, e in estimates.items.items() if k in metrics}  # the metrics reported
         figures = draw_all(ctx, x, t, maps, faith, cascade, picked, labels, p.gallery, where.shortcuts)
         details = GradCamDetails(
