@@ -42,6 +42,7 @@ from auditor.probes.actmax.optimisation import Optimised, data_statistics, optim
 from auditor.probes.actmax.parameterisation import DEGREES, SCALES, SHIFT
 from auditor.probes.base import Context, Figures, Probe
 from auditor.results import Finding, ProbeResult
+from auditor.stats import Estimates, Ratio
 from auditor.tasks import TASKS, task_of
 
 CANVAS = 128  # fully convolutional models (Task.fully_convolutional) optimise on at most this many px a side (Lucid)
@@ -156,6 +157,7 @@ class ActMaxProbe(Probe):
             findings=tuple(findings),
             artifacts=tuple(figures.artifacts),
             details=details.to_dict(),
+            **target_estimates(details.classes or [], details.layers or []),
         )
 
     def _canvas(self, adapter) -> tuple[int, int]:
@@ -318,6 +320,27 @@ def channel_layers(run: Optimised, row: int, targets: list, data_max: dict[str, 
 def _ratios(layer: ChannelLayer) -> list[float | None]:
     """Each channel's optimised activation over the highest in the data; None where the data never switch it on."""
     return [g / b if b > 0 else None for g, b in zip(layer.activation, layer.data_max)]
+
+
+def target_estimates(classes: list[ClassImage], layers: list[ChannelLayer]) -> dict:
+    """Intervals over the optimised targets (not images: each target is one optimisation), for the class images'
+    confidence and hit rate and the share of channels driven past the data; ProbeResult's intervals and paired."""
+    out: dict[str, dict] = {"intervals": {}, "paired": {}}
+    parts = []
+    if classes:
+        est = Estimates(len(classes), items=[c.index for c in classes])
+        est.add("class_confidence", Ratio.of_values(torch.tensor([c.probability for c in classes])))
+        est.add("class_hit_rate", Ratio.of_flags(torch.tensor([c.hit for c in classes])))
+        parts.append(est)
+    if layers:
+        beats = [g > b for layer in layers for g, b in zip(layer.activation, layer.data_max)]
+        est = Estimates(len(beats), items=[c for layer in layers for c in layer.channels])
+        est.add("channel_beats_data", Ratio.of_flags(torch.tensor(beats)))
+        parts.append(est)
+    for est in parts:
+        for key, value in est.to_dict().items():
+            out[key].update(value)
+    return out
 
 
 def channel_metrics(layers: list[ChannelLayer]) -> dict[str, float | None]:
