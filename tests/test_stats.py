@@ -201,3 +201,17 @@ def test_a_proportion_at_its_edge_keeps_an_interval():
     assert hi == pytest.approx(1.0) and lo == pytest.approx(wilson(20, 20)[0]) and lo < 0.9
     plain = Ratio(torch.full((10,), 2.0), torch.full((10,), 2.0))  # a mean that happens to be 1: no such claim
     assert plain.interval(resample_weights(10)) == (1.0, 1.0)
+
+
+def test_the_bootstrap_agrees_with_scipys_on_a_mean():
+    """An independent implementation: scipy.stats.bootstrap's percentile interval (its own resamples, 9999 of them)
+    on the same values; the two differ by Monte Carlo error only."""
+    from scipy.stats import bootstrap
+
+    torch.manual_seed(6)
+    values = torch.distributions.Beta(torch.tensor(2.0), torch.tensor(5.0)).sample((150,)).double()
+    ours = Ratio.of_values(values).interval(resample_weights(150))
+    theirs = bootstrap((values.numpy(),), np.mean, method="percentile", n_resamples=9999, random_state=0)
+    width = theirs.confidence_interval.high - theirs.confidence_interval.low
+    assert ours[0] == pytest.approx(theirs.confidence_interval.low, abs=0.06 * width)
+    assert ours[1] == pytest.approx(theirs.confidence_interval.high, abs=0.06 * width)
