@@ -205,7 +205,8 @@ def test_a_proportion_at_its_edge_keeps_an_interval():
 
 def test_the_bootstrap_agrees_with_scipys_on_a_mean():
     """An independent implementation: scipy.stats.bootstrap's percentile interval (its own resamples, 9999 of them)
-    on the same values; the two differ by Monte Carlo error only."""
+    on the same values; the two differ by Monte Carlo error only (an endpoint from 500 resamples has a standard
+    error of about 3% of the interval's width: 4 of them allowed)."""
     from scipy.stats import bootstrap
 
     torch.manual_seed(6)
@@ -213,5 +214,5 @@ def test_the_bootstrap_agrees_with_scipys_on_a_mean():
     ours = Ratio.of_values(values).interval(resample_weights(150))
     theirs = bootstrap((values.numpy(),), np.mean, method="percentile", n_resamples=9999, random_state=0)
     width = theirs.confidence_interval.high - theirs.confidence_interval.low
-    assert ours[0] == pytest.approx(theirs.confidence_interval.low, abs=0.06 * width)
-    assert ours[1] == pytest.approx(theirs.confidence_interval.high, abs=0.06 * width)
+    assert ours[0] == pytest.approx(theirs.confidence_interval.low, abs=0.12 * width)
+    assert ours[1] == pytest.approx(theirs.confidence_interval.high, abs=0.12 * width)
