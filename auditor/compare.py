@@ -18,7 +18,7 @@ from auditor.gates import md_text
 from auditor.headlines import section_order
 from auditor.noise import metric_change, same_images
 from auditor.probes.base import metric_direction
-from auditor.report import environment, fact, fmt
+from auditor.report import environment, fact, fmt, interval_text
 from auditor.results import Results
 from auditor.stats import Change
 
@@ -373,6 +373,7 @@ class Cell:
     text: str
     value: str  # full precision, for a tooltip and for sorting
     better: bool
+    ci: str = ""  # the 95% interval, where the run has one
 
 
 @dataclass(frozen=True)
@@ -422,17 +423,27 @@ def _best(values: list[float | None], direction: int) -> list[bool]:
 
 
 def _row(
-    name: str, probe: str | None, metric: str, values: list[float | None], texts: list[str] | None = None
+    name: str,
+    probe: str | None,
+    metric: str,
+    values: list[float | None],
+    texts: list[str] | None = None,
+    intervals: list[list[float] | None] | None = None,
 ) -> CompareRow:
     direction = metric_direction(probe, metric)
     texts = texts or [fmt(v) for v in values]
+    cis = [interval_text(iv) if iv else "" for iv in intervals or [None] * len(values)]
     cells = [
-        Cell(text=t, value="" if v is None else repr(v), better=b)
-        for t, v, b in zip(texts, values, _best(values, direction))
+        Cell(text=t, value="" if v is None else repr(v), better=b, ci=ci)
+        for t, v, b, ci in zip(texts, values, _best(values, direction), cis)
     ]
     return CompareRow(
         name=name, direction=DIRECTION_MARK[direction], direction_text=DIRECTION_TEXT[direction], cells=cells
     )
+
+
+def _intervals(results: list, metric: str) -> list[list[float] | None]:
+    return [p.intervals.get(metric) if p is not None and p.status == "ok" else None for p in results]
 
 
 def build_compare(paths: list[str], runs: list[Results]) -> CompareView:
@@ -444,9 +455,14 @@ def build_compare(paths: list[str], runs: list[Results]) -> CompareView:
         results = [r.probes.get(name) for r in runs]
         scores = [p.score if p is not None and p.status == "ok" else None for p in results]
         texts = [("not run" if p is None else fmt(p.score) if p.status == "ok" else p.status) for p in results]
-        score_rows.append(_row(name, name, "score", scores, texts))
+        score_rows.append(_row(name, name, "score", scores, texts, _intervals(results, "score")))
         metrics = list(dict.fromkeys(m for p in results if p is not None for m in p.metrics))
-        rows = [_row(m, name, m, [p.metrics.get(m) if p is not None else None for p in results]) for m in metrics]
+        rows = [
+            _row(
+                m, name, m, [p.metrics.get(m) if p is not None else None for p in results], None, _intervals(results, m)
+            )
+            for m in metrics
+        ]
         if rows:
             tables.append(CompareTable(name=name, rows=rows))
 
