@@ -47,6 +47,8 @@ class ProbeResult:
     error: str | None = None  # status failed
     reason: str | None = None  # status skipped
     suspect: str | None = None  # the probe's own checks say its figures are not measured: why (verdict SUSPECT)
+    intervals: dict[str, list[float]] = field(default_factory=dict)  # metric key (and "score") -> 95% [low, high]
+    paired: dict[str, Any] = field(default_factory=dict)  # metric key -> what a paired test needs (stats.Estimates)
 
     def __post_init__(self):
         if self.status not in STATUSES:
@@ -60,7 +62,8 @@ class ProbeResult:
             {"severity": f.severity, "text": f.text, **({"key": True} if f.key else {})} for f in self.findings
         ]
         d["artifacts"] = list(self.artifacts)
-        return {k: v for k, v in d.items() if v is not None or k == "score"}
+        empty = {k for k in ("intervals", "paired") if not d[k]}  # written only when the probe gives them
+        return {k: v for k, v in d.items() if (v is not None or k == "score") and k not in empty}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ProbeResult:
