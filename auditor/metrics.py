@@ -72,3 +72,21 @@ def detection_map(
         if not map50_only:
             out[f"{name}map50_95"] = max(float(result[f"{prefix}map"]), 0.0)
     return out
+
+
+def iou_counts(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image and class, the intersection and union in pixels (N x C each; target pixels at ignore_index left
+    out): what stats.MeanIoU resamples by image, and summed over images the counts of `mean_iou_score`.
+
+    torchmetrics' JaccardIndex keeps one confusion matrix for the whole batch; one bincount over (image, true,
+    predicted) gives every image's matrix at once instead of a metric call per image.
+    """
+    n, c = len(pred), num_classes
+    keep = target != ignore_index
+    image = torch.arange(n, device=pred.device).view(n, *[1] * (pred.dim() - 1)).expand_as(pred)
+    cells = (image * c * c + target.long() * c + pred.long())[keep]
+    confusion = torch.bincount(cells, minlength=n * c * c).view(n, c, c)  # image, true, predicted
+    inter = confusion.diagonal(dim1=1, dim2=2)
+    return inter, confusion.sum(2) + confusion.sum(1) - inter

@@ -13,9 +13,9 @@ from auditor.errors import AuditError
 from auditor.models import ModelSpec, load_model
 from auditor.probes.base import parse_params
 from auditor.probes.patch import PatchProbe
-from auditor.probes.patch import probe as patch_module
+from auditor.probes.patch import training as training_module
 from auditor.probes.patch.geometry import Placement, paste, patched, tile_extent
-from auditor.probes.patch.training import split
+from auditor.probes.patch.training import SPLIT_SEED, split
 from tests.conftest import make_probe, probe_context, read_results
 
 FAST = ["--set", "patch.steps=2", "--set", "patch.gallery=2"]
@@ -34,7 +34,7 @@ def context(model, images, labels, out_dir):
 def test_a_large_patch_turns_held_out_digits_into_the_target(digits_model, digits_test, tmp_path):
     """At 30% of the image a trained patch must turn most held-out digits; an untrained one of that size must not."""
     ctx = context(digits_model, digits_test[0][:160], digits_test[1][:160], tmp_path)
-    result = probe(scales="0.3", score_scale=0.3, steps=STEPS, target=8, gallery=3).run(ctx)
+    result = probe(scales="0.3", score_scale=0.3, steps=STEPS, restarts=1, target=8, gallery=3).run(ctx)
     m, d = result.metrics, result.details
     _, _, turned, random_turned, changed, _ = d["rows"][0]
     assert m["success_rate@scale=0.3"] == turned >= 0.8, d["rows"]
@@ -47,6 +47,13 @@ def test_a_large_patch_turns_held_out_digits_into_the_target(digits_model, digit
         assert (tmp_path / "patch" / name).stat().st_size > 500, name
     saved = torch.load(tmp_path / "patch" / "patches.pt")
     assert saved["targeted"]["0.3"].shape == (1, 15, 15)  # sqrt(0.3 * 28 * 28) px a side
+    # every rate keeps its held-out images' outcomes (for McNemar) and a Wilson interval around it; the score too
+    for key in ("success_rate@scale=0.3", "untargeted_success_rate@scale=0.3"):
+        bits = result.paired[key]["outcomes"]
+        assert len(bits) == 80 and bits.count("1") / (80 - bits.count("-")) == pytest.approx(m[key])
+        assert result.intervals[key][0] <= m[key] <= result.intervals[key][1]
+    assert result.intervals["score"][0] <= result.score <= result.intervals["score"][1]
+    assert result.paired["score"]["n"] == 80
 
 
 def test_the_split_is_seeded_disjoint_and_complete():
@@ -56,15 +63,16 @@ def test_the_split_is_seeded_disjoint_and_complete():
         assert sorted(train.tolist() + test.tolist()) == list(range(n))
     assert torch.equal(split(40, 0.25, 7)[1], split(40, 0.25, 7)[1]) and len(split(40, 0.25, 7)[1]) == 10
     assert not torch.equal(split(40, 0.5, 1)[1], split(40, 0.5, 2)[1])
+    assert torch.equal(split(40, 0.5)[1], split(40, 0.5, SPLIT_SEED)[1])  # the probe's: one fixed seed
 
 
 def test_patches_never_see_the_held_out_images(digits_model, digits_test, tmp_path, monkeypatch):
     """Training gets the training split alone; replacing every held-out image by noise changes no patch."""
     images, labels = digits_test[0][:48].clone(), digits_test[1][:48]
-    train_idx, test_idx = split(len(images), 0.5, seed=0)
+    train_idx, test_idx = split(len(images), 0.5)
     seen: list[torch.Tensor] = []
     trained: list[dict] = []
-    real = patch_module.train_patches
+    real = training_module.train_patches
 
     def spy(adapter, goal, scales, mode, *args):
         seen.append(goal.images.clone())
@@ -72,8 +80,8 @@ def test_patches_never_see_the_held_out_images(digits_model, digits_test, tmp_pa
         trained.append({"mode": mode, "target": goal.target, "patches": patches})
         return patches
 
-    monkeypatch.setattr(patch_module, "train_patches", spy)
-    params = {"scales": "0.1,0.2", "steps": 4, "gallery": 0}
+    monkeypatch.setattr(training_module, "train_patches", spy)
+    params = {"scales": "0.1,0.2", "steps": 4, "restarts": 1, "gallery": 0}
     probe(**params).run(context(digits_model, images, labels, tmp_path / "a"))
     assert len(seen) == 2  # untargeted, then targeted
     for x in seen:
@@ -92,6 +100,82 @@ def test_patches_never_see_the_held_out_images(digits_model, digits_test, tmp_pa
         for pa, pb in zip(a["patches"], b["patches"]):
             assert torch.equal(pa, pb)
     assert result.details["held_out_images"] == len(test_idx)
+
+
+def test_two_seeds_score_on_the_same_held_out_images_at_the_same_places(digits_model, digits_test, tmp_path):
+    """Only training follows the seed: the held-out split, the places and the random patches do not, so a random
+    patch scores alike and the same images count in both runs (what a paired test between runs needs)."""
+    images, labels = digits_test[0][:40], digits_test[1][:40]
+    runs = [
+        probe(scales="0.2", score_scale=0.2, steps=2, restarts=1, target=3, gallery=0).run(
+            probe_context("patch", digits_model, tmp_path / str(seed), images, labels, seed=seed)
+        )
+        for seed in (0, 1)
+    ]
+    rows = [r.details["rows"][0] for r in runs]
+    assert rows[0][3] == rows[1][3] and rows[0][5] == rows[1][5], rows  # the random patch's two columns
+    for key in ("success_rate@scale=0.2", "untargeted_success_rate@scale=0.2"):
+        counted = [[bit != "-" for bit in r.paired[key]["outcomes"]] for r in runs]
+        assert counted[0] == counted[1] and len(counted[0]) == 20
+    assert not torch.equal(
+        *[torch.load(tmp_path / str(seed) / "patch" / "patches.pt")["targeted"]["0.2"] for seed in (0, 1)]
+    )
+
+
+def test_restarts_keep_the_strongest_patch_per_scale(digits_model, digits_test, tmp_path, monkeypatch):
+    """Of three restarts (untrained, trained, untrained), the trained one wins on the training images and is kept;
+    the spread reports the weakest and the strongest."""
+    from auditor.probes.patch.goals import ClassifyGoal
+    from auditor.probes.patch.training import Training, strongest, train_patches
+
+    ctx = context(digits_model, digits_test[0][:80], digits_test[1][:80], tmp_path)
+    goal = ClassifyGoal.from_data(ctx, torch.arange(80))
+    goal.target = 8
+    bar = SimpleNamespace(update=lambda n: None)
+    trained = train_patches(digits_model, goal, [0.3], "targeted", Training(STEPS, 32, 0.2, ctx.generator(), 64, bar))
+    untrained = [torch.rand(1, 15, 15, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    draws = iter([[untrained[0]], trained, [untrained[1]]])
+    monkeypatch.setattr(training_module, "train_patches", lambda *args: next(draws))
+    restarts = strongest(digits_model, goal, [0.3], "targeted", Training(1, 32, 0.2, ctx.generator(), 64, bar, 3))
+    success = [r[0] for r in restarts.success]
+    assert restarts.kept == [1] and restarts.best()[0] is trained[0], success
+    assert success[1] >= 0.6 > max(success[0], success[2]), success
+    assert restarts.spread() == [[round(min(success), 6), round(max(success), 6)]] and restarts.judged_on == 80
+
+
+@pytest.mark.parametrize("model", ["digits-cnn", pytest.param("shapes-yolov8n", marks=pytest.mark.slow), "shapes-unet"])
+def test_estimates_equal_the_metrics(model, tmp_path):
+    """Each metric's per-image estimate (what its interval and a paired test resample) has the metric's value."""
+    from auditor.data import load_data
+    from auditor.probes.patch.goals import Scoring, goal_for
+
+    adapter = load_model(ModelSpec(model=model)).eval()
+    ctx = probe_context("patch", adapter, tmp_path, data=load_data(adapter, None, limit=12, seed=0))
+    goal = goal_for(ctx.task).from_data(ctx, torch.arange(12))
+    goal.target = 1
+    draw = torch.Generator().manual_seed(0)
+    patches = {
+        m: [torch.rand(adapter.channels, s, s, generator=draw) for s in goal.patch_sides([0.1, 0.3])]
+        for m in goal.modes
+    }
+    scored = goal.evaluate(patches, [0.1, 0.3], Scoring(4, SimpleNamespace(update=lambda n: None)))
+    assert set(scored.estimates) == set(scored.metrics)
+    for key, value in scored.metrics.items():
+        assert scored.estimates[key].value == pytest.approx(value, rel=1e-6), key  # torchmetrics: float32
+
+
+def test_iou_counts_sum_to_the_torchmetrics_miou():
+    from auditor.metrics import iou_counts, mean_iou_score
+    from auditor.stats import MeanIoU
+
+    draw = torch.Generator().manual_seed(0)
+    target, pred = torch.randint(0, 4, (2, 5, 16, 16), generator=draw)
+    target[:, :2] = 255  # ignored pixels
+    pred[pred == 3] = 2  # class 3 never predicted
+    inter, union = iou_counts(pred, target, 5)  # class 4 in neither: left out of the mean
+    assert inter.shape == union.shape == (5, 5) and (union[:, 4] == 0).all()
+    assert MeanIoU(inter, union).value == pytest.approx(mean_iou_score(pred, target, 5))
+    assert MeanIoU(inter[:1], union[:1]).value == pytest.approx(mean_iou_score(pred[:1], target[:1], 5))
 
 
 def test_same_seed_same_results(digits_model, digits_test, tmp_path):
@@ -139,7 +223,7 @@ def test_default_target_is_the_class_the_untargeted_patch_drifts_to(digits_model
         context(digits_model, digits_test[0][:80], digits_test[1][:80], tmp_path)
     )
     assert result.details["target"]["choice"] == "auto"
-    assert any("chosen as the class the untargeted patch turned" in f.text for f in result.findings)
+    assert any("as the one a screening patch turned most training images into" in f.text for f in result.findings)
 
 
 def test_bad_target_and_params_are_usage_errors(audit, digits_model, tmp_path):
@@ -236,7 +320,7 @@ def test_detector_images_without_objects_get_no_patch_and_keep_their_place(tmp_p
     data.labels = [torch.zeros(0, 5) if i in empty else t for i, t in enumerate(data.labels)]
     ctx = probe_context("patch", model, tmp_path, data=data, batch_size=3)
     result = probe(scales="0.2", score_scale=0.2, steps=2, gallery=2, held_out=0.5).run(ctx)
-    objects = sum(len(t) for i, t in enumerate(data.labels) if i in split(8, 0.5, 0)[1].tolist())
+    objects = sum(len(t) for i, t in enumerate(data.labels) if i in split(8, 0.5)[1].tolist())
     assert result.details["rows"][0][2] == pytest.approx(result.metrics["clean_recall"]) and objects > 0
     # every copy of the patch lands on an object of its own image
     goal = DetectGoal.from_data(ctx, torch.arange(8))

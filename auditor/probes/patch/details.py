@@ -128,7 +128,8 @@ class Target:
 
     index: int
     name: str
-    choice: str  # "given" (patch.target) or "auto" (chosen by the untargeted patch)
+    choice: str  # "given" (patch.target) or "auto" (chosen by the untargeted patches and a screening: target.py)
+    screened: dict[str, float] | None = None  # auto: each candidate class's screening success on training images
 
     @property
     def given(self) -> bool:
@@ -159,12 +160,17 @@ class PatchDetails:
     target: Target | None
     captions: dict[str, str]
     gradcam: bool  # whether the examples carry Grad-CAM maps
+    # Restarts: patches trained per scale and mode, the training images that judged them (the strongest kept),
+    # and per mode, per scale, [lowest, highest] training success among them. None in runs made before restarts.
+    restarts: int | None = None
+    judged_on: int | None = None
+    restart_success: dict[str, list[list[float] | None]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["rows"] = [row.cells() for row in self.rows]
         out["what"] = asdict(self.what)
-        out["target"] = None if self.target is None else asdict(self.target)
+        out["target"] = None if self.target is None else {k: v for k, v in asdict(self.target).items() if v is not None}
         return out
 
     @classmethod
@@ -208,9 +214,18 @@ class PatchView:
     images_per_step: int
     rotation: float
     side_jitter: list[float]
+    restarts: int | None
+    judged_on: int | None
+    spread: list[tuple[str, list[float]]]  # per mode, the restarts' [lowest, highest] training success at the score
 
     @classmethod
     def of(cls, d: PatchDetails, per_object: bool) -> PatchView:
+        k = d.scales.index(d.score_scale) if d.score_scale in d.scales else None
+        spread = [
+            (mode, per_scale[k])
+            for mode, per_scale in (d.restart_success or {}).items()
+            if k is not None and per_scale[k] is not None
+        ]
         return cls(
             columns=d.columns,
             rows=[TableRow(r.scale, r.px, r.values(), r.scale == d.score_scale) for r in d.rows],
@@ -228,4 +243,7 @@ class PatchView:
             images_per_step=d.images_per_step,
             rotation=d.rotation,
             side_jitter=d.side_jitter,
+            restarts=d.restarts,
+            judged_on=d.judged_on,
+            spread=spread,
         )

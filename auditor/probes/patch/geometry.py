@@ -111,10 +111,18 @@ def _tile(patch: torch.Tensor, where: Placement, size: tuple[int, int]):
     return index, sampled[:, :-1] * keep, sampled[:, -1:] * keep
 
 
-def anywhere(n: int, side: float, size: tuple[int, int], generator: torch.Generator, train: bool) -> Placement:
+def draw(shape: tuple[int, ...], generator: torch.Generator, device) -> torch.Tensor:
+    """Uniform draws from the generator, on its own device, moved to `device`: a CPU generator (the fixed
+    evaluation draws) gives the same placements whichever device the images are on."""
+    return torch.rand(shape, generator=generator, device=generator.device).to(device)
+
+
+def anywhere(
+    n: int, side: float, size: tuple[int, int], generator: torch.Generator, train: bool, device=None
+) -> Placement:
     """A random place and rotation per row, the rotated patch kept inside the image where it fits."""
-    device = generator.device
-    u = torch.rand(n, 4, generator=generator, device=device)
+    device = generator.device if device is None else device
+    u = draw((n, 4), generator, device)
     sides = torch.full((n,), float(side), device=device)
     if train:
         sides = sides * (SIDE_JITTER[0] + (SIDE_JITTER[1] - SIDE_JITTER[0]) * u[:, 0])
@@ -158,7 +166,7 @@ def on_objects(objects: Objects, scale: float, extent: int, generator: torch.Gen
     """
     boxes, valid = objects.boxes, objects.valid
     size = boxes[..., 2:] - boxes[..., :2]
-    u = torch.rand(len(boxes), boxes.shape[1], 4, generator=generator, device=boxes.device)
+    u = draw((len(boxes), boxes.shape[1], 4), generator, boxes.device)
     sides = (scale * size[..., 0] * size[..., 1]).clamp_min(1).sqrt()
     centre = (boxes[..., :2] + boxes[..., 2:]) / 2
     if train:

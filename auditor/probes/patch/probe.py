@@ -18,11 +18,18 @@ from auditor.probes.patch import figures as patch_figures
 from auditor.probes.patch.details import HALF, PatchDetails, PatchView, Target, first_lower, scale_label
 from auditor.probes.patch.geometry import ROTATION, SIDE_JITTER
 from auditor.probes.patch.goals import GOALS, Examples, Goal, Scored, Scoring, goal_for
-from auditor.probes.patch.training import Training, choose_target, split, train_patches
+from auditor.probes.patch.target import CANDIDATES, candidates, screen
+from auditor.probes.patch.training import Restarts, Training, judging_rows, split, strongest
 from auditor.results import Finding, ProbeResult
+from auditor.stats import Derived, Estimates
 from auditor.tasks import predict_all, task_of
 
 NO_BETTER = 0.05  # a trained patch within this of a random one has found no attack worth the name
+
+
+def one_minus(success: torch.Tensor) -> torch.Tensor:
+    """The score from the success at score_scale (a value or its replicates): 1 - success, clipped to [0, 1]."""
+    return (1 - success).clamp(0, 1)
 
 
 @dataclass
@@ -35,6 +42,7 @@ class Trained:
     target: Target | None
     scored: Scored
     training: Training
+    restarts: dict[str, Restarts]  # mode -> every restart and its training success
 
 
 class PatchProbe(Probe):
@@ -54,6 +62,7 @@ class PatchProbe(Probe):
         steps: int = 0  # Adam steps per patch; 0: the task's default (the Goal's default_steps)
         rows: int = 0  # images per step, shared by the scales; 0: the task's default; at most --batch-size
         lr: float = 0.2  # Adam, on pixel values in [0, 1] (0.05 left shapes-yolov8n's patch near a random one)
+        restarts: int = 0  # patches trained per scale, the strongest on training images kept; 0: the task's default
         held_out: float = 0.5  # share of the data set aside for scoring, never trained on
         gallery: int = 6  # examples in the report
 
@@ -67,7 +76,7 @@ class PatchProbe(Probe):
                 )
             if not 0 < self.held_out < 1:
                 raise ValueError(f"held_out must lie in (0, 1), got {self.held_out}")
-            for name in ("steps", "rows", "gallery"):
+            for name in ("steps", "rows", "restarts", "gallery"):
                 if getattr(self, name) < 0:
                     raise ValueError(f"{name} must be 0 (automatic) or more, got {getattr(self, name)}")
             if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -114,36 +123,50 @@ class PatchProbe(Probe):
             raise ValueError(f"patch needs at least 2 images (one to train on, one held out), got {len(ctx.data)}")
         scales = sorted(set(p.scales) | {p.score_scale})
         clean = predict_all(ctx.adapter, ctx.data, ctx.task, ctx.batch_size, ctx.device)
-        train, test = (goal.from_data(ctx, idx, clean) for idx in split(len(ctx.data), p.held_out, ctx.seed))
+        # the held-out split and the placements it is scored at are fixed (SPLIT_SEED, EVAL_SEED): only the
+        # training draws follow the run's seed, so two runs score on the same test, image by image
+        train, test = (goal.from_data(ctx, idx, clean) for idx in split(len(ctx.data), p.held_out))
         steps, rows = p.steps or goal.default_steps, min(p.rows or goal.default_rows, ctx.batch_size)
-        chunks = -(-len(test) // ctx.batch_size)
-        bar = ctx.progress(steps * len(goal.modes) + chunks * len(scales) * (len(goal.modes) + 1), self.name)
-        training = Training(steps, rows, p.lr, ctx.generator(), ctx.batch_size, bar)
-        patches, target = self._train(train, test, scales, training)
-        # Untrained patches of the same sizes: what covering that much of the image does by itself.
-        baseline = [torch.rand(t.shape, generator=training.generator, device=t.device) for t in patches[goal.modes[0]]]
-        scored = test.evaluate(patches, baseline, scales, Scoring(ctx.seed, ctx.batch_size, bar))
+        restarts = p.restarts or goal.default_restarts
+        training = Training(steps, rows, p.lr, ctx.generator(), ctx.batch_size, None, restarts, goal.judge_images)
+        training.bar = bar = ctx.progress(self._work(goal, train, test, scales, training), self.name)
+        runs, target = self._train(train, test, scales, training)
+        patches = {mode: r.best() for mode, r in runs.items()}
+        scored = test.evaluate(patches, scales, Scoring(ctx.batch_size, bar))
         bar.close()
-        return self._result(ctx, Trained(train, test, patches, target, scored, training))
+        return self._result(ctx, Trained(train, test, patches, target, scored, training, runs))
+
+    def _work(self, goal: type[Goal], train: Goal, test: Goal, scales: list[float], training: Training) -> int:
+        """The progress bar's total: training steps and judged batches, the target's screening, scored batches."""
+        judged = -(-len(judging_rows(train, training.judge)) // training.batch_size)
+        per_mode = (training.steps + judged * len(scales)) * training.restarts
+        screening = CANDIDATES * (training.steps + judged) if goal.targeted and not self.params.target.strip() else 0
+        scored = -(-len(test) // training.batch_size) * len(scales) * (len(goal.modes) + 1)
+        return per_mode * len(goal.modes) + screening + scored
 
     def _train(self, train: Goal, test: Goal, scales: list[float], training: Training):
-        """Each mode's patches in turn; the targeted ones after the untargeted, which choose their target."""
-        patches: dict[str, list[torch.Tensor]] = {}
+        """Each mode's restarts in turn; the targeted ones after the untargeted, which choose their target."""
+        runs: dict[str, Restarts] = {}
         target = None
         for mode in train.modes:
             if mode == "targeted":
-                target = self._target(train, patches["untargeted"][-1], scales[-1], training)
+                target = self._target(train, runs["untargeted"], scales, training)
                 train.target = test.target = target.index
-            patches[mode] = train_patches(train.adapter, train, scales, mode, training)
-        return patches, target
+            runs[mode] = strongest(train.adapter, train, scales, mode, training)
+        return runs, target
 
-    def _target(self, train: Goal, patch: torch.Tensor, scale: float, training: Training) -> Target:
-        """patch.target, else the class the untargeted patch (at `scale`) drifts most training images to."""
+    def _target(self, train: Goal, untargeted: Restarts, scales: list[float], training: Training) -> Target:
+        """patch.target, else the candidate class (target.py) a screening patch at score_scale reaches best."""
         adapter = train.adapter
-        index, choice = self._given_target(adapter), "given"
-        if index is None:
-            index, choice = choose_target(adapter, train, patch, scale, training), "auto"
-        return Target(index, adapter.class_names[index], choice)
+        index = self._given_target(adapter)
+        if index is not None:
+            return Target(index, adapter.class_names[index], "given")
+        classes = candidates(adapter, train, untargeted, scales, training) or [0]
+        rows = max(1, training.rows // len(scales))  # what one scale gets a step in the full run
+        screened = screen(adapter, train, classes, self.params.score_scale, rows, training)
+        index = max(screened, key=screened.__getitem__)  # the first among equals: the most voted
+        names = adapter.class_names
+        return Target(index, names[index], "auto", {names[c]: round(v, 6) for c, v in screened.items()})
 
     def _result(self, ctx: Context, run: Trained) -> ProbeResult:
         scored = run.scored
@@ -155,6 +178,10 @@ class PatchProbe(Probe):
         figures, details.gradcam = self._figures(ctx, run)
         details.captions = figures.captions
         at_score = scored.success[scored.scales.index(self.params.score_scale)]
+        est = Estimates(len(run.test))  # every metric over the held-out images, on the same resamples
+        for key, estimate in scored.estimates.items():
+            est.add(key, estimate)
+        est.add("score", Derived(one_minus, [scored.estimates[f"success_rate@scale={self.params.score_scale:g}"]]))
         return ProbeResult(
             status="ok",
             score=None if at_score is None else min(max(1.0 - at_score, 0.0), 1.0),
@@ -162,6 +189,8 @@ class PatchProbe(Probe):
             findings=tuple(findings),
             artifacts=tuple(figures.artifacts),
             details=details.to_dict(),
+            intervals=est.intervals(),
+            paired=est.paired(),
         )
 
     def _details(self, ctx: Context, run: Trained, min_scale: float | None) -> PatchDetails:
@@ -187,6 +216,9 @@ class PatchProbe(Probe):
             target=run.target,
             captions={},
             gradcam=False,
+            restarts=run.training.restarts,
+            judged_on=next(iter(run.restarts.values())).judged_on,
+            restart_success={mode: r.spread() for mode, r in run.restarts.items()},
         )
 
     def _findings(self, run: Trained, min_scale: float | None) -> list[Finding]:
@@ -197,7 +229,9 @@ class PatchProbe(Probe):
             how = (
                 "given by patch.target"
                 if run.target.given
-                else "chosen as the class the untargeted patch turned most training images into"
+                else "chosen among the classes the untargeted patches turned most training images into, as the one "
+                "a screening patch turned most training images into"
+                + "".join(f"; {name!r}: {v:.0%}" for name, v in (run.target.screened or {}).items())
             )
             findings.append(Finding("info", f"target class {run.target.name!r} ({how})"))
         if min_scale is None:

@@ -1,8 +1,16 @@
 """Training the patches: the split, the Adam loop shared by every scale, and the choice of the target.
 
-The split: a seeded `held_out` share of the data is set aside before anything is trained
-(`split`); the training Goal holds the other images only, so the patches and the choice of
-the target never see a held-out image.
+The split: a `held_out` share of the data is set aside before anything is trained (`split`),
+drawn with SPLIT_SEED and never with the run's seed, so that every run scores on the same
+held-out images (two runs can then be compared image by image); the training Goal holds the
+other images only, so the patches and the choice of the target never see a held-out image.
+
+Restarts: Adam on a patch lands in a different optimum for every draw of its initial pixels,
+images and placements, so one training run's success swings with the run's seed. Each scale's
+patch is trained `restarts` times from the run's generator and the strongest on the training
+images is kept (`strongest`): the worst case for the model, and far steadier than one draw.
+The judge is a fixed slice of the training split with fixed placements (JUDGE_SEED), the same
+for every restart, so the restarts are compared on the same test.
 """
 
 from __future__ import annotations
@@ -13,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from auditor.data import seeded_subset
 from auditor.probes.patch.geometry import patched
-from auditor.targets import chunks
 
 if TYPE_CHECKING:
     from auditor.probes.patch.goals.base import Goal
@@ -28,11 +36,45 @@ class Training:
     rows: int  # images per step, shared by the scales
     lr: float  # Adam, on pixel values in [0, 1]
     generator: torch.Generator  # every draw of images and placements
-    batch_size: int  # forwards outside the loop (choose_target)
-    bar: Any  # a tqdm-like progress bar: one update per step
+    batch_size: int  # forwards outside the loop (judging the restarts, choose_target)
+    bar: Any  # a tqdm-like progress bar: one update per step and per batch judged
+    restarts: int = 1  # patches trained per scale and mode; the strongest on the judging slice is kept
+    judge: int = 0  # training images (at most) that judge the restarts; 0: every one a patch can sit on
+    decay: bool = False  # cosine learning-rate decay to 0 over the steps
 
 
-def split(n: int, held_out: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+@dataclass
+class Restarts:
+    """Every restart of one mode (per restart, a patch per scale), each one's success on the judging slice of
+    the training images, and the strongest per scale: what the run keeps."""
+
+    patches: list[list[torch.Tensor]]  # restart -> scale -> patch
+    success: list[list[float | None]]  # restart -> scale -> success on the judging slice (None: nothing counted)
+    judged_on: int  # images in the judging slice
+
+    @property
+    def kept(self) -> list[int]:
+        """Per scale, the restart with the highest training success (the first among equals)."""
+        per_scale = zip(*self.success)
+        return [max(range(len(s)), key=lambda r: -1.0 if s[r] is None else s[r]) for s in per_scale]
+
+    def best(self) -> list[torch.Tensor]:
+        return [self.patches[r][k] for k, r in enumerate(self.kept)]
+
+    def spread(self) -> list[list[float] | None]:
+        """Per scale, [lowest, highest] training success among the restarts (None: nothing counted)."""
+        out = []
+        for per_scale in zip(*self.success):
+            values = [v for v in per_scale if v is not None]
+            out.append([round(min(values), 6), round(max(values), 6)] if values else None)
+        return out
+
+
+SPLIT_SEED = 17  # the held-out split's permutation: fixed, not the run's seed (every run scores the same images)
+JUDGE_SEED = 18  # the training slice that judges the restarts, and its placements
+
+
+def split(n: int, held_out: float, seed: int = SPLIT_SEED) -> tuple[torch.Tensor, torch.Tensor]:
     """(training indices, held-out indices), disjoint, from a seeded permutation; each side gets at least one."""
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(n, generator=g)
@@ -57,6 +99,7 @@ def train_patches(adapter, goal: Goal, scales: list[float], mode: str, training:
         for s in goal.patch_sides(scales)
     ]
     optimiser = torch.optim.Adam(patches, lr=training.lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, max(training.steps, 1)) if training.decay else None
     pool = goal.candidates
     per = max(1, min(training.rows // len(scales), len(pool)))
     if len(pool) == 0:  # nothing to sit on (a detector's split without objects): the patches stay as drawn
@@ -76,6 +119,8 @@ def train_patches(adapter, goal: Goal, scales: list[float], mode: str, training:
             for patch, grad in zip(patches, grads):
                 patch.grad = grad
             optimiser.step()
+            if schedule is not None:
+                schedule.step()
             with torch.no_grad():
                 for patch in patches:
                     patch.clamp_(0, 1)
@@ -83,24 +128,16 @@ def train_patches(adapter, goal: Goal, scales: list[float], mode: str, training:
     return [patch.detach() for patch in patches]
 
 
-@torch.no_grad()
-def choose_target(adapter, train: Goal, patch: torch.Tensor, scale: float, training: Training) -> int:
-    """The class easiest to reach, read off what the untargeted patch (largest scale) already does.
+def strongest(adapter, goal: Goal, scales: list[float], mode: str, training: Training) -> Restarts:
+    """`training.restarts` patches per scale, each set trained from the run's generator in turn (new initial
+    pixels, images and placements), and judged on the same training images at the same places."""
+    patches = [train_patches(adapter, goal, scales, mode, training) for _ in range(training.restarts)]
+    rows = judging_rows(goal, training.judge)
+    success = [goal.success_on(patches, mode, scale, rows, training) for scale, patches in zip(scales, zip(*patches))]
+    return Restarts(patches, [list(r) for r in zip(*success)], len(rows))
 
-    An untargeted patch drifts each image to whichever class is nearest for it; the class it
-    drifts most training images to is the cheapest target, at the cost of one forward over the
-    training split. If it changes no prediction, the class most often second in the clean
-    logits stands in. Held-out images play no part.
-    """
-    idx = train.candidates
-    where = train.place(idx, scale, training.generator, train=False)
-    votes = torch.zeros(adapter.num_classes, dtype=torch.long, device=idx.device)
-    for s in chunks(len(idx), training.batch_size):
-        pred = adapter(patched(train.pixels(idx[s]), patch, [w.take(s) for w in where])[0]).argmax(1)
-        votes += torch.bincount(pred[pred != train.clean[idx[s]]], minlength=adapter.num_classes)
-    if votes.sum() == 0:
-        for s in chunks(len(idx), training.batch_size):
-            logits = adapter(train.pixels(idx[s]))
-            runner_up = logits.scatter(1, train.clean[idx[s], None], -float("inf")).argmax(1)
-            votes += torch.bincount(runner_up, minlength=adapter.num_classes)
-    return int(votes.argmax())
+
+def judging_rows(goal: Goal, judge: int) -> torch.Tensor:
+    """The training images that judge the restarts: `judge` of those a patch can sit on, drawn with JUDGE_SEED."""
+    pool = goal.candidates
+    return pool[torch.tensor(seeded_subset(len(pool), judge or None, JUDGE_SEED), dtype=torch.long, device=pool.device)]

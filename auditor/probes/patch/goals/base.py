@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -22,16 +22,19 @@ from auditor.probes.base import Context
 from auditor.probes.patch.details import HALF, Row, Wording
 from auditor.probes.patch.figures import Gallery, Panels
 from auditor.probes.patch.geometry import Placement, anywhere, patched
+from auditor.probes.patch.training import JUDGE_SEED
 from auditor.results import Finding
+from auditor.stats import Estimate
 from auditor.targets import Targets, chunks, target_scores
 from auditor.tasks import Task, predict_all, task_of
+
+EVAL_SEED = 19  # held-out placements and the random patches: fixed, so that every run sets the same test
 
 
 @dataclass
 class Scoring:
-    """How held-out images are scored: the seed of the placements, the batch size, the progress bar."""
+    """How held-out images are scored: the batch size and the progress bar (the placements are EVAL_SEED's)."""
 
-    seed: int
     batch_size: int
     bar: Any  # one update per batch of patched images
 
@@ -57,6 +60,7 @@ class Scored:
     labels: dict[str, str]  # trained mode -> its name in the figures, in the figures' order
     metrics: dict[str, float | None]
     runs: dict[str, list]  # mode (and "random") -> per scale, the outcomes on every held-out image
+    estimates: dict[str, Estimate] = field(default_factory=dict)  # metric key -> its per-image estimate
 
     @property
     def success(self) -> list[float | None]:
@@ -96,6 +100,10 @@ class Goal:
     # steps of 8 images hid 85% of the objects at 10% of the box where 60 steps hid 72%.
     default_steps: ClassVar[int]
     default_rows: ClassVar[int]
+    # Restarts per scale (the strongest on the training images kept), and how many training images judge them
+    # (0: all a patch can sit on); measured in the README's patch section.
+    default_restarts: ClassVar[int] = 3
+    judge_images: ClassVar[int] = 0
     targeted: ClassVar[bool] = False  # whether patch.target applies (a targeted mode)
     per_object: ClassVar[bool] = False  # a copy on every object, scales a share of its box
     needs: ClassVar[str | None] = None  # an adapter capability the goal cannot do without
@@ -143,7 +151,7 @@ class Goal:
 
     def place(self, idx: torch.Tensor, scale: float, generator: torch.Generator, train: bool) -> list[Placement]:
         h, w = self.images.shape[-2:]
-        return [anywhere(len(idx), math.sqrt(scale * h * w), (h, w), generator, train)]
+        return [anywhere(len(idx), math.sqrt(scale * h * w), (h, w), generator, train, self.images.device)]
 
     def loss(self, out, idx: torch.Tensor, cover: torch.Tensor, mode: str) -> torch.Tensor:
         """Per row, what the patch minimises."""
@@ -151,6 +159,10 @@ class Goal:
 
     def outcome(self, x: torch.Tensor, cover: torch.Tensor):
         """What is kept of the model's output on a patched batch."""
+        raise NotImplementedError
+
+    def success(self, mode: str, outcome, rows: torch.Tensor) -> Estimate:
+        """The mode's success over images `rows` (per image, for intervals), from their patched outcome."""
         raise NotImplementedError
 
     def score(self, runs: dict, scales: list[float]) -> Scored:
@@ -163,11 +175,27 @@ class Goal:
         raise NotImplementedError
 
     @torch.no_grad()
-    def evaluate(self, patches: dict, baseline: list[torch.Tensor], scales: list[float], scoring: Scoring) -> Scored:
-        """Every patch, and the random one, at every scale on every image, at the same seeded placements."""
-        generator = torch.Generator(device=self.images.device).manual_seed(scoring.seed + 1)
+    def success_on(self, patches, mode: str, scale: float, rows: torch.Tensor, training) -> list[float | None]:
+        """Each patch's success on images `rows`, all at the same places (JUDGE_SEED): the restarts' judge."""
+        where = self.place(rows, scale, torch.Generator().manual_seed(JUDGE_SEED), train=False)
+        out = []
+        for patch in patches:
+            parts = []
+            for s in chunks(len(rows), training.batch_size):
+                parts.append(self.outcome(*patched(self.pixels(rows[s]), patch, [w.take(s) for w in where])))
+                training.bar.update(1)
+            out.append(self.success(mode, _join(parts), rows).value if parts else None)
+        return out
+
+    @torch.no_grad()
+    def evaluate(self, patches: dict, scales: list[float], scoring: Scoring) -> Scored:
+        """Every patch, and a random one, at every scale on every image, at the same fixed placements: the random
+        patches and the placements come from EVAL_SEED, never the run's seed, so every run sets the same test."""
+        generator = torch.Generator().manual_seed(EVAL_SEED)  # on the CPU: the same draws on every device
         every = torch.arange(len(self), device=self.images.device)  # rows without objects get no copy
         runs: dict[str, list] = {mode: [] for mode in [*patches, "random"]}
+        first = patches[self.modes[0]]
+        baseline = [torch.rand(t.shape, generator=generator).to(t.device) for t in first]
         for k, scale in enumerate(scales):
             where = self.place(every, scale, generator, train=False)
             self.placements.append(where)

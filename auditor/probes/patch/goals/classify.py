@@ -12,6 +12,7 @@ from auditor.probes.patch.figures import CLASSES, Gallery
 from auditor.probes.patch.goals.base import Examples, Goal, Scored, Shown, rate, severity
 from auditor.probes.patch.training import away_from
 from auditor.results import Finding
+from auditor.stats import Ratio
 from auditor.targets import class_targets
 
 
@@ -36,11 +37,20 @@ class ClassifyGoal(Goal):
     def outcome(self, x, cover):
         return self.adapter(x).argmax(1)
 
+    def success(self, mode, outcome, rows) -> Ratio:
+        """Targeted: turned into the target, among the images not predicted as it already; untargeted: changed,
+        among the images the model gets right (label-free: all)."""
+        clean = self.clean[rows]
+        if mode == "targeted":
+            return Ratio.of_flags(outcome == self.target, clean != self.target)
+        return Ratio.of_flags(outcome != clean, clean == self.reference[rows])
+
     def score(self, runs, scales) -> Scored:
         clean, t = self.clean, self.target
         can_turn = clean != t  # targeted: images not predicted as the target already
         correct = clean == self.reference  # untargeted: images the model gets right (label-free: all)
-        metrics, rows = {}, []
+        every = torch.arange(len(self), device=clean.device)
+        metrics, rows, estimates = {}, [], {}
         for k, (s, side) in enumerate(zip(scales, self.patch_sides(scales))):
             tgt, unt, rnd = runs["targeted"][k], runs["untargeted"][k], runs["random"][k]
             row = ClassifyRow(
@@ -53,6 +63,8 @@ class ClassifyGoal(Goal):
             )
             metrics[f"success_rate@scale={s:g}"] = row.turned
             metrics[f"untargeted_success_rate@scale={s:g}"] = row.changed
+            estimates[f"success_rate@scale={s:g}"] = self.success("targeted", tgt, every)
+            estimates[f"untargeted_success_rate@scale={s:g}"] = self.success("untargeted", unt, every)
             rows.append(row)
         name = self.names[t]
         return Scored(
@@ -62,6 +74,7 @@ class ClassifyGoal(Goal):
             labels={"targeted": f"targeted → {name}", "untargeted": "untargeted"},
             metrics=metrics,
             runs=runs,
+            estimates=estimates,
         )
 
     def findings(self, scored, score_scale):

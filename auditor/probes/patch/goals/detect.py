@@ -13,6 +13,7 @@ from auditor.probes.patch.figures import BOXES, Gallery
 from auditor.probes.patch.geometry import SIDE_JITTER, Objects, on_objects, pair_iou, tile_extent
 from auditor.probes.patch.goals.base import Examples, Goal, Scored, Shown, rate, severity
 from auditor.results import Finding
+from auditor.stats import Derived, Estimate, Ratio
 from auditor.targets import best_box_targets
 from auditor.tasks import Task
 
@@ -80,21 +81,38 @@ class DetectGoal(Goal):
     def outcome(self, x, cover):
         return self.adapter.predict(x, conf=SHOW_CONF)
 
-    def _found(self, detections: list[dict]) -> torch.Tensor:
-        """N x M: each object still found (a shown box of its class at IoU >= 0.5), for the images in order."""
-        found = torch.zeros_like(self.valid)
-        for i, hit in enumerate(self.task.found(detections, self.reference)):
+    def _found(self, detections: list[dict], rows: torch.Tensor | None = None) -> torch.Tensor:
+        """N x M: each object still found (a shown box of its class at IoU >= 0.5), for the images (`rows`, default
+        all) in order."""
+        valid, reference = self.valid, self.reference
+        if rows is not None:
+            valid, reference = valid[rows], [reference[i] for i in rows.tolist()]
+        found = torch.zeros_like(valid)
+        for i, hit in enumerate(self.task.found(detections, reference)):
             found[i, : len(hit)] = hit
         return found
+
+    def _hidden(self, found: torch.Tensor, rows: torch.Tensor) -> Ratio:
+        """Objects hidden among those found without a patch, counted per image (images `rows`)."""
+        before = self.found_clean[rows]
+        return Ratio((before & ~found).sum(1), before.sum(1))
+
+    def success(self, mode, outcome, rows) -> Ratio:
+        return self._hidden(self._found(outcome, rows), rows)
 
     def score(self, runs, scales) -> Scored:
         objects = int(self.valid.sum())
         was_found = self.found_clean
         clean_recall = float(was_found.sum()) / objects if objects else None
         metrics = {"clean_recall": clean_recall}
+        per_image, every = self.valid.sum(1), torch.arange(len(self), device=self.valid.device)
+        estimates: dict[str, Estimate] = {"clean_recall": Ratio(was_found.sum(1), per_image)}
         rows = []
         for k, (s, side) in enumerate(zip(scales, self.patch_sides(scales))):
             adv, rnd = self._found(runs["hide"][k]), self._found(runs["random"][k])
+            recall = estimates[f"patched_recall@scale={s:g}"] = Ratio(adv.sum(1), per_image)
+            estimates[f"recall_drop@scale={s:g}"] = Derived(torch.sub, [estimates["clean_recall"], recall])
+            estimates[f"success_rate@scale={s:g}"] = self._hidden(adv, every)
             row = DetectRow(
                 scale_label(s),
                 f"~{side}×{side}",
@@ -123,6 +141,7 @@ class DetectGoal(Goal):
             labels={"hide": "hide objects"},
             metrics=metrics,
             runs=runs,
+            estimates=estimates,
         )
 
     def findings(self, scored, score_scale):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from auditor.metrics import mean_iou_score
+from auditor.metrics import IGNORE_INDEX, iou_counts, mean_iou_score
 from auditor.probes.patch.details import SegmentRow, Wording, scale_label
 from auditor.probes.patch.figures import MASKS, Gallery
 from auditor.probes.patch.goals.base import Examples, Goal, Scored, Shown, severity
 from auditor.probes.patch.training import away_from
 from auditor.results import Finding
+from auditor.stats import Derived, Estimate, MeanIoU
 from auditor.targets import mask_targets
 
 
@@ -33,12 +34,28 @@ class SegmentGoal(Goal):
     def outcome(self, x, cover):
         return self.adapter(x).argmax(1), cover[:, 0] > 0  # any pixel the patch touches counts as under it
 
+    def _mious(self, after: torch.Tensor, under: torch.Tensor, rows) -> tuple[MeanIoU, MeanIoU]:
+        """mIoU outside the patch of the clean and the patched predictions on images `rows`, per image."""
+        outside = self.reference[rows].long().masked_fill(under, IGNORE_INDEX)
+        counts = (iou_counts(p, outside, self.num_classes) for p in (self.clean[rows], after))
+        return tuple(MeanIoU(inter, union) for inter, union in counts)
+
+    def success(self, mode, outcome, rows) -> Derived:
+        """The relative mIoU drop outside the patch (a function of two mIoUs on the same resamples)."""
+        return Derived(relative, self._mious(*outcome, rows))
+
     def score(self, runs, scales) -> Scored:
         reference = self.reference.long()
         metrics = {"clean_miou": mean_iou_score(self.clean, reference, self.num_classes)}
+        every = torch.arange(len(self), device=reference.device)
+        estimates: dict[str, Estimate] = {"clean_miou": MeanIoU(*iou_counts(self.clean, reference, self.num_classes))}
         rows = []
         for k, (s, side) in enumerate(zip(scales, self.patch_sides(scales))):
             (adv, under), (rnd, _) = runs["untargeted"][k], runs["random"][k]
+            before, patched_miou = self._mious(adv, under, every)
+            estimates[f"patched_miou@scale={s:g}"] = patched_miou
+            estimates[f"miou_drop@scale={s:g}"] = Derived(torch.sub, [before, patched_miou])
+            estimates[f"success_rate@scale={s:g}"] = Derived(relative, [before, patched_miou])
             outside = reference.masked_fill(under, 255)  # pixels under the patch are left out of every mIoU
             clean, after, random_after = (mean_iou_score(p, outside, self.num_classes) for p in (self.clean, adv, rnd))
             row = SegmentRow(
@@ -67,6 +84,7 @@ class SegmentGoal(Goal):
             labels={"untargeted": "outside the patch"},
             metrics=metrics,
             runs=runs,
+            estimates=estimates,
         )
 
     def findings(self, scored, score_scale):
@@ -104,3 +122,9 @@ class SegmentGoal(Goal):
             lambda: mask_targets(self.clean[pick], under[pick]),
         )
         return self.as_gallery(pick, shown, ask.with_cam)
+
+
+def relative(clean: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """details.relative_drop on tensors (values or replicates): 1 - after / clean clipped to [0, 1], NaN where the
+    clean mIoU is 0."""
+    return torch.where(clean > 0, (1 - after / clean).clamp(0, 1), torch.nan)
