@@ -106,8 +106,9 @@ def draw_patches(patches: dict[str, list[torch.Tensor]], scored: Scored, path: P
     save_figure(fig, path)
 
 
-def draw_success(scored: Scored, what: Wording, path: Path) -> None:
-    """Success rate against patch area (log scale), each mode beside its random-patch baseline, and the half line."""
+def draw_success(scored: Scored, what: Wording, intervals: dict, path: Path) -> None:
+    """Success rate against patch area (log scale), each mode beside its random-patch baseline, and the half line;
+    error bars: the 95% intervals over the held-out images (`intervals`: the probe's, by metric key)."""
     plt = pyplot()
     scales = scored.scales
     fig, ax = plt.subplots(figsize=(5.4, 3.3))
@@ -115,6 +116,14 @@ def draw_success(scored: Scored, what: Wording, path: Path) -> None:
         colour = COLOURS.get(mode, "#c0392b")
         label = scored.labels[mode]
         ax.plot(scales, _nan(values), "o-", color=colour, label=label)
+        prefix = "untargeted_" if mode == "untargeted" else ""
+        bars = [(s, v, intervals.get(f"{prefix}success_rate@scale={s:g}")) for s, v in zip(scales, values)]
+        bars = [(s, v, b) for s, v, b in bars if v is not None and b is not None]
+        if bars:
+            err = [[max(v - b[0], 0.0) for _, v, b in bars], [max(b[1] - v, 0.0) for _, v, b in bars]]
+            ax.errorbar(
+                [s for s, _, _ in bars], [v for _, v, _ in bars], yerr=err, fmt="none", ecolor=colour, capsize=3
+            )
         ax.plot(scales, _nan(baseline), ":", color=colour, alpha=0.7, label=f"{label}: random patch")
     ax.axhline(HALF, color="#7f8c8d", linestyle="--", linewidth=0.9)
     ax.text(scales[0], HALF + 0.02, f"{HALF:.0%}", fontsize=7, color="#7f8c8d")

@@ -175,13 +175,14 @@ class PatchProbe(Probe):
         metrics["min_scale_for_half"] = reached[0] if reached else None
         findings = self._findings(run, metrics["min_scale_for_half"])
         details = self._details(ctx, run, metrics["min_scale_for_half"])
-        figures, details.gradcam = self._figures(ctx, run)
-        details.captions = figures.captions
-        at_score = scored.success[scored.scales.index(self.params.score_scale)]
         est = Estimates(len(run.test))  # every metric over the held-out images, on the same resamples
         for key, estimate in scored.estimates.items():
             est.add(key, estimate)
         est.add("score", Derived(one_minus, [scored.estimates[f"success_rate@scale={self.params.score_scale:g}"]]))
+        intervals = est.intervals()
+        figures, details.gradcam = self._figures(ctx, run, intervals)
+        details.captions = figures.captions
+        at_score = scored.success[scored.scales.index(self.params.score_scale)]
         return ProbeResult(
             status="ok",
             score=None if at_score is None else min(max(1.0 - at_score, 0.0), 1.0),
@@ -189,7 +190,7 @@ class PatchProbe(Probe):
             findings=tuple(findings),
             artifacts=tuple(figures.artifacts),
             details=details.to_dict(),
-            intervals=est.intervals(),
+            intervals=intervals,
             paired=est.paired(),
         )
 
@@ -278,7 +279,7 @@ class PatchProbe(Probe):
             )
         ]
 
-    def _figures(self, ctx: Context, run: Trained) -> tuple[Figures, bool]:
+    def _figures(self, ctx: Context, run: Trained, intervals: dict) -> tuple[Figures, bool]:
         """The patches, success against size, the examples (with Grad-CAM when gradcam runs), and patches.pt."""
         p, test, scored = self.params, run.test, run.scored
         figures, cam = Figures(ctx), False
@@ -291,11 +292,12 @@ class PatchProbe(Probe):
         )
         figures.save(
             "success.png",
-            "Success rate against patch size on held-out images (solid); dotted: a random patch "
+            "Success rate against patch size on held-out images (solid, with 95% intervals); dotted: a random patch "
             "of the same size at the same places",
             patch_figures.draw_success,
             scored,
             test.wording,
+            intervals,
         )
         ask = Examples(scored.scales.index(p.score_scale), p.gallery, ctx.seed, "gradcam" in ctx.probes)
         gallery = None if p.gallery == 0 else test.gallery(run.patches, scored, ask)
