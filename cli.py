@@ -211,8 +211,10 @@ def _print_summary(results, paths) -> None:
         f"{results.run['device']}, {results.run['seconds']:.1f} s"
     )
     for name, p in results.probes.items():
-        extra = p.error or p.reason or ""
+        extra = p.error or p.reason or ("figures not measured (see findings)" if p.unmeasured else "")
         click.echo(f"  {name:<10} {p.status:<8} score {fmt(p.score):>6}  {p.seconds:6.1f} s  {extra}".rstrip())
+    for f in results.findings:  # the run's own: nothing to measure, constant predictions
+        click.echo(f"  {f.severity}: {f.text}")
     for g in results.gates:
         mark = "pass" if g.passed else ("warn" if g.warn else "FAIL")
         click.echo(f"  gate {mark}: {g.rule.removeprefix('warn:').strip()}  ({g.message})")
@@ -245,6 +247,8 @@ def gate(results_path, rules, gates, baseline, out):
     folder.mkdir(parents=True, exist_ok=True)
     write_text_atomic(folder / "junit.xml", junit_xml(results))
     write_text_atomic(folder / "summary.md", summary_md(results))
+    for f in results.findings:  # the run's own: nothing to measure, constant predictions
+        click.echo(f"  {f.severity}: {f.text}")
     for g in results.gates:
         mark = "pass" if g.passed else ("warn" if g.warn else "FAIL")
         click.echo(f"{mark}: {g.rule.removeprefix('warn:').strip()}  ({g.message})")

@@ -183,6 +183,9 @@ def _value(results: Results, rule: Rule) -> tuple[float | None, str]:
     if probe.status != "ok":
         why = probe.error or probe.reason or ""
         return None, f"probe {rule.probe} {probe.status}: {why}"
+    gone = probe.unmeasured
+    if gone and rule.metric in gone["metrics"]:  # null, or label-free rates on constant predictions: never a pass
+        return None, f"{rule.probe}.{rule.metric} is not measured: {gone['why']}"
     if rule.metric == "score":
         return probe.score, "" if probe.score is not None else f"probe {rule.probe} has no score"
     if rule.metric not in probe.metrics:
@@ -238,10 +241,15 @@ def suspect(results: Results) -> str | None:
     return next((f"{name}: {p.suspect}" for name, p in results.probes.items() if p.suspect), None)
 
 
+def unmeasured(results: Results) -> str | None:
+    """The first probe whose figures measure nothing (auditor/degenerate.py), with why, or None."""
+    return next((f"{name}: {p.unmeasured['why']}" for name, p in results.probes.items() if p.unmeasured), None)
+
+
 def exit_code(results: Results) -> int:
-    """1 when a (non-warn) gate failed or a probe's figures are suspect (SUSPECT: a gate could not trust them);
-    else 3 when a probe failed; else 0."""
-    if any(not g.passed and not g.warn for g in results.gates) or suspect(results):
+    """1 when a (non-warn) gate failed, a probe's figures are suspect (SUSPECT: a gate could not trust them) or
+    measure nothing (UNMEASURED: no gate can pass on them); else 3 when a probe failed; else 0."""
+    if any(not g.passed and not g.warn for g in results.gates) or suspect(results) or unmeasured(results):
         return EXIT_GATE_FAILED
     if any(p.status == "failed" for p in results.probes.values()):
         return EXIT_PROBE_FAILED
@@ -251,8 +259,13 @@ def exit_code(results: Results) -> int:
 def verdict(results: Results) -> str:
     if results.run.get("partial"):
         return "INTERRUPTED: partial results"
-    if not any(not g.passed and not g.warn for g in results.gates) and suspect(results):
-        return f"SUSPECT: {suspect(results)}"
+    if not any(not g.passed and not g.warn for g in results.gates):
+        # nothing measured comes first: an image-blind model also fails the attacks' masking checks, but that is
+        # what follows from it, not why
+        if unmeasured(results):
+            return f"UNMEASURED: {unmeasured(results)}"
+        if suspect(results):
+            return f"SUSPECT: {suspect(results)}"
     return {
         EXIT_OK: "PASSED",
         EXIT_GATE_FAILED: "FAILED: a gate failed",
@@ -279,6 +292,11 @@ def junit_xml(results: Results) -> str:
         elif p.suspect:
             case = ET.SubElement(suite, "testcase", classname="auditor.probes", name=f"{name}: figures measured")
             ET.SubElement(case, "failure", message=f"SUSPECT: {p.suspect}").text = p.suspect
+            failures += 1
+        elif p.unmeasured:
+            why = p.unmeasured["why"]
+            case = ET.SubElement(suite, "testcase", classname="auditor.probes", name=f"{name}: figures measured")
+            ET.SubElement(case, "failure", message=f"UNMEASURED: {why}").text = why
             failures += 1
     suite.set("tests", str(len(suite)))
     suite.set("failures", str(failures))

@@ -34,6 +34,7 @@ def key_findings(
     Failed probes lead unless `failures` is off (a medium that lists them already). Then one per
     probe (its `key` findings before others, by severity), so that three corruption
     findings cannot crowd out the attack; then the other headlines, then other high and medium findings.
+    The run's own key findings (auditor/degenerate.py) come first of all, as probe "run".
     """
     rank = {n: i for i, n in enumerate(order)}
     failed = [
@@ -41,6 +42,9 @@ def key_findings(
         for n, p in results.probes.items()
         if p.status == "failed" and failures
     ]
+    # the run's own findings (auditor/degenerate.py) lead: they say what every probe's figures are worth
+    own = [KeyFinding("run", f.severity, f.text) for f in results.findings if f.key]
+    failed = own + failed
     firsts, rest = [], []
     for name, p in results.probes.items():
         if p.status != "ok":
@@ -56,6 +60,10 @@ def key_findings(
         name, f = pair
         return not f.key, SEVERITY_ORDER[f.severity], rank.get(name, len(rank))
 
-    chosen = failed + [KeyFinding(n, f.severity, f.text) for n, f in sorted(firsts, key=by_weight)]
-    chosen += [KeyFinding(n, f.severity, f.text) for n, f in sorted(rest, key=by_weight)]
+    candidates = failed + [KeyFinding(n, f.severity, f.text) for n, f in sorted(firsts, key=by_weight)]
+    candidates += [KeyFinding(n, f.severity, f.text) for n, f in sorted(rest, key=by_weight)]
+    chosen: list[KeyFinding] = []
+    for k in candidates:  # once each: probes with nothing to measure all repeat the run's "nothing to measure: why"
+        if not any(k.text.startswith(c.text) for c in chosen):
+            chosen.append(k)
     return chosen[:limit]

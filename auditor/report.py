@@ -74,6 +74,8 @@ class Section:
     reason: str | None
     template: str
     intervals: dict[str, list[float]] = field(default_factory=dict)  # metric -> 95% [low, high]
+    unmeasured: dict[str, Any] | None = None  # ProbeResult.unmeasured
+    nothing: bool = False  # unmeasured, and its figures are null: a reference with nothing in it
 
     def ci(self, *keys: str) -> str:
         """The 95% interval of the first of `keys` the probe has one for, as "low–high"; '' where none has."""
@@ -300,6 +302,16 @@ def _section(name: str, p: ProbeResult, probe: type[Probe] | None, template: str
             figures.append(Figure(caption=caption, src=uris[(name, rel)], path=rel))
         else:
             files.append(rel)
+    gone = set(p.unmeasured["metrics"]) if p.unmeasured else set()
+    nothing = bool(gone) and all(p.metrics.get(k) is None for k in gone if k != "score")
+    if nothing:  # no details for the probe's own template to read: its findings and null metrics say it all
+        template, probe_view = "probes/_generic.html.j2", p.details
+    else:
+        probe_view = probe.view(p.details) if probe is not None and p.status == "ok" else p.details
+
+    def value(k, v) -> str:
+        return f"{fmt(v)} (not meaningful)" if k in gone and v is not None else fmt(v)
+
     return Section(
         name=name,
         description=getattr(probe, "description", ""),
@@ -307,20 +319,26 @@ def _section(name: str, p: ProbeResult, probe: type[Probe] | None, template: str
         score=fmt(p.score) if p.status == "ok" else p.status,
         css=score_css(p.score, p.status),
         seconds=p.seconds,
-        metrics=[(k, fmt(v), interval_text(p.intervals[k]) if k in p.intervals else "") for k, v in p.metrics.items()],
+        metrics=[
+            (k, value(k, v), interval_text(p.intervals[k]) if k in p.intervals else "") for k, v in p.metrics.items()
+        ],
         findings=sorted(p.findings, key=lambda f: SEVERITY_ORDER[f.severity]),
         figures=figures,
         files=files,
         details=p.details,
-        view=probe.view(p.details) if probe is not None and p.status == "ok" else p.details,
+        view=probe_view,
         error=p.error,
         reason=p.reason,
         template=template,
         intervals=p.intervals,
+        unmeasured=p.unmeasured,
+        nothing=nothing,
     )
 
 
 def _tile_note(p: ProbeResult) -> str:
+    if p.status == "ok" and p.unmeasured:
+        return "nothing measured" if p.score is None else "not meaningful"
     return {"skipped": "not run: see why", "failed": "error: see section"}.get(
         p.status, "informational" if p.score is None else f"{p.seconds:.1f} s"
     )

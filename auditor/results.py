@@ -5,7 +5,8 @@ Format history (bump SCHEMA on any incompatible change; metric keys are API):
                      probe's headline findings, which the report's summary draws from); a probe may carry
                      `intervals` (metric -> [low, high], 95%) and `paired` (metric -> what a paired test of
                      two runs on the same images needs: per-image outcomes or bootstrap replicates, see
-                     auditor/stats.py); `data.digest` fingerprints the images.
+                     auditor/stats.py); `data.digest` fingerprints the images; a probe may carry `unmeasured`
+                     (what it could not measure and why) and the run top-level `findings` (auditor/degenerate.py).
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ class Finding:
             raise ValueError(f"severity {self.severity!r} not in {SEVERITIES}")
 
 
+def finding_dict(f: Finding) -> dict[str, Any]:
+    return {"severity": f.severity, "text": f.text, **({"key": True} if f.key else {})}
+
+
 @dataclass(frozen=True)
 class ProbeResult:
     status: str
@@ -52,6 +57,9 @@ class ProbeResult:
     suspect: str | None = None  # the probe's own checks say its figures are not measured: why (verdict SUSPECT)
     intervals: dict[str, list[float]] = field(default_factory=dict)  # metric (or "score") -> 95% [low, high]
     paired: dict[str, dict[str, Any]] = field(default_factory=dict)  # metric -> outcomes or replicates (stats.py)
+    # figures that measure nothing (auditor/degenerate.py): {"why": ..., "metrics": [names, "score" among them]};
+    # null ones (a reference with nothing in it) or label-free rates on constant predictions (verdict UNMEASURED)
+    unmeasured: dict[str, Any] | None = None
 
     def __post_init__(self):
         if self.status not in STATUSES:
@@ -61,11 +69,13 @@ class ProbeResult:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["findings"] = [
-            {"severity": f.severity, "text": f.text, **({"key": True} if f.key else {})} for f in self.findings
-        ]
+        d["findings"] = [finding_dict(f) for f in self.findings]
         d["artifacts"] = list(self.artifacts)
-        optional = ("intervals", "paired")  # compatible additions: absent when empty, as files before them
+        optional = (
+            "intervals",
+            "paired",
+            "unmeasured",
+        )  # compatible additions: absent when empty, as files before them
         return {k: v for k, v in d.items() if (v is not None or k == "score") and not (k in optional and not v)}
 
     @classmethod
@@ -92,6 +102,7 @@ class Results:
     run: dict[str, Any]
     probes: dict[str, ProbeResult]
     gates: tuple[GateResult, ...] = ()
+    findings: tuple[Finding, ...] = ()  # the run's own, about the model's clean predictions (auditor/degenerate.py)
 
     @property
     def score(self) -> float | None:
@@ -109,6 +120,7 @@ class Results:
             "score": self.score,
             "probes": {name: p.to_dict() for name, p in self.probes.items()},
             "gates": [asdict(g) for g in self.gates],
+            **({"findings": [finding_dict(f) for f in self.findings]} if self.findings else {}),
         }
 
     @classmethod
@@ -119,12 +131,18 @@ class Results:
             run=d["run"],
             probes={k: ProbeResult.from_dict(v) for k, v in d["probes"].items()},
             gates=tuple(GateResult(**g) for g in d.get("gates", ())),
+            findings=tuple(Finding(**f) for f in d.get("findings", ())),
         )
 
 
 def overall_score(probes: dict[str, ProbeResult]) -> float | None:
-    """Mean of the scores of the probes that ran and have one; informational probes have none."""
-    scores = [p.score for p in probes.values() if p.status == "ok" and p.score is not None]
+    """Mean of the scores of the probes that ran and have one (a score marked unmeasured is none); informational
+    probes have none."""
+    scores = [
+        p.score
+        for p in probes.values()
+        if p.status == "ok" and p.score is not None and "score" not in (p.unmeasured or {}).get("metrics", ())
+    ]
     return sum(scores) / len(scores) if scores else None
 
 

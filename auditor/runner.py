@@ -26,13 +26,15 @@ from tqdm import tqdm
 
 import auditor
 from auditor.data import EvalData, load_data
+from auditor.degenerate import inspect
 from auditor.errors import AuditError, did_you_mean, first_line
 from auditor.files import write_text_atomic
 from auditor.gates import Rule, check_rules_apply, evaluate, junit_xml, summary_md
 from auditor.models import ModelAdapter, ModelSpec, load_model
-from auditor.probes.base import Context, Probe, available_probes, parse_params
+from auditor.probes.base import Context, Probe, Skip, available_probes, parse_params
 from auditor.report import render_report
 from auditor.results import Finding, ProbeResult, Results, save, write_json
+from auditor.tasks import task_of
 
 
 @dataclass
@@ -135,6 +137,7 @@ def run_audit(config: RunConfig) -> Results:
     check_model_output(adapter, data, device)
     probes = {name: registry[name](params[name]) for name in names}
     check_probes(probes, adapter)
+    checked = inspect(adapter, data, task_of(adapter), config.batch_size, device)
 
     def context(name: str) -> Context:
         return Context(
@@ -147,6 +150,7 @@ def run_audit(config: RunConfig) -> Results:
             probe_name=name,
             progress=progress,
             probes=tuple(names),
+            checked=checked,
         )
 
     results, interrupted = _run_probes(config, probes, params, context)
@@ -157,8 +161,8 @@ def run_audit(config: RunConfig) -> Results:
             f"interrupted (Ctrl-C) during {interrupted}; not run: {', '.join(left)}; rerun with --resume to finish"
         )
         # gates are not judged on a partial run: a missing probe would read as a failure
-        raise Interrupted(Results(**facts, probes=results))
-    res = Results(**facts, probes=results)
+        raise Interrupted(Results(**facts, probes=results, findings=tuple(checked.findings())))
+    res = Results(**facts, probes=results, findings=tuple(checked.findings()))
     return res.with_gates(evaluate(config.gates, res, config.baseline))
 
 
@@ -249,6 +253,8 @@ def run_probe(probe: Probe, ctx: Context) -> ProbeResult:
         try:
             result = probe.run(ctx)
             break
+        except Skip as exc:  # too little to work on in this run: said, not failed
+            return ProbeResult(status="skipped", reason=str(exc), seconds=round(time.perf_counter() - start, 2))
         except torch.cuda.OutOfMemoryError:
             if ctx.batch_size <= 1:
                 return _failed(ctx, start, f"out of GPU memory even at batch size 1 (from {first_batch})")

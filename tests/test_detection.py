@@ -43,6 +43,12 @@ def classes3(tmp_path_factory):
     return path
 
 
+def ran_untrained(r) -> bool:
+    """An audit of an untrained detector or segmenter ran: exit 0, or exit 1 with the verdict UNMEASURED where it
+    finds none of the objects (auditor/degenerate.py)."""
+    return "Traceback" not in r.err and (r.code == 0 or (r.code == 1 and "UNMEASURED" in r.out))
+
+
 def test_map_of_perfect_and_empty_predictions():
     target = [torch.tensor([[1.0, 10, 10, 30, 30]])]
     perfect = [
@@ -80,7 +86,7 @@ def test_ultralytics_yaml_model_on_dataset_yaml(audit, tmp_path, det_set, classe
         out,
         *DET_FAST,
     )
-    assert r.code == 0, r
+    assert ran_untrained(r), r
     res = read_results(out)
     assert res["model"]["task"] == "detect" and res["model"]["source"] == "ultralytics"
     assert res["data"]["layout"] == "ultralytics-yaml" and res["data"]["n"] == 6
@@ -118,7 +124,7 @@ def test_images_and_labels_folder_and_label_free(audit, tmp_path, det_set, class
         "attacks",
         *DET_FAST,
     )
-    assert r.code == 0, r
+    assert ran_untrained(r), r
     assert read_results(out)["data"]["layout"] == "images+labels"
     import shutil
 
@@ -139,7 +145,7 @@ def test_images_and_labels_folder_and_label_free(audit, tmp_path, det_set, class
         "attacks",
         *DET_FAST,
     )
-    assert r.code == 0, r
+    assert ran_untrained(r), r
     assert read_results(out)["data"]["labelled"] is False
 
 
@@ -199,7 +205,7 @@ def test_torchvision_detector_with_weights_file(audit, tmp_path, det_set, classe
         "attacks",
         *DET_FAST,
     )
-    assert r.code == 0, r
+    assert ran_untrained(r), r
     res = read_results(out)
     assert res["model"]["source"] == "torchvision" and res["model"]["task"] == "detect"
     assert res["probes"]["attacks"]["status"] == "ok"
@@ -234,7 +240,7 @@ def test_torchvision_segmenter_with_weights_file(audit, tmp_path):
         "--set",
         "attacks.gallery=0",
     )
-    assert r.code == 0, r
+    assert ran_untrained(r), r
     res = read_results(out)
     assert res["model"]["task"] == "segment" and res["model"]["classes"] == 21
     assert "clean_miou" in res["probes"]["attacks"]["metrics"]
@@ -295,7 +301,7 @@ def test_checkpoint_written_by_ultralytics(audit, tmp_path, det_set, classes3):
     assert last.is_file()
     out = tmp_path / "out"
     r = audit("run", "--model", last, "--data", det_set, "--out", out, *DET_FAST)
-    assert r.code == 0, r
+    assert ran_untrained(r), r
     res = read_results(out)
     assert res["model"]["source"] == "ultralytics" and res["model"]["input"] == "3x64x64"
     assert res["model"]["classes"] == 3
@@ -320,7 +326,7 @@ def test_ultralytics_seg_model_with_box_labels_scores_its_boxes(audit, tmp_path,
         out,
         *DET_FAST,
     )
-    assert r.code == 0, r
+    assert ran_untrained(r), r
     res = read_results(out)
     assert res["model"]["task"] == "detect" and any("-seg" in n for n in res["model"]["notes"])
     assert res["probes"]["attacks"]["status"] == "ok"

@@ -45,7 +45,9 @@ CHROMIUM_ARGS = [
 ]
 LAND_MAX_TOP = 200  # px: a section a nav link lands on starts this close to the viewport's top
 
-pytestmark = pytest.mark.slow  # a browser, and the default audit for most of them
+# slow: a browser, and the default audit for most of them. One xdist group with every other user of the default
+# audit (test_cli_run, test_readme_ci_example, test_report), so that one worker runs it, not two.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("default_run")]
 
 
 def _in_ci() -> bool:
@@ -529,7 +531,6 @@ def test_checks_catch_a_broken_page(browser, tmp_path):
 # ------------------------------------------------------------------------ on a compare page
 
 
-@pytest.mark.xdist_group("default_run")  # one default audit per worker that runs these
 def test_compare_page_loads_clean_and_sorts(browser, default_run, tmp_path, audit, artifacts):
     """`audit compare` of the default run with a second, smaller run: the same checks as the report."""
     other = tmp_path / "other"

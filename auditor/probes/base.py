@@ -24,9 +24,10 @@ from typing import Any, ClassVar
 import torch
 
 from auditor.data import EvalData
+from auditor.degenerate import Degeneracy, inspect
 from auditor.errors import AuditError, did_you_mean, first_line
 from auditor.models.base import ModelAdapter
-from auditor.results import ProbeResult
+from auditor.results import Finding, ProbeResult
 from auditor.tasks import Task, task_of
 
 ENTRY_POINT_GROUP = "auditor.probes"
@@ -45,6 +46,7 @@ class Context:
     probe_name: str
     progress: Callable[[int, str], Any]  # (total, description) -> a tqdm-like bar
     probes: tuple[str, ...] = ()  # every probe selected for this run (a probe may add a view another one explains)
+    checked: Degeneracy | None = None  # what the clean predictions leave to measure; see degeneracy()
 
     @property
     def task(self) -> Task:
@@ -56,6 +58,13 @@ class Context:
         folder = self.out_dir / self.probe_name
         folder.mkdir(parents=True, exist_ok=True)
         return folder / filename, f"{self.probe_name}/{filename}"
+
+    def degeneracy(self) -> Degeneracy:
+        """What the clean predictions leave to measure (auditor/degenerate.py): the runner checks it once per run;
+        a Context made without the runner checks it on first use."""
+        if self.checked is None:
+            self.checked = inspect(self.adapter, self.data, self.task, self.batch_size, self.device)
+        return self.checked
 
     def generator(self) -> torch.Generator:
         """A generator seeded from the run seed, on the device, for the probe's own draws."""
@@ -77,6 +86,39 @@ class Figures:
         self.artifacts.append(rel)
         self.captions[rel] = caption
         return rel
+
+
+class Skip(Exception):  # noqa: N818 (a probe raises it to say it is skipped, not that something failed)
+    """Raised by a probe's run() when this run gives it too little to work on: the probe is `skipped` with the
+    message as its reason (say what it needs at least), and the audit goes on."""
+
+
+def unmeasured(why: str, metrics: dict[str, float | None], keep: tuple[str, ...] = ()) -> ProbeResult:
+    """The result of a probe with nothing to measure (why: Degeneracy.empty): every metric but `keep` null, no
+    score, one finding that says why, and `unmeasured` naming what is null."""
+    nulled = {k: (v if k in keep else None) for k, v in metrics.items()}
+    finding = Finding("high", f"nothing to measure: {why}; the figures that depend on it are null", key=True)
+    return ProbeResult(
+        status="ok",
+        score=None,
+        metrics=nulled,
+        findings=(finding,),
+        unmeasured={"why": why, "metrics": ["score", *(k for k in nulled if k not in keep)]},
+    )
+
+
+def not_meaningful(result: ProbeResult, why: str | None, rates: list[str]) -> ProbeResult:
+    """`result` with its label-free rates (and its score, made of them) marked as not meaningful, and a finding that
+    says why, first; unchanged when why is None."""
+    if why is None:
+        return result
+    # medium and not a headline: the run's own key finding says it once for every probe
+    finding = Finding("medium", f"not meaningful: {why}; these rates and the score are not a measurement")
+    return dataclasses.replace(
+        result,
+        findings=(finding, *result.findings),
+        unmeasured={"why": why, "metrics": ["score", *(k for k in rates if k in result.metrics)]},
+    )
 
 
 class Probe(abc.ABC):

@@ -78,6 +78,18 @@ class Task(abc.ABC):
         """Each image's own score against its reference, in [0, 1]: what "this image broke" is judged on."""
         return self.agreement(pred, reference)
 
+    # ---- what there is to measure (auditor/degenerate.py) --------------------------------------------------
+
+    def nothing_to_measure(self, pred, reference, labelled: bool) -> str | None:
+        """Why the reference holds nothing an attack, a shift or a patch could change (clean predictions `pred`
+        against `reference`), in words for a finding; None when there is something."""
+        return None
+
+    def constant_predictions(self, adapter, data, batch_size: int, device) -> str | None:
+        """Why the model's clean predictions on `data` are (nearly) constant, in words for a finding; None when
+        they are not, or when the task has no such check."""
+        return None
+
     # ---- augment ----------------------------------------------------------------------------------------
 
     def has_objects(self, reference) -> torch.Tensor:

@@ -8,6 +8,10 @@ from auditor.stats import Ratio
 from auditor.targets import Targets, chunks
 from auditor.tasks.base import Task
 
+DOMINANT_SHARE = 0.95  # one class predicted for this share of the images or more: (nearly) constant predictions
+DOMINANT_MIN_IMAGES = 20  # ... on at least this many images (three photographs of one dog are no sign of collapse)
+FLOAT_NOISE = 1e-5  # a top-1 margin below this fraction of the top logit's size is a tie up to float rounding
+
 
 class Classify(Task):
     name = "classify"
@@ -24,6 +28,41 @@ class Classify(Task):
 
     def agreement(self, pred, reference) -> torch.Tensor:
         return (pred == reference).double()
+
+    def nothing_to_measure(self, pred, reference, labelled: bool) -> str | None:
+        if not labelled or not len(pred) or bool((pred == reference).any()):
+            return None
+        return (
+            f"none of the {len(pred)} images is classified correctly when clean (accuracy 0): there is no correct "
+            "prediction for an attack, a shift or a patch to break; check the class order, the labels and the "
+            "preprocessing (--mean, --std)"
+        )
+
+    @torch.no_grad()
+    def constant_predictions(self, adapter, data, batch_size: int, device) -> str | None:
+        """One class for DOMINANT_SHARE of the images (where the labels are not that lopsided themselves), or
+        a median top-1 margin at float noise."""
+        if adapter.num_classes < 2:
+            return None
+        tops = [adapter(x).float().topk(2, 1) for x, _ in data.batches(batch_size, device)]
+        if not tops:
+            return None
+        top = torch.cat([t.values.cpu() for t in tops])
+        pred = torch.cat([t.indices[:, 0].cpu() for t in tops])
+        n = len(top)
+        margin = float(((top[:, 0] - top[:, 1]) / (1 + top[:, 0].abs())).median())
+        if margin <= FLOAT_NOISE:
+            return (
+                f"the top two class scores tie up to float rounding on most of the {n} images (median margin "
+                f"{margin:.1e} of the top score)"
+            )
+        counts = torch.bincount(pred, minlength=adapter.num_classes)
+        share = float(counts.max()) / n
+        lopsided = data.labelled and float(torch.bincount(data.labels.long()).max()) / n >= DOMINANT_SHARE
+        if n < DOMINANT_MIN_IMAGES or share < DOMINANT_SHARE or lopsided:
+            return None
+        name = adapter.class_names[int(counts.argmax())]
+        return f"class {name!r} is predicted for {share:.0%} of the {n} images"
 
     # ---- augment ----------------------------------------------------------------------------------------
 

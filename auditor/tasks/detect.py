@@ -67,6 +67,22 @@ class Detect(Task):
             out.append(iou.max(1).values >= 0.5)
         return out
 
+    def nothing_to_measure(self, pred, reference, labelled: bool) -> str | None:
+        n, objects = len(reference), sum(len(r) for r in reference)
+        if objects == 0:
+            if labelled:
+                return f"the labels hold no object on any of the {n} images"
+            return (
+                f"the detector finds no object (confidence {SHOW_CONF}) on any of the {n} clean images, and label-free "
+                "its clean boxes are the reference: there is nothing for an attack, a shift or a patch to take away"
+            )
+        if labelled and not any(bool(f.any()) for f in self.found(pred, reference)):
+            return (
+                f"the detector finds none of the {objects} labelled objects on the clean images (IoU 0.5, confidence "
+                f"{SHOW_CONF}): there is nothing for an attack, a shift or a patch to take away"
+            )
+        return None
+
     # ---- augment ----------------------------------------------------------------------------------------
 
     def has_objects(self, reference) -> torch.Tensor:

@@ -48,6 +48,23 @@ class Segment(Task):
             )
         return torch.stack(ious, 1).double().nanmean(1).nan_to_num(1.0)
 
+    def nothing_to_measure(self, pred, reference, labelled: bool) -> str | None:
+        """Background is class 0, as gradcam's rows take it."""
+        n, foreground = len(reference), (reference != 0) & (reference != IGNORE_INDEX)
+        if not bool(foreground.any()):
+            if labelled:
+                return f"the masks label only background on all {n} images"
+            return (
+                f"the segmenter predicts only background on all {n} clean images, and label-free its clean masks are "
+                "the reference: there is no object for an attack, a shift or a patch to take away"
+            )
+        if labelled and not bool(((pred == reference) & foreground).any()):
+            return (
+                f"the segmenter predicts none of the labelled object pixels on the {n} clean images: there is no "
+                "object for an attack, a shift or a patch to take away"
+            )
+        return None
+
     # ---- attacks ----------------------------------------------------------------------------------------
     # A mask is not right or wrong as a whole, and an attack step costs as much as a detector's: the
     # sizes and checks are Task's defaults.

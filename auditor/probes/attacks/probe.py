@@ -35,12 +35,13 @@ from auditor.probes.attacks.ensemble import ENSEMBLES, NORMS, Budget, Ensemble
 from auditor.probes.attacks.estimates import attack_estimates
 from auditor.probes.attacks.findings import findings
 from auditor.probes.attacks.sweep import Sweep, min_eps, sweep
-from auditor.probes.base import Context, Figures, Probe
+from auditor.probes.base import Context, Figures, Probe, not_meaningful, unmeasured
 from auditor.results import ProbeResult
 from auditor.tasks import Task, predict_all, task_of
 
 METRIC_LABELS = {"accuracy": "accuracy", "miou": "mIoU", "map50": "mAP50", "mask_map50": "mask mAP50"}
 ONE_STEP = {"linf": "fgsm", "l2": "fgm"}  # the one-step attack's name in the metric keys
+CHECKS = ("zero_gradient_share", "nonfinite_gradient_share", "suspect_masking")  # the attack's own, not the model's
 
 
 def parse_eps(text: str, norm: str = "linf") -> float:
@@ -158,6 +159,9 @@ class AttacksProbe(Probe):
         task, data = ctx.task, ctx.data
         grid = [str(e) for e in (p.eps or (ctx.adapter.epsilons if p.norm == "linf" else l2_grid(ctx.adapter)))]
         values = [parse_eps(e, p.norm) for e in grid]
+        checked = ctx.degeneracy()
+        if checked.empty is not None:  # nothing to break: no attack is run
+            return self._nothing(ctx, p.norm, grid, checked.empty)
         budget = Budget(p.steps, p.targets, p.square_queries)
         ens = Ensemble(ctx.adapter, task, ENSEMBLES[p.ensemble], budget, p.norm, ctx.generator())
         engine = LinfAttack(ctx.adapter, generator=ctx.generator())  # the clean gradient of the one-step attack
@@ -207,16 +211,36 @@ class AttacksProbe(Probe):
             side_clean=s.side_clean,
         )
         score = float(np.mean([min(v / s.clean, 1.0) for v in s.robust])) if s.clean > 0 else 0.0
-        return ProbeResult(
+        metrics = self._metrics(task, s, details)
+        result = ProbeResult(
             status="ok",
             score=score,
-            metrics=self._metrics(task, s, details),
+            metrics=metrics,
             findings=tuple(findings(details)),
             artifacts=tuple(figures.artifacts),
             details=details.to_dict(),
             suspect=masking.suspect_line(checks, masked),
             **estimates.to_dict(),
         )
+        rates = [k for k in metrics if k not in CHECKS]  # label-free, every figure but the checks' is a rate
+        return not_meaningful(result, checked.rates_not_meaningful, rates)
+
+    @staticmethod
+    def _nothing(ctx: Context, norm: str, grid: list[str], why: str) -> ProbeResult:
+        """The result when the reference holds nothing to break: the clean figures (labelled), every other null."""
+        task, data, kind = ctx.task, ctx.data, ctx.task.metric
+        metrics: dict[str, float | None] = {}
+        if data.labelled:
+            clean_pred = predict_all(ctx.adapter, data, task, ctx.batch_size, ctx.device)
+            clean = task.scores(clean_pred, task.reference(data, clean_pred), ctx.adapter)
+            metrics.update({f"clean_{m}": v for m, v in clean.items()})
+        for prefix in ("robust", "apgd", ONE_STEP[norm]):
+            metrics.update({f"{prefix}_{kind}@{norm}={e}": None for e in grid})
+        metrics["median_min_eps"] = None
+        if task.attack_disappearance:
+            metrics.update({f"disappearance_rate@{norm}={e}": None for e in grid})
+        metrics.update(dict.fromkeys(CHECKS))
+        return unmeasured(why, metrics, keep=tuple(k for k in metrics if k.startswith("clean_")))
 
     @staticmethod
     def _square_everywhere(ctx: Context, ens: Ensemble, engine: LinfAttack, s: Sweep, queries: int, bar):

@@ -32,7 +32,7 @@ from auditor.probes.augment.details import AugmentDetails, ShiftCell, ShiftRow
 from auditor.probes.augment.estimates import augment_estimates
 from auditor.probes.augment.figures import draw_galleries
 from auditor.probes.augment.shifts import SHIFTS, Shift
-from auditor.probes.base import Context, Probe
+from auditor.probes.base import Context, Probe, not_meaningful, unmeasured
 from auditor.results import Finding, ProbeResult
 from auditor.stats import Estimate, Ratio
 from auditor.tasks import predict_all, task_of
@@ -101,6 +101,9 @@ class AugmentProbe(Probe):
         clean_pred = predict_all(adapter, data, task, ctx.batch_size, ctx.device)
         reference = task.reference(data, clean_pred)
         clean_all = task.scores(clean_pred, reference, adapter) if data.labelled else {}
+        checked = ctx.degeneracy()
+        if checked.empty is not None:  # nothing for a shift to change: no shift is run
+            return _nothing(shifts, severities, kind, clean_all, checked.empty)
         clean = clean_all[kind] if data.labelled else 1.0
         example = self._example_index(ctx, clean_pred, reference)
         sweep = self._sweep(ctx, shifts, severities, scale, clean_pred, reference, example)
@@ -142,7 +145,7 @@ class AugmentProbe(Probe):
         clean_estimates = task.estimates(clean_pred, reference, adapter) if data.labelled else {}
         corruptions = [s.name for s in shifts if s.imagenet_c]
         estimates = augment_estimates(len(data), kind, clean_estimates, sweep.estimates, corruptions)
-        return ProbeResult(
+        result = ProbeResult(
             status="ok",
             score=score,
             metrics=metrics,
@@ -151,6 +154,7 @@ class AugmentProbe(Probe):
             details=details.to_dict(),
             **estimates.to_dict(),
         )
+        return not_meaningful(result, checked.rates_not_meaningful, list(metrics))
 
     def _shifts(self, channels: int) -> list[Shift]:
         names = list(self.params.shifts) or list(SHIFTS)
@@ -270,6 +274,17 @@ def _measure(ctx: Context, shift: Shift, level: int, scale: float, reference, cl
     flips = 1.0 - task.agreement(pred_all, clean_all)
     estimates = {**task.estimates(pred_all, ref_all, adapter), "flip_rate": Ratio.of_values(flips)}
     return task.scores(pred_all, ref_all, adapter), flips.mean().item(), shown, estimates
+
+
+def _nothing(shifts: list[Shift], severities: list[int], kind: str, clean: dict, why: str) -> ProbeResult:
+    """The result when the reference holds nothing for a shift to change: the clean figures (labelled), the rest
+    null, under the keys a measured run has."""
+    metrics: dict[str, float | None] = {f"clean_{m}": v for m, v in clean.items()}
+    for shift in shifts:
+        for lv in severities if len(shift.levels) == 5 else [1]:
+            metrics.update({f"{kind}@{shift.name}:{lv}": None, f"flip_rate@{shift.name}:{lv}": None})
+        metrics[f"relative@{shift.name}"] = None
+    return unmeasured(why, metrics, keep=tuple(f"clean_{m}" for m in clean))
 
 
 def _rows(shifts: list[Shift], sweep: Sweep, clean: float, kind: str, metrics: dict) -> list[ShiftRow]:

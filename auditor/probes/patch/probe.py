@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from auditor.errors import did_you_mean
-from auditor.probes.base import Context, Figures, Probe
+from auditor.probes.base import Context, Figures, Probe, Skip, not_meaningful, unmeasured
 from auditor.probes.patch import figures as patch_figures
 from auditor.probes.patch.details import HALF, PatchDetails, PatchView, Target, first_lower, scale_label
 from auditor.probes.patch.geometry import ROTATION, SIDE_JITTER
@@ -24,6 +24,7 @@ from auditor.results import Finding, ProbeResult
 from auditor.stats import Derived, Estimates
 from auditor.tasks import predict_all, task_of
 
+MIN_IMAGES = 2  # one to train on, one held out
 NO_BETTER = 0.05  # a trained patch within this of a random one has found no attack worth the name
 
 
@@ -119,9 +120,16 @@ class PatchProbe(Probe):
 
     def run(self, ctx: Context) -> ProbeResult:
         p, goal = self.params, goal_for(ctx.task)
-        if len(ctx.data) < 2:
-            raise ValueError(f"patch needs at least 2 images (one to train on, one held out), got {len(ctx.data)}")
+        if len(ctx.data) < MIN_IMAGES:
+            raise Skip(
+                f"patch needs at least {MIN_IMAGES} images (one to train on, one held out); this run has "
+                f"{len(ctx.data)}"
+            )
         scales = sorted(set(p.scales) | {p.score_scale})
+        checked = ctx.degeneracy()
+        if checked.empty is not None:
+            per_scale = [f"{m}@scale={s:g}" for s in scales for m in goal.scale_metrics]
+            return unmeasured(checked.empty, dict.fromkeys([*goal.run_metrics, *per_scale, "min_scale_for_half"]))
         clean = predict_all(ctx.adapter, ctx.data, ctx.task, ctx.batch_size, ctx.device)
         # the held-out split and the placements it is scored at are fixed (SPLIT_SEED, EVAL_SEED): only the
         # training draws follow the run's seed, so two runs score on the same test, image by image
@@ -134,7 +142,8 @@ class PatchProbe(Probe):
         patches = {mode: r.best() for mode, r in runs.items()}
         scored = test.evaluate(patches, scales, Scoring(ctx.batch_size, bar))
         bar.close()
-        return self._result(ctx, Trained(train, test, patches, target, scored, training, runs))
+        result = self._result(ctx, Trained(train, test, patches, target, scored, training, runs))
+        return not_meaningful(result, checked.rates_not_meaningful, list(result.metrics))
 
     def _work(self, goal: type[Goal], train: Goal, test: Goal, scales: list[float], training: Training) -> int:
         """The progress bar's total: training steps and judged batches, the target's screening, scored batches."""

@@ -104,6 +104,10 @@ class Goal:
     # (0: all a patch can sit on); measured in the README's patch section.
     default_restarts: ClassVar[int] = 3
     judge_images: ClassVar[int] = 0
+    # The metric names score() reports: once per run (clean figures), and per scale (NAME@scale=S); what a run with
+    # nothing to measure reports as null.
+    run_metrics: ClassVar[tuple[str, ...]] = ()
+    scale_metrics: ClassVar[tuple[str, ...]]
     targeted: ClassVar[bool] = False  # whether patch.target applies (a targeted mode)
     per_object: ClassVar[bool] = False  # a copy on every object, scales a share of its box
     needs: ClassVar[str | None] = None  # an adapter capability the goal cannot do without

@@ -24,6 +24,7 @@ class ClassifyGoal(Goal):
         cam="the class the patched image is given",
     )
     modes = ("untargeted", "targeted")
+    scale_metrics = ("success_rate", "untargeted_success_rate")
     panels = CLASSES
     row = ClassifyRow
     default_steps, default_rows = 150, 64

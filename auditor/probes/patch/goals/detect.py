@@ -31,6 +31,8 @@ class DetectGoal(Goal):
         cam="the most confident clean box (its candidate's class score)",
     )
     modes = ("hide",)
+    run_metrics = ("clean_recall",)
+    scale_metrics = ("patched_recall", "recall_drop", "success_rate")
     panels = BOXES
     row = DetectRow
     default_steps, default_rows = 120, 16

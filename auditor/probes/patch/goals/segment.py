@@ -22,6 +22,8 @@ class SegmentGoal(Goal):
         cam="the main class outside the patch (its clean mask)",
     )
     modes = ("untargeted",)
+    run_metrics = ("clean_miou",)
+    scale_metrics = ("patched_miou", "miou_drop", "success_rate")
     panels = MASKS
     row = SegmentRow
     default_steps, default_rows = 60, 8
