@@ -10,7 +10,7 @@ from auditor.tasks.base import Task
 
 DOMINANT_SHARE = 0.95  # one class predicted for this share of the images or more: (nearly) constant predictions
 DOMINANT_MIN_IMAGES = 20  # ... on at least this many images (three photographs of one dog are no sign of collapse)
-FLOAT_NOISE = 1e-5  # a top-1 margin below this fraction of the top logit's size is a tie up to float rounding
+FLOAT_NOISE = 1e-5  # a top-1 margin below this share of the larger score (about 80 float32 steps) is a tie
 
 
 class Classify(Task):
@@ -50,7 +50,7 @@ class Classify(Task):
         top = torch.cat([t.values.cpu() for t in tops])
         pred = torch.cat([t.indices[:, 0].cpu() for t in tops])
         n = len(top)
-        margin = float(((top[:, 0] - top[:, 1]) / (1 + top[:, 0].abs())).median())
+        margin = float(((top[:, 0] - top[:, 1]) / top.abs().amax(1).clamp_min(1e-30)).median())
         if margin <= FLOAT_NOISE:
             return (
                 f"the top two class scores tie up to float rounding on most of the {n} images (median margin "
