@@ -211,7 +211,8 @@ def _print_summary(results, paths) -> None:
         f"{results.run['device']}, {results.run['seconds']:.1f} s"
     )
     for name, p in results.probes.items():
-        extra = p.error or p.reason or ("figures not measured (see findings)" if p.unmeasured else "")
+        unmeasured = "nothing measured" if p.score is None else "not meaningful"
+        extra = p.error or p.reason or (f"{unmeasured} (see findings)" if p.unmeasured else "")
         click.echo(f"  {name:<10} {p.status:<8} score {fmt(p.score):>6}  {p.seconds:6.1f} s  {extra}".rstrip())
     for f in results.findings:  # the run's own: nothing to measure, constant predictions
         click.echo(f"  {f.severity}: {f.text}")

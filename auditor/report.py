@@ -317,7 +317,7 @@ def _section(name: str, p: ProbeResult, probe: type[Probe] | None, template: str
         description=getattr(probe, "description", ""),
         status=p.status,
         score=fmt(p.score) if p.status == "ok" else p.status,
-        css=score_css(p.score, p.status),
+        css=score_css(None if p.unmeasured else p.score, p.status),  # a score that measures nothing: no colour
         seconds=p.seconds,
         metrics=[
             (k, value(k, v), interval_text(p.intervals[k]) if k in p.intervals else "") for k, v in p.metrics.items()

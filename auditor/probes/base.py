@@ -112,8 +112,8 @@ def not_meaningful(result: ProbeResult, why: str | None, rates: list[str]) -> Pr
     says why, first; unchanged when why is None."""
     if why is None:
         return result
-    # medium and not a headline: the run's own key finding says it once for every probe
-    finding = Finding("medium", f"not meaningful: {why}; these rates and the score are not a measurement")
+    # info, not a headline: the run's own key finding says it once for every probe, the section's banner for this one
+    finding = Finding("info", f"not meaningful: {why}; these rates and the score are not a measurement")
     return dataclasses.replace(
         result,
         findings=(finding, *result.findings),
