@@ -279,3 +279,31 @@ def test_torchvision_detector_attack_keeps_the_predicting_proposal_budgets(tmp_p
     assert seen and all(n <= testing + 1 for n in seen[0]), (seen, testing)
     assert rpn._pre_nms_top_n["training"] == 2000 and rpn._post_nms_top_n["training"] == 2000
     assert adapter.net.training is False and grad.abs().sum() > 0
+
+
+def test_the_scan_catches_the_contradictions_this_issue_started_from():
+    """The findings of an untrained Faster R-CNN on 3 photographs before this work: the scan must flag them."""
+    attacks = {
+        "findings": [
+            {
+                "text": "the worst case over APGD (task loss) + Square (task score) at ε=0.5/255 cuts agreement with the "
+                "clean prediction from 100.0% to 0.0% (below half of clean)"
+            },
+            {
+                "text": "more than half of 3 images withstand every attack at the largest ε (0.01569): the median minimal "
+                "ε is at least that"
+            },
+        ],
+        "metrics": {},
+    }
+    patch = {
+        "findings": [
+            {"text": "nothing to hide: the detector finds none of the 0 held-out objects without a patch"},
+            {"text": "patches trained on 1 images and scored on 2 held-out images; 50% share of found objects hidden"},
+        ],
+        "metrics": {},
+    }
+    assert contradictions(attacks) and contradictions(patch)
+    nothing = {"findings": [{"text": "nothing to measure: x"}, {"text": "y"}], "metrics": {"a": None}}
+    nothing["unmeasured"] = {"why": "x", "metrics": ["score", "a"]}
+    assert contradictions(nothing)

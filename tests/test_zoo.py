@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from auditor.files import sha256_of
+from tests.test_degenerate import scan
 from zoo import get_entry
 
 
@@ -105,3 +106,4 @@ def test_zoo_models_audit_offline_with_every_probe(audit, tmp_path, name, task):
     assert res["model"]["task"] == task
     assert all(p["status"] == "ok" for p in res["probes"].values())
     assert res["probes"]["attacks"]["score"] is not None
+    scan(res)  # no two findings of a probe contradict each other on an ordinary run either
