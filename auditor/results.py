@@ -71,11 +71,8 @@ class ProbeResult:
         d = asdict(self)
         d["findings"] = [finding_dict(f) for f in self.findings]
         d["artifacts"] = list(self.artifacts)
-        optional = (
-            "intervals",
-            "paired",
-            "unmeasured",
-        )  # compatible additions: absent when empty, as files before them
+        # compatible additions: absent when empty, as files before them
+        optional = ("intervals", "paired", "unmeasured")
         return {k: v for k, v in d.items() if (v is not None or k == "score") and not (k in optional and not v)}
 
     @classmethod

@@ -19,27 +19,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import time
 
 import torch
+from attack_step import timed  # bench/ is the script's folder, first on the path
 
 from auditor.models import torchvision_detect
 from auditor.models.base import ModelFacts, Preprocess
 from auditor.models.torchvision_detect import TorchvisionDetectorAdapter
 
 DETECTORS = ("fasterrcnn_mobilenet_v3_large_320_fpn", "ssdlite320_mobilenet_v3_large", "fcos_resnet50_fpn")
-
-
-def timed(fn, repeats: int, sync) -> float:
-    fn()  # warm-up
-    sync()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def adapter_for(name: str, size: int) -> TorchvisionDetectorAdapter:
