@@ -253,3 +253,47 @@ def test_l2_is_for_classifiers_and_has_a_default_grid(digits_model, digits_test,
 
     with pytest.raises(ValueError, match="norm l2 is for classifiers"):
         make_probe(AttacksProbe, norm="l2").check(Detector())
+
+
+class FirstClasses(torch.nn.Module):
+    """digits-cnn's first k logits: a k-class classifier with real gradients."""
+
+    def __init__(self, adapter, k: int):
+        super().__init__()
+        self.adapter, self.k = adapter, k
+
+    def forward(self, x):
+        return self.adapter(x)[:, : self.k]
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_few_class_models_are_attacked_by_the_whole_ensemble(digits_model, digits_test, tmp_path, k):
+    """Three classes have two runner-ups and no fourth logit for the DLR loss's denominator; two classes have one
+    runner-up, the class APGD-CE already attacks. Both ran into an IndexError before (a 3-class zoo model found it)."""
+    from auditor.models.base import ClassifierAdapter, ModelFacts, Preprocess
+    from auditor.probes.attacks.apgd import targeted_dlr, targets_for
+
+    x, y = digits_test
+    keep = y < k
+    x, y = x[keep][:24], y[keep][:24]
+    model = ClassifierAdapter(
+        FirstClasses(digits_model, k),
+        facts=ModelFacts(name=f"digits-first-{k}", source="test"),
+        class_names=[str(i) for i in range(k)],
+        input_size=(28, 28),
+        channels=1,
+        mean=(0.0,),
+        std=(1.0,),
+        preprocess=Preprocess(resize=(28, 28)),
+        epsilons=("0.1", "0.3"),
+    ).eval()
+    assert targets_for(3, k) == k - 1 if k >= 3 else targets_for(3, k) == 0
+    logits = model(x)
+    loss = targeted_dlr(logits, y, (y + 1) % k)
+    assert torch.isfinite(loss).all()
+    assert torch.allclose(targeted_dlr(7 * logits, y, (y + 1) % k), loss, atol=1e-5)  # still scale-free
+    ens = Ensemble(model, task_of(model), MEMBERS, Budget(10, 3, 100), "linf", torch.Generator())
+    assert ens.run(x, y, 0.3, ("apgd-t",)).broken.any() == (k >= 3)  # two classes: no targeted run at all
+    r = run_probe(model, x, y, tmp_path, steps=5, min_eps_images=4, check_images=4)
+    assert r.status == "ok", r.error
+    assert r.metrics["robust_accuracy@linf=0.3"] <= r.metrics["robust_accuracy@linf=0.1"] <= r.metrics["clean_accuracy"]

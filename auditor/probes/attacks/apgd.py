@@ -94,11 +94,20 @@ def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def targeted_dlr(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The targeted DLR loss (to maximise): -(z_y - z_t) / (z_(1) - (z_(3) + z_(4)) / 2), z_(i) the i-th largest
-    logit. Scale-free, so a model that multiplies or squashes its logits cannot flatten it."""
+    logit. Scale-free, so a model that multiplies or squashes its logits cannot flatten it. With three classes
+    z_(4) does not exist and z_(3) stands for both; with two, the loss would be a constant sign (see
+    `targets_for`)."""
     top = logits.sort(1, descending=True).values
-    spread = top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12
+    third, fourth = min(2, top.shape[1] - 1), min(3, top.shape[1] - 1)
+    spread = top[:, 0] - 0.5 * (top[:, third] + top[:, fourth]) + 1e-12
     gap = logits.gather(1, y[:, None])[:, 0] - logits.gather(1, target[:, None])[:, 0]
     return -gap / spread
+
+
+def targets_for(requested: int, classes: int) -> int:
+    """APGD-T's runs for a model with `classes` outputs: one per runner-up class, none for two classes, where
+    the only target is the other class, which APGD-CE already attacks, and the targeted DLR loss is a constant."""
+    return min(requested, classes - 1) if classes >= 3 else 0
 
 
 def apgd(

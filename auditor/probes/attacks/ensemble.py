@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from auditor.probes.attacks.apgd import apgd, as_logits, cross_entropy, targeted_dlr
+from auditor.probes.attacks.apgd import apgd, as_logits, cross_entropy, targeted_dlr, targets_for
 from auditor.probes.attacks.square import square_linf
 
 MEMBERS = ("apgd", "apgd-t", "square")  # broken_by indexes this
@@ -106,7 +106,7 @@ class Ensemble:
 
                 record(rows, *apgd(ce, x[rows], eps[rows], self.budget.steps, self.norm, self.generator), member)
             elif member == "apgd-t":
-                for t in range(min(self.budget.targets, logits.shape[1] - 1)):
+                for t in range(targets_for(self.budget.targets, logits.shape[1])):
                     rows = torch.nonzero(~broken).flatten()
                     if not len(rows):
                         break
