@@ -38,6 +38,9 @@ class ZooEntry:
     train: Callable[..., Any]  # the recipe: train(out_path, seed, progress) -> report dict
     recipe: dict[str, Any] = field(default_factory=dict)
     eval_limit: int | None = None  # images a default audit draws (seeded) from the set; None: all
+    # The default audit's own settings for a model whose every pass costs more than the probes' defaults assume:
+    # "batch_size" and "probes" ({probe: {param: value}}), beneath --batch-size, --config and --set.
+    audit: dict[str, Any] = field(default_factory=dict)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -56,6 +59,8 @@ _REGISTRY: dict[str, ZooEntry] = {}
 RECIPES = {
     "digits-cnn": "zoo.digits_cnn",
     "digits-robust": "zoo.digits_robust",
+    "shapes-lite0": "zoo.shapes_lite0",
+    "shapes-lite0-scratch": "zoo.shapes_lite0",
     "shapes-unet": "zoo.shapes_unet",
     "shapes-yolov8n": "zoo.shapes_yolo",
 }
