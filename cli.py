@@ -19,7 +19,8 @@ from auditor.errors import AuditError, did_you_mean
 from auditor.files import write_text_atomic
 from auditor.gates import check_rules_apply, evaluate, exit_code, junit_xml, parse_gates, summary_md, verdict
 from auditor.models import ModelSpec
-from auditor.models.zoo import zoo_entries, zoo_entry, zoo_names
+from auditor.models.catalogue import downloadables
+from auditor.models.zoo import audit_defaults, zoo_entries, zoo_entry, zoo_names
 from auditor.probes import available_probes
 from auditor.report import fmt, render_report
 from auditor.results import load
@@ -88,7 +89,7 @@ def cli():
 @click.option("--std", help="normalisation std, comma-separated, where the model cannot say")
 @click.option("--classes", type=click.Path(), help="file with one class name per line, in output order")
 @click.option("--limit", type=int, help="audit a seeded random subset of N images")
-@click.option("--batch-size", type=int, help="images per forward/backward [default: 64]")
+@click.option("--batch-size", type=int, help="images per forward/backward [default: 64, or the zoo model's own]")
 @click.option("--device", help="auto, cpu, cuda or cuda:N [default: auto]")
 @click.option("--seed", type=int, help="seed for every random draw [default: 0]")
 @click.option("--out", type=click.Path(), help="output folder [default: out]")
@@ -187,11 +188,14 @@ def run_config(opts: dict) -> RunConfig:
         offline=bool(opt("offline", False)),
     )
     gates = parse_gates(list(file_opts.get("gates", [])) + list(opts["gates"]), baseline=opts["baseline"])
+    # A zoo model's own audit settings sit beneath everything the user gives
+    zoo_batch, zoo_params = audit_defaults(spec.model)
+    params = {name: {**zoo_params.get(name, {}), **params.get(name, {})} for name in zoo_params.keys() | params.keys()}
     return RunConfig(
         model=spec,
         data=opt("data"),
         limit=opt("limit"),
-        batch_size=opt("batch_size", 64),
+        batch_size=opt("batch_size", zoo_batch or 64),
         device=opt("device", "auto"),
         seed=opt("seed", 0),
         out=Path(opt("out", "out")),
@@ -334,12 +338,22 @@ def zoo():
 
 @zoo.command("list")
 def zoo_list():
-    """One line per zoo model."""
-    click.echo(f"{'name':<14} {'task':<9} {'source':<6} {'offline':<8} {'held-out':<30} description")
+    """One line per model `--model` takes by name: the zoo's, then the seed's downloadable ones."""
+    rows = [("name", "task", "source", "offline", "size", "metric", "description")]
     for e in zoo_entries():
-        metric = ", ".join(f"{k} {v:.4f}" for k, v in e.metrics.items())
-        offline = "yes" if e.available else "no"
-        click.echo(f"{e.name:<14} {e.task:<9} {'zoo':<6} {offline:<8} {metric:<30} {e.description}")
+        size = f"{e.checkpoint_path.stat().st_size / 1e6:.1f} MB" if e.checkpoint_path.is_file() else "missing"
+        metric = "held-out " + ", ".join(f"{k} {v:.4f}" for k, v in e.metrics.items())
+        rows.append((e.name, e.task, "zoo", "yes" if e.available else "no", size, metric, e.description))
+    for d in downloadables():
+        offline = "cached" if d.cached else "no"
+        rows.append((d.name, d.task, d.source, offline, f"{d.size_mb:.1f} MB", d.metric, d.description))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+    click.echo(
+        "\noffline no: the first `audit run --model NAME` downloads the weights (torchvision: into TORCH_HOME; "
+        "ultralytics: its weights folder); --model also takes any other torchvision or ultralytics name"
+    )
     return 0
 
 
@@ -370,12 +384,20 @@ def zoo_info(name):
         ("evaluation set", e.eval_set),
         ("held-out metrics", ", ".join(f"{k} {v}" for k, v in e.metrics.items())),
         ("attack grid (L-inf)", ", ".join(e.epsilons)),
+        ("default audit", _audit_settings(e)),
         ("recipe", "; ".join(f"{k}={v}" for k, v in e.recipe.items())),
         ("retrain", f"audit zoo train {e.name}"),
     ]
     for k, v in rows:
         click.echo(f"{k:>20}: {v}")
     return 0
+
+
+def _audit_settings(e) -> str:
+    images = f"{e.eval_limit} images (seeded)" if e.eval_limit else "every image"
+    batch = f"batch {e.audit.get('batch_size', 64)}"
+    params = [f"{probe}.{k}={v}" for probe, p in e.audit.get("probes", {}).items() for k, v in p.items()]
+    return "; ".join([images, batch, *params])
 
 
 @zoo.command("train")

@@ -274,15 +274,23 @@ def load_checkpoint_model(path: Path, spec) -> ModelAdapter:
     return adapter_for(net, spec, facts=facts, names=names, size=size)
 
 
-def resolve_named_weights(name: str, spec) -> Path:
-    """`yolov8n` or `yolov8n.pt`: a local file, ultralytics' weights folder, or ultralytics' download."""
+def local_weights(file: str) -> Path | None:
+    """`file` here or in ultralytics' weights folder, where ultralytics looks before it downloads."""
     quiet_ultralytics()
     from ultralytics.utils import SETTINGS
 
-    file = name if name.endswith(".pt") else f"{name}.pt"
     for candidate in (Path(file), Path(SETTINGS.get("weights_dir", "")) / file):
         if candidate.is_file():
             return candidate
+    return None
+
+
+def resolve_named_weights(name: str, spec) -> Path:
+    """`yolov8n` or `yolov8n.pt`: a local file, ultralytics' weights folder, or ultralytics' download."""
+    file = name if name.endswith(".pt") else f"{name}.pt"
+    local = local_weights(file)
+    if local is not None:
+        return local
     if spec.offline:
         raise AuditError(
             f"{file}: not found here or in ultralytics' weights folder and --offline was given; "
