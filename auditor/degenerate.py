@@ -11,6 +11,11 @@ Two ways an audit can measure nothing while every probe runs:
   near-tie falls decides it: two runs of a random-weight resnet50 gave patch scores of 0.03 and 0.44. Those rates
   are marked as not meaningful; with labels they still measure accuracy, and the run's key findings say why the
   model deserves a look.
+
+And one way its relative figures mislead: a classifier whose clean accuracy is no better than guessing the most
+common label. What augment keeps of the clean accuracy, and what a patch or an attack takes from the images it
+got right, is then measured against luck: such a model keeps "all" its accuracy under every corruption. The
+figures stay (they are what happened), and the run's key findings say why they are not robustness.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from auditor.tasks import predict_all
 class Degeneracy:
     empty: str | None = None  # why the reference holds nothing to measure, or None
     constant: str | None = None  # why the clean predictions are (nearly) constant, or None
+    chance: str | None = None  # why the clean score is no better than guessing, or None
     label_free: bool = False
 
     @property
@@ -48,6 +54,15 @@ class Degeneracy:
                 else "check the weights and the preprocessing (--mean, --std, the class order) before reading further"
             )
             out.append(Finding("high", f"(nearly) constant predictions: {self.constant}; {consequence}", key=True))
+        if self.chance is not None:
+            out.append(
+                Finding(
+                    "high",
+                    f"accuracy at chance level: {self.chance}; what the probes measure relative to it (the accuracy "
+                    "augment keeps, the images a patch or an attack turns) compares with guessing, not robustness",
+                    key=True,
+                )
+            )
         return out
 
 
@@ -55,8 +70,10 @@ def inspect(adapter, data, task, batch_size: int, device) -> Degeneracy:
     """The run's Degeneracy: one pass of clean predictions over the data (and, for classifiers, their margins)."""
     clean = predict_all(adapter, data, task, batch_size, device)
     reference = task.reference(data, clean)
+    constant = task.constant_predictions(adapter, data, batch_size, device)
     return Degeneracy(
         empty=task.nothing_to_measure(clean, reference, data.labelled),
-        constant=task.constant_predictions(adapter, data, batch_size, device),
+        constant=constant,
+        chance=None if constant else task.chance_level(clean, reference, data.labelled),  # one says it
         label_free=not data.labelled,
     )

@@ -250,6 +250,39 @@ def test_one_class_for_nearly_every_image_is_a_key_finding(audit, tmp_path, digi
     assert r.code == 0 and "PASSED" in r.out, r
 
 
+def test_accuracy_at_chance_is_a_key_finding_and_the_figures_stay(audit, tmp_path):
+    """shapes-lite0-scratch fits its 90 training crops and guesses on held-out ones: its relative figures (augment
+    keeps 99.6% of a chance-level accuracy) are luck, and the run says so first; they are still what happened, so
+    nothing is marked and the verdict stands. The fine-tuned model on the same crops gets no such finding."""
+    out = tmp_path / "scratch"
+    r = audit("run", "--model", "shapes-lite0-scratch", "--probes", "filters", "--out", out)
+    res = load(out)
+    assert len(res.findings) == 1 and res.findings[0].severity == "high", res.findings
+    text = res.findings[0].text
+    assert text.startswith(
+        "accuracy at chance level: clean accuracy 37.5% (95%: 24.2%-53.0%) is not above chance, 42.5% "
+    )
+    assert "(the share of the most common label among the 40 images)" in text and "not robustness" in text
+    assert r.code == 0 and "PASSED" in r.out and "accuracy at chance level" in r.out, r
+    out = tmp_path / "tuned"
+    assert audit("run", "--model", "shapes-lite0", "--probes", "filters", "--out", out).code == 0
+    assert not load(out).findings
+
+
+def test_chance_level_needs_enough_images_and_one_correct():
+    from auditor.tasks import TASKS
+
+    classify = TASKS["classify"]
+    labels = torch.arange(30) % 3
+    assert classify.chance_level(labels.roll(1), labels, labelled=True) is None  # accuracy 0: nothing to measure
+    guess = labels.clone()
+    guess[10:] = (labels[10:] + 1) % 3  # 10 of 30 right: a third, as guessing gets
+    assert "33.3% (95%: 19.2%-51.2%) is not above chance, 33.3%" in classify.chance_level(guess, labels, True)
+    assert classify.chance_level(guess, labels, labelled=False) is None
+    assert classify.chance_level(guess[:19], labels[:19], True) is None  # too few images to tell
+    assert classify.chance_level(labels, labels, True) is None
+
+
 def test_an_ordinary_model_has_no_run_findings(audit, tmp_path, digits_imagefolder):
     out = tmp_path / "out"
     assert audit("run", "--data", digits_imagefolder, "--probes", "filters", "--out", out).code == 0

@@ -85,6 +85,11 @@ class Task(abc.ABC):
         against `reference`), in words for a finding; None when there is something."""
         return None
 
+    def chance_level(self, pred, reference, labelled: bool) -> str | None:
+        """Why the clean score is no better than guessing, in words for a finding; None when it is, or when the
+        task has no such check."""
+        return None
+
     def constant_predictions(self, adapter, data, batch_size: int, device) -> str | None:
         """Why the model's clean predictions on `data` are (nearly) constant, in words for a finding; None when
         they are not, or when the task has no such check."""

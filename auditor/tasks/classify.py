@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from auditor.stats import Ratio
+from auditor.stats import Ratio, wilson
 from auditor.targets import Targets, chunks
 from auditor.tasks.base import Task
 
@@ -36,6 +36,23 @@ class Classify(Task):
             f"none of the {len(pred)} images is classified correctly when clean (accuracy 0): there is no correct "
             "prediction for an attack, a shift or a patch to break; check the class order, the labels and the "
             "preprocessing (--mean, --std)"
+        )
+
+    def chance_level(self, pred, reference, labelled: bool) -> str | None:
+        """Clean accuracy whose 95% interval reaches down to chance: the share of the most common label, what a
+        model that always guesses that class scores. Checked on DOMINANT_MIN_IMAGES images or more, and not
+        at accuracy 0 (nothing_to_measure says that)."""
+        n = len(pred)
+        correct = int((pred == reference).sum()) if labelled and n else 0
+        if n < DOMINANT_MIN_IMAGES or correct == 0:
+            return None
+        chance = float(torch.bincount(reference.long()).max()) / n
+        low, high = wilson(correct, n)
+        if low > chance:
+            return None
+        return (
+            f"clean accuracy {correct / n:.1%} (95%: {low:.1%}-{high:.1%}) is not above chance, {chance:.1%} "
+            f"(the share of the most common label among the {n} images)"
         )
 
     @torch.no_grad()
