@@ -414,13 +414,13 @@ def _audit_settings(e) -> str:
 def zoo_train(name, out, seed, backbone, offline):
     """Train a zoo model with its own recipe and print its hash and held-out metric."""
     e = _zoo_entry("train", name)
-    options = {"backbone": backbone, "offline": True} if offline else {"backbone": backbone}
-    options = {k: v for k, v in options.items() if v is not None}
     accepted = inspect.signature(e.train).parameters
-    if options and not set(options) <= set(accepted):
-        raise AuditError(
-            f"zoo train {name}: --backbone and --offline are for the transfer-learning recipes (shapes-lite0)"
-        )
+    if backbone is not None and "backbone" not in accepted:
+        raise AuditError(f"zoo train {name}: --backbone is for the transfer-learning recipes (shapes-lite0)")
+    # every other recipe trains on what the project ships or generates: offline already
+    options = {"backbone": backbone} if backbone is not None else {}
+    if offline and "offline" in accepted:
+        options["offline"] = True
     path = Path(out or f"{name}.pt")
     progress = lambda n: tqdm(total=n, desc="epochs", disable=not sys.stderr.isatty())  # noqa: E731
     report = e.train(path, seed=seed, progress=progress, **options)
