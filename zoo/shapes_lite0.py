@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -89,8 +90,23 @@ def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
 
 
-def _phase(model, params, lr: float, epochs: int, data, g, batch_norm_trains: bool, best, bar) -> tuple:
-    """Train `params` for `epochs`; keep the state with the lowest validation loss in `best`."""
+@dataclass
+class Selection:
+    """The weights with the lowest validation loss seen so far, and when they were seen."""
+
+    loss: float = math.inf
+    state: dict | None = None
+    epoch: int = -1
+    epochs_run: int = 0
+
+    def offer(self, loss: float, model: nn.Module) -> None:
+        if loss < self.loss:
+            self.loss, self.state, self.epoch = loss, copy.deepcopy(model.state_dict()), self.epochs_run
+        self.epochs_run += 1
+
+
+def _phase(model, params, lr: float, epochs: int, data, g, batch_norm_trains: bool, best: Selection, bar) -> None:
+    """Train `params` for `epochs`, offering the weights after each to `best`."""
     x_train, y_train = data["train"]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=COMMON["weight_decay"])
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
@@ -108,15 +124,10 @@ def _phase(model, params, lr: float, epochs: int, data, g, batch_norm_trains: bo
             optimizer.step()
         scheduler.step()
         val_loss, val_acc = evaluate(model, *data["val"])
-        epoch = best[2] + 1
-        if val_loss < best[0]:
-            best = (val_loss, copy.deepcopy(model.state_dict()), epoch, epoch)
-        else:
-            best = (best[0], best[1], epoch, best[3])
+        best.offer(val_loss, model)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(val_acc=f"{val_acc:.3f}")
-    return best
 
 
 def replace_head(net: nn.Module, classes: int) -> nn.Linear:
@@ -169,7 +180,7 @@ def pretrained_student(backbone: str, offline: bool = False) -> tuple[Classifier
 def _train(out_path: Path, seed: int, progress, pretrained: bool, backbone: str = BACKBONE, offline: bool = False):
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    data = {split: crops(split) for split in ("train", "val")}
+    train_val = {split: crops(split) for split in ("train", "val")}
     if pretrained:
         model, head = pretrained_student(backbone, offline)
     else:
@@ -177,43 +188,39 @@ def _train(out_path: Path, seed: int, progress, pretrained: bool, backbone: str 
         for module in model.modules():
             if isinstance(module, nn.BatchNorm2d):
                 module.momentum = SCRATCH_BN_MOMENTUM
-    # A torchvision backbone trains at its own input size, the crops resized and centre-cropped as the audit's
-    # loader would give them; the zoo's own 96 px crops pass unchanged.
-    resize = model.preprocess.transform().transforms[1:]
-    data = {split: (torch.stack([_apply(resize, x) for x in xs]), ys) for split, (xs, ys) in data.items()}
-    best = (math.inf, None, -1, -1)  # val loss, state, epochs run, best epoch
+
+    def prepare(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A torchvision backbone trains at its own input size, the crops resized and centre-cropped as the
+        audit's loader will give them; the zoo's own 96 px crops pass unchanged."""
+        return model.preprocess.transform()(images).as_subclass(torch.Tensor), labels
+
+    data = {split: prepare(*pair) for split, pair in train_val.items()}
+    best = Selection()
     bar = progress(COMMON["epochs"]) if progress else None
     with deterministic():
         if pretrained:
             model.requires_grad_(False)
             head.requires_grad_(True)
-            best = _phase(model, head.parameters(), 3e-3, 30, data, g, False, best, bar)
+            _phase(model, head.parameters(), 3e-3, 30, data, g, False, best, bar)
             model.requires_grad_(True)
-            best = _phase(model, model.parameters(), 3e-4, 60, data, g, False, best, bar)
+            _phase(model, model.parameters(), 3e-4, 60, data, g, False, best, bar)
         else:
-            best = _phase(model, model.parameters(), 3e-3, 90, data, g, True, best, bar)
+            _phase(model, model.parameters(), 3e-3, 90, data, g, True, best, bar)
     if bar is not None:
         bar.close()
-    model.load_state_dict(best[1])
-    x_test, y_test = crops("test")
-    _, test_acc = evaluate(model, torch.stack([_apply(resize, x) for x in x_test]), y_test)
+    model.load_state_dict(best.state)
+    _, test_acc = evaluate(model, *prepare(*crops("test")))
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.net.state_dict(), out_path)
     report = {"path": str(out_path), "sha256": sha256_of(out_path), "accuracy": round(test_acc, 4)}
-    report["best_epoch"] = best[3]
+    report["best_epoch"] = best.epoch
     if pretrained and backbone != BACKBONE:
         folder = write_test_folder()
         report["audit"] = (
             f"audit run --model {backbone} --weights {out_path} --classes {folder / 'classes.txt'} --data {folder}"
         )
     return report
-
-
-def _apply(steps, x: torch.Tensor) -> torch.Tensor:
-    for step in steps:
-        x = step(x)
-    return x
 
 
 def write_test_folder() -> Path:

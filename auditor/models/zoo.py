@@ -45,7 +45,7 @@ def zoo_entries() -> list[ZooEntry]:
 
 def audit_defaults(name: str) -> tuple[int | None, dict[str, dict]]:
     """(batch size or None, {probe: {param: value}}) a zoo model's default audit uses; nothing for other models."""
-    entry = registry.get_entry(name) if is_zoo_name(name) else None
+    entry = registry.get_entry(name)
     if entry is None:
         return None, {}
     return entry.audit.get("batch_size"), {probe: dict(p) for probe, p in entry.audit.get("probes", {}).items()}
