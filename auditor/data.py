@@ -133,9 +133,19 @@ class UnreadableImage(AuditError):
     """A file that is not a decodable image: left out of the set, and named."""
 
 
+def pil_open(path: Path):
+    """PIL's own Image.open, even after ultralytics is imported.
+
+    Importing ultralytics anywhere in the process replaces PIL.Image.open with a wrapper that, for a file
+    PIL cannot identify, pip-installs a HEIF plugin and imports it: a corrupt file would then be answered
+    with an install attempt or a ModuleNotFoundError rather than skipped and named."""
+    patches = sys.modules.get("ultralytics.utils.patches")
+    return getattr(patches, "_image_open", Image.open)(path)
+
+
 def _open(path: Path, mode: str | None):
     try:
-        with Image.open(path) as im:
+        with pil_open(path) as im:
             im.load()
             if mode and im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
                 im = _to_8bit(im)  # Pillow's own conversion clips 16-bit values at 255: all white

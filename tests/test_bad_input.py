@@ -46,7 +46,14 @@ def test_malformed_toml(audit, tmp_path):
     assert r.code == 2 and "gates.toml" in r.err and "Traceback" not in r.err, r
 
 
-def test_segmentation_pairs_with_an_unreadable_image_or_mask_are_left_out(audit, tmp_path):
+def test_segmentation_pairs_with_an_unreadable_image_or_mask_are_left_out(audit, tmp_path, monkeypatch):
+    # As in a process that imported ultralytics before (another test, or a user's script): its wrapper
+    # around PIL.Image.open answers an unidentifiable file with a HEIF plugin install and an import.
+    from PIL import Image
+    from ultralytics.utils import patches
+
+    monkeypatch.setenv("YOLO_AUTOINSTALL", "False")
+    monkeypatch.setattr(Image, "open", patches.image_open)
     root = shapes.write_segmentation_set(tmp_path / "seg", "test", 6, size=64)
     images, masks = sorted((root / "images").iterdir()), sorted((root / "masks").iterdir())
     images[0].write_bytes(images[0].read_bytes()[:40])  # truncated image
