@@ -91,6 +91,13 @@ def cli():
 @click.option("--classes", type=click.Path(), help="file with one class name per line, in output order")
 @click.option("--limit", type=int, help="audit a seeded random subset of N images")
 @click.option("--batch-size", type=int, help="images per forward/backward [default: 64, or the zoo model's own]")
+@click.option(
+    "--stream/--in-memory",
+    default=None,
+    help="decode the images from their files for every batch, or keep them decoded in memory [default: in memory "
+    "when they fit 1 GiB]",
+)
+@click.option("--workers", type=int, help="DataLoader workers that decode the files [default: half the cores, 1-4]")
 @click.option("--device", help="auto, cpu, cuda or cuda:N [default: auto]")
 @click.option("--seed", type=int, help="seed for every random draw [default: 0]")
 @click.option("--out", type=click.Path(), help="output folder [default: out]")
@@ -198,6 +205,8 @@ def run_config(opts: dict) -> RunConfig:
         limit=opt("limit"),
         batch_size=opt("batch_size", zoo_batch or 64),
         device=opt("device", "auto"),
+        stream=opt("stream"),
+        workers=opt("workers"),
         seed=opt("seed", 0),
         out=Path(opt("out", "out")),
         probes=probes,

@@ -30,6 +30,8 @@ RUN_KEYS = {
     "std",
     "classes",
     "offline",
+    "stream",
+    "workers",
 }
 
 

@@ -7,9 +7,11 @@ detect: an ultralytics data set YAML (its `test` split, else `val`), or images/ 
 (YOLO txt: class cx cy w h, normalised; YOLO-seg polygons give boxes and instance masks), or images
 alone (label-free).
 
-The set is decoded once, up front, into one tensor: a corrupt file stops the run with its
-name before any probe starts, and probes slice batches without decoding again. Decoded
-files stay uint8 (a quarter of the memory of float32) until a batch is taken.
+Every file is decoded once, up front, in DataLoader workers (auditor/loading.py): an unreadable
+file is named and left out before any probe starts. A set that fits in memory stays one uint8
+tensor (a quarter of float32's memory) and probes slice batches without decoding again; a larger
+one (or --stream) is decoded again from its files for each batch a probe takes, so memory is
+bounded by the batch size and the workers, not by the set. Labels stay in memory either way.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision import tv_tensors
 
 from auditor.errors import AuditError
+from auditor.loading import StreamedImages, decode_files, default_workers
 from auditor.models.base import ModelAdapter
 from auditor.tasks.instances import Instances
 from auditor.yolo_labels import read_yolo_labels
@@ -47,19 +50,30 @@ class YoloLabel:
 @dataclass
 class EvalData:
     name: str
-    images: torch.Tensor  # N x C x H x W, uint8 or float in [0, 1]
+    images: torch.Tensor | StreamedImages  # N x C x H x W, uint8 or float in [0, 1]; or decoded from files on access
     labels: Any  # classify: N class ids; segment: N x H x W masks (uint8); detect: list of K x 5 (class, xyxy
     # in input pixels; polygon labels: an Instances, with masks); label-free: N x UNLABELLED
     labelled: bool
     source: str  # "zoo", "imagefolder" or "flat"
     total: int  # images available before --limit
     skipped: list[str] = field(default_factory=list)  # "path: why" for each unreadable file left out
+    images_hash: Any = None  # a hashlib sha256 of the images as digest() hashes them, from the decoding pass
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def streamed(self) -> bool:
+        return isinstance(self.images, StreamedImages)
+
     def batches(self, batch_size: int, device: torch.device | str = "cpu"):
         """(images in [0, 1] as float32, labels) on the device, in order."""
+        if self.streamed:  # decoded ahead in DataLoader workers while the model runs
+            on_cuda = torch.device(device).type == "cuda"
+            for b, stored in enumerate(self.images.batches(batch_size, pin_memory=on_cuda)):
+                rows = slice(b * batch_size, b * batch_size + len(stored))
+                yield as_unit_float(stored.to(device, non_blocking=on_cuda)), self.labels_at(rows, device)
+            return
         for start in range(0, len(self), batch_size):
             yield self.batch(slice(start, start + batch_size), device)
 
@@ -87,10 +101,15 @@ class EvalData:
         return self.labels[index].to(device).long()
 
     def digest(self) -> str:
-        """sha256 of the images and labels in audit order: equal digests let two runs be paired image by image."""
-        h = hashlib.sha256()
-        h.update(str((tuple(self.images.shape), str(self.images.dtype))).encode())
-        h.update(self.images.detach().cpu().contiguous().numpy().tobytes())
+        """sha256 of the images and labels in audit order: equal digests let two runs be paired image by image.
+        A streamed set gives the digest it would give in memory."""
+        if self.images_hash is not None:
+            h = self.images_hash.copy()  # a streamed set is not decoded again for it
+        else:
+            h = hashlib.sha256()
+            h.update(str((tuple(self.images.shape), str(self.images.dtype))).encode())
+            for start in range(0, len(self), HASH_ROWS):
+                h.update(self.images[start : start + HASH_ROWS].detach().cpu().contiguous().numpy().tobytes())
         for t in _tensors(self.labels):
             h.update(str(tuple(t.shape)).encode())
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
@@ -105,6 +124,8 @@ class EvalData:
             "available": self.total,
             "digest": self.digest(),
         }
+        if self.streamed:
+            facts["streamed"] = True  # decoded from the files for every batch (--stream, or too large for memory)
         if self.skipped:
             facts["skipped"] = len(self.skipped)
             facts["skipped_files"] = self.skipped[:SKIPPED_LISTED]
@@ -126,6 +147,7 @@ def _rows(index, device: torch.device) -> slice | torch.Tensor:
     return index if isinstance(index, slice) else torch.as_tensor(index, dtype=torch.long).to(device)
 
 
+HASH_ROWS = 256  # images hashed at a time (a streamed set is decoded for its digest this many at a time)
 SKIPPED_LISTED = 20  # unreadable files named in results.json and the report; the log names them all
 
 
@@ -176,8 +198,19 @@ def _decode_pair(path: Path, mask_path: Path, mode: str, transform) -> tuple[tor
     return image, target[0].to(torch.uint8)
 
 
-def load_data(adapter: ModelAdapter, path: str | None, *, limit: int | None, seed: int, progress=None) -> EvalData:
-    """The evaluation set, subset to `limit` images by a seeded draw, decoded into memory."""
+def load_data(
+    adapter: ModelAdapter,
+    path: str | None,
+    *,
+    limit: int | None,
+    seed: int,
+    progress=None,
+    stream: bool | None = None,
+    workers: int | None = None,
+) -> EvalData:
+    """The evaluation set, subset to `limit` images by a seeded draw. Files are decoded by `workers` DataLoader
+    workers (None: default_workers()); stream None keeps the images in memory when they fit MEMORY_LIMIT, True
+    decodes them from the files for every batch, False keeps them whatever their size."""
     name = None
     if path is None:
         zoo = _zoo_data(adapter)
@@ -196,52 +229,75 @@ def load_data(adapter: ModelAdapter, path: str | None, *, limit: int | None, see
     total = len(files)
     keep = seeded_subset(total, limit, seed)
     files, labels = [files[i] for i in keep], [labels[i] for i in keep]
-    images, targets, skipped = _decode_all(files, labels, adapter, progress)
-    if not images:
-        raise AuditError(f"--data {root}: none of its {len(files)} image(s) could be read (first: {skipped[0]})")
-    if skipped:
-        print(f"warning: {len(skipped)} unreadable image(s) left out of the audit:", file=sys.stderr)
-        for line in skipped:
+    workers = default_workers() if workers is None else workers
+    decoder = Decoder(files, labels, "L" if adapter.channels == 1 else "RGB", adapter.preprocess.transform())
+    try:
+        found = decode_files(
+            len(files),
+            decoder,
+            UnreadableImage,
+            keep_images=None if stream is None else not stream,
+            workers=workers,
+            progress=progress,
+        )
+    except ValueError as exc:
+        raise AuditError(f"--data {root}: {exc}") from exc
+    if not found.kept:
+        raise AuditError(f"--data {root}: none of its {len(files)} image(s) could be read (first: {found.skipped[0]})")
+    if found.skipped:
+        print(f"warning: {len(found.skipped)} unreadable image(s) left out of the audit:", file=sys.stderr)
+        for line in found.skipped:
             print(f"  {line}", file=sys.stderr)
+    if found.images is None:
+        images = StreamedImages(decoder.image_of([files[i] for i in found.kept]), len(found.kept), found.shape, workers)
+    else:
+        images = found.images
     default_name = f"{root.parent.name}/{root.name}" if root.is_file() else root.name
     return EvalData(
         name=name or default_name,
-        images=torch.stack(images),
-        labels=_stack_targets(targets, labels[0], adapter.num_classes, root),
+        images=images,
+        labels=_stack_targets(found.targets, labels[0], adapter.num_classes, root),
         labelled=labelled,
         source=source,
         total=total,
-        skipped=skipped,
+        skipped=found.skipped,
+        images_hash=found.images_hash,
     )
 
 
-def _decode_all(files: list[Path], labels: list, adapter: ModelAdapter, progress) -> tuple[list, list, list[str]]:
-    """(images, their targets, "path: why" for each unreadable file left out), each label file read as its
-    kind says: a YOLO txt gives boxes, a mask file a mask (through the image's geometry), a class id itself."""
-    mode = "L" if adapter.channels == 1 else "RGB"
-    transform = adapter.preprocess.transform()
-    bar = progress(len(files), "decode images") if progress else None
-    images, targets, skipped = [], [], []
-    for f, label in zip(files, labels):
-        try:
-            if isinstance(label, YoloLabel):
-                image = _decode(f, mode, transform)
-                target = read_yolo_labels(label.path, image.shape[-2:], label.class_map)  # boxes, masks or None
-            elif isinstance(label, Path):
-                image, target = _decode_pair(f, label, mode, transform)
-            else:
-                image, target = _decode(f, mode, transform), label
-        except UnreadableImage as exc:  # left out and named; the audit goes on with the rest
-            skipped.append(str(exc))
-            continue
-        finally:
-            if bar is not None:
-                bar.update(1)
-        images.append(image)
-        targets.append(target)
-    if bar is not None:
-        bar.close()
-    return images, targets, skipped
+@dataclass(frozen=True)
+class Decoder:
+    """decoder(i) -> (image, target) of file i, each label read as its kind says: a YOLO txt gives boxes, a mask
+    file a mask (through the image's geometry), a class id itself. Plain data: DataLoader workers get a copy."""
+
+    files: list[Path]
+    labels: list
+    mode: str
+    transform: Any
+
+    def __call__(self, i: int) -> tuple[torch.Tensor, Any]:
+        f, label = self.files[i], self.labels[i]
+        if isinstance(label, YoloLabel):
+            image = _decode(f, self.mode, self.transform)
+            return image, read_yolo_labels(label.path, image.shape[-2:], label.class_map)  # boxes, masks or None
+        if isinstance(label, Path):
+            return _decode_pair(f, label, self.mode, self.transform)
+        return _decode(f, self.mode, self.transform), label
+
+    def image_of(self, files: list[Path]) -> ImageOf:
+        return ImageOf(files, self.mode, self.transform)
+
+
+@dataclass(frozen=True)
+class ImageOf:
+    """image_of(i) -> the image of file i alone: a deterministic transform gives it what it gave beside the mask."""
+
+    files: list[Path]
+    mode: str
+    transform: Any
+
+    def __call__(self, i: int) -> torch.Tensor:
+        return _decode(self.files[i], self.mode, self.transform)
 
 
 def _stack_targets(targets: list, kind, num_classes: int, root: Path):

@@ -53,6 +53,8 @@ class RunConfig:
     progress: bool = False
     resume: bool = False
     data_seed: int | None = None  # the seed of the --limit subset when it is not `seed` (--repeat keeps one subset)
+    stream: bool | None = None  # None: keep decoded images in memory when they fit (auditor/loading.py)
+    workers: int | None = None  # DataLoader workers that decode files; None: half the cores, 1 to 4
 
 
 def make_progress(enabled: bool):
@@ -122,6 +124,8 @@ def run_audit(config: RunConfig) -> Results:
         raise AuditError("--batch-size must be at least 1")
     if config.limit is not None and config.limit < 1:
         raise AuditError("--limit must be at least 1")
+    if config.workers is not None and config.workers < 0:
+        raise AuditError("--workers must be 0 (decode in the audit's own process) or more")
     device = resolve_device(config.device)
     progress = make_progress(config.progress)
 
@@ -133,6 +137,8 @@ def run_audit(config: RunConfig) -> Results:
         limit=config.limit,
         seed=config.seed if config.data_seed is None else config.data_seed,
         progress=progress,
+        stream=config.stream,
+        workers=config.workers,
     )
     check_model_output(adapter, data, device)
     probes = {name: registry[name](params[name]) for name in names}
