@@ -247,12 +247,21 @@ def _unanswered(exc: BaseException) -> Unanswered:
 
 
 class _Pickler(pickle.Pickler):
-    """Pickles device tensors as CPU tensors that unpickle onto the receiving rank's own device."""
+    """Pickles device tensors as CPU tensors that unpickle onto the receiving rank's own device, and a view as the
+    elements it shows (pickle would send its whole storage: a batch's slice of every image's mask)."""
 
     def reducer_override(self, obj):
-        if isinstance(obj, torch.Tensor) and obj.device.type != "cpu":
+        if not isinstance(obj, torch.Tensor) or obj.layout != torch.strided:
+            return NotImplemented
+        if obj.device.type != "cpu":
             return _on_device, (obj.detach().cpu(), obj.device.type)
+        if obj.untyped_storage().nbytes() > obj.numel() * obj.element_size():
+            return _same, (obj.detach().clone(),)
         return NotImplemented
+
+
+def _same(t: torch.Tensor) -> torch.Tensor:
+    return t
 
 
 def _on_device(t: torch.Tensor, kind: str) -> torch.Tensor:

@@ -101,6 +101,12 @@ def test_single_process_is_the_plain_loop():
     assert distributed.summed(lambda: [t * 3], [t])[0].tolist() == [3.0, 3.0]
 
 
+def test_a_view_travels_as_its_own_elements():
+    big = torch.arange(100_000)
+    sent = distributed._dumps({"batch": big[10:12]})
+    assert len(sent) < 2_000 and distributed._loads(sent)["batch"].tolist() == [10, 11]
+
+
 def test_start_without_a_launcher_starts_nothing(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert distributed.start(torch.device("cpu")) == torch.device("cpu")
@@ -269,7 +275,7 @@ def test_two_rank_torchrun_audit_equals_the_single_process_one(tmp_path):
         assert [f["text"] for f in q["findings"]] == [f["text"] for f in p["findings"]], name
         assert q["artifacts"] == p["artifacts"], name
     assert _close(sharded["score"], single["score"])
-    assert sharded["findings"] == single["findings"]
+    assert sharded.get("findings") == single.get("findings")
     # only rank 0 wrote: one report, one results.json, the probes' figures once
     assert (tmp_path / "two" / "report.html").is_file()
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
