@@ -134,11 +134,12 @@ def share(n: int) -> slice:
     return slice(lo, lo + per + (1 if r < extra else 0))
 
 
-def chunked(fn: Callable[[int], Any], n_chunks: int, bar=None, steps: int = 0) -> list:
+def chunked(fn: Callable[[int], Any], n_chunks: int, bar=None, steps: int | Callable[[int], int] = 0) -> list:
     """[fn(0), ..., fn(n_chunks - 1)]: a single process computes them in order; ranks compute the chunks they own
     and exchange the results, so every rank returns the whole list. Tensors travel through the CPU and come back
-    on this rank's device (where they were on a device). `bar`: a progress bar that fn advances by `steps` per
-    chunk; the chunks other ranks computed are counted on it afterwards."""
+    on this rank's device (where they were on a device). `bar`: a progress bar (or a function of a count) that fn
+    advances by `steps` per chunk (or steps(k) for chunk k); the chunks other ranks computed are counted on it
+    afterwards."""
     if not active():
         return [fn(k) for k in range(n_chunks)]
     mine, failure = {}, None
@@ -152,7 +153,8 @@ def chunked(fn: Callable[[int], Any], n_chunks: int, bar=None, steps: int = 0) -
     parts = gather(failure if failure is not None else mine)
     _raise_failures(parts)
     if bar is not None and steps:
-        bar.update(steps * (n_chunks - len(mine)))
+        advance = bar.update if hasattr(bar, "update") else bar
+        advance(sum(steps(k) if callable(steps) else steps for k in range(n_chunks) if k not in mine))
     merged = {k: v for part in parts for k, v in part.items()}
     return [merged[k] for k in range(n_chunks)]
 
