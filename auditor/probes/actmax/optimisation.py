@@ -71,7 +71,8 @@ def optimise(ctx: Context, classes: list[int], targets: list, canvas, steps: int
                 if mine.stop > mine.start:
                     out = adapter(final_images)
                     final = _objectives(out, acts, class_ids, channels, rows=mine)
-                    probs = out[: max(0, min(mine.stop, len(classes)) - mine.start)].softmax(1)
+                    if classes:  # (class rows exist only where the output is one logit row per image)
+                        probs = out[: max(0, min(mine.stop, len(classes)) - mine.start)].softmax(1)
         return tuple(t.cpu() for t in (final_images, start, final, probs))
 
     shares = distributed.chunked(lambda _: optimise_mine(), distributed.size())  # rank r computes share r
