@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
+from auditor import distributed
 from auditor.compare import diff_results, render_md, render_plain, write_compare
 from auditor.config import apply_sets, load_config
 from auditor.errors import AuditError, did_you_mean
@@ -128,16 +129,19 @@ def run(repeat, **opts):
     try:
         results = run_audit(config)
     except Interrupted as stop:
-        paths = write_outputs(stop.results, config.out)
-        click.echo(
-            f"interrupted: {stop.results.run['partial']}; report of the finished probes: {paths['report']}", err=True
-        )
+        if distributed.is_main():
+            paths = write_outputs(stop.results, config.out)
+            click.echo(
+                f"interrupted: {stop.results.run['partial']}; report of the finished probes: {paths['report']}",
+                err=True,
+            )
         sys.exit(130)
     except KeyboardInterrupt:
         click.echo(f"interrupted before any probe finished; rerun with --resume (output folder {config.out})", err=True)
         sys.exit(130)
-    paths = write_outputs(results, config.out)
-    _print_summary(results, paths)
+    if distributed.is_main():  # a sharded run's other ranks hold the same results and write nothing
+        paths = write_outputs(results, config.out)
+        _print_summary(results, paths)
     return exit_code(results)
 
 
@@ -147,10 +151,13 @@ def _repeat(config: RunConfig, times: int) -> int:
     for seed in range(config.seed, config.seed + times):
         folder = config.out / f"seed-{seed}"
         results = run_audit(dataclasses.replace(config, seed=seed, out=folder, data_seed=config.seed))  # same images
-        write_outputs(results, folder)
-        click.echo(f"seed {seed}: score {fmt(results.score)} · {verdict(results)} ({folder})")
         runs.append(results)
         codes.append(exit_code(results))
+        if distributed.is_main():
+            write_outputs(results, folder)
+            click.echo(f"seed {seed}: score {fmt(results.score)} · {verdict(results)} ({folder})")
+    if not distributed.is_main():
+        return max(codes, key=lambda c: (c != 0, c))
     click.echo(render_spread(spread_rows(runs), runs))
     path = config.out / "spread.md"
     write_text_atomic(path, render_spread(spread_rows(runs, "*"), runs, "md"))

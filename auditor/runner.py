@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 import auditor
+from auditor import distributed
 from auditor.data import EvalData, load_data
 from auditor.degenerate import inspect
 from auditor.errors import AuditError, did_you_mean, first_line
@@ -126,8 +127,8 @@ def run_audit(config: RunConfig) -> Results:
         raise AuditError("--limit must be at least 1")
     if config.workers is not None and config.workers < 0:
         raise AuditError("--workers must be 0 (decode in the audit's own process) or more")
-    device = resolve_device(config.device)
-    progress = make_progress(config.progress)
+    device = distributed.start(resolve_device(config.device))  # under torchrun: join the group, cuda:LOCAL_RANK
+    progress = make_progress(config.progress and distributed.is_main())
 
     seed_everything(config.seed)
     adapter = load_model(config.model).to(device).eval().prefer_channels_last()
@@ -199,13 +200,20 @@ def check_probes(probes: dict[str, Probe], adapter: ModelAdapter) -> None:
 
 
 def _run_probes(config: RunConfig, probes: dict[str, Probe], params: dict, context) -> tuple[dict, str | None]:
-    """(results by probe, the probe Ctrl-C stopped or None); each finished probe is saved for --resume at once."""
+    """(results by probe, the probe Ctrl-C stopped or None); each finished probe is saved for --resume at once.
+
+    Sharded (auditor.distributed): rank 0 alone reads and writes out/, and tells the other ranks which probes
+    --resume reuses, so that every rank runs the same probes."""
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    main = distributed.is_main()
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     results: dict[str, ProbeResult] = {}
     for name, probe in probes.items():
         fingerprint = _fingerprint(config, name, params[name])
-        saved = _load_partial(out, name, fingerprint) if config.resume else None
+        saved = _load_partial(out, name, fingerprint) if config.resume and main else None
+        if config.resume:
+            saved = distributed.broadcast(saved)
         if saved is not None:
             results[name] = saved
             continue
@@ -213,7 +221,9 @@ def _run_probes(config: RunConfig, probes: dict[str, Probe], params: dict, conte
             results[name] = run_probe(probe, context(name))
         except KeyboardInterrupt:
             return results, name
-        write_json(out / ".partial" / f"{name}.json", {"fingerprint": fingerprint, "result": results[name].to_dict()})
+        if main:
+            partial = {"fingerprint": fingerprint, "result": results[name].to_dict()}
+            write_json(out / ".partial" / f"{name}.json", partial)
     return results, None
 
 
@@ -237,6 +247,7 @@ def _facts(config: RunConfig, adapter: ModelAdapter, data: EvalData, device, res
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "batch_size": config.batch_size,
         "peak_memory_gib": _peak_rss_gib(),
+        **({"ranks": distributed.size()} if distributed.active() else {}),
         **({"limit_seed": config.data_seed} if config.data_seed is not None else {}),
     }
     if device.type == "cuda":
@@ -266,13 +277,13 @@ def run_probe(probe: Probe, ctx: Context) -> ProbeResult:
                 return _failed(ctx, start, f"out of GPU memory even at batch size 1 (from {first_batch})")
             smaller = ctx.batch_size // 2
             print(
-                f"warning: {probe.name} ran out of GPU memory at batch size {ctx.batch_size}; retrying at {smaller}",
+                f"{_rank_prefix()}warning: {probe.name} ran out of GPU memory at batch size {ctx.batch_size}; retrying at {smaller}",
                 file=sys.stderr,
             )
             ctx = replace(ctx, batch_size=smaller)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, distributed.Unanswered):  # the ranks lost each other: the run cannot go on
             raise
         except Exception:  # a crash is a result; the other probes still run
             return _failed(ctx, start, None)
@@ -294,7 +305,8 @@ def _failed(ctx: Context, start: float, message: str | None) -> ProbeResult:
     """The failed result of the exception being handled (traceback in PROBE/error.log)."""
     exc = sys.exc_info()[1]
     log, rel = ctx.artifact("error.log")
-    log.write_text(traceback.format_exc(), encoding="utf-8")
+    if ctx.main:
+        log.write_text(traceback.format_exc(), encoding="utf-8")
     message = message or f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
     return ProbeResult(status="failed", seconds=round(time.perf_counter() - start, 2), error=message, artifacts=(rel,))
 
@@ -334,6 +346,10 @@ def write_outputs(results: Results, out: Path) -> dict[str, Path]:
     for name, text in (("junit.xml", junit_xml(results)), ("summary.md", summary_md(results))):
         paths[name] = write_text_atomic(out / name, text)
     return paths
+
+
+def _rank_prefix() -> str:
+    return f"rank {distributed.rank()}: " if distributed.active() else ""
 
 
 def _peak_rss_gib() -> float:

@@ -15,6 +15,7 @@ import importlib
 import sys
 import types
 import typing
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -23,6 +24,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from auditor import distributed
 from auditor.data import EvalData
 from auditor.degenerate import Degeneracy, inspect
 from auditor.errors import AuditError, did_you_mean, first_line
@@ -53,10 +55,18 @@ class Context:
         """What differs by task (predicting, scoring, references, wording) for this run's model."""
         return task_of(self.adapter)
 
+    @property
+    def main(self) -> bool:
+        """Whether this process writes the run's files: always, but on the ranks after the first of a sharded run
+        (auditor.distributed), which compute the same results and leave the writing to rank 0."""
+        return distributed.is_main()
+
     def artifact(self, filename: str) -> tuple[Path, str]:
-        """(absolute path to write, path relative to the output folder to record)."""
+        """(absolute path to write, path relative to the output folder to record); the folder exists where
+        `main` is true (elsewhere nothing may be written)."""
         folder = self.out_dir / self.probe_name
-        folder.mkdir(parents=True, exist_ok=True)
+        if self.main:
+            folder.mkdir(parents=True, exist_ok=True)
         return folder / filename, f"{self.probe_name}/{filename}"
 
     def degeneracy(self) -> Degeneracy:
@@ -66,9 +76,15 @@ class Context:
             self.checked = inspect(self.adapter, self.data, self.task, self.batch_size, self.device)
         return self.checked
 
-    def generator(self) -> torch.Generator:
-        """A generator seeded from the run seed, on the device, for the probe's own draws."""
-        return torch.Generator(device=self.device).manual_seed(self.seed)
+    def generator(self, *key) -> torch.Generator:
+        """A generator seeded from the run seed (and `key`: see seed_for), on the device, for the probe's own draws."""
+        return torch.Generator(device=self.device).manual_seed(self.seed_for(*key) if key else self.seed)
+
+    def seed_for(self, *key) -> int:
+        """The seed of one unit of a probe's work, e.g. (probe step, batch index): the run seed and the key alone
+        decide it, so a batch draws the same numbers whichever rank of a sharded run computes it, and whatever
+        ran before it."""
+        return (self.seed * 1_000_003 + zlib.crc32(":".join(map(str, key)).encode())) % 2**63
 
 
 @dataclass
@@ -82,7 +98,8 @@ class Figures:
     def save(self, name: str, caption: str, draw: Callable, *args) -> str:
         """draw(*args, path) writes the file; returns its path relative to the output folder."""
         path, rel = self.ctx.artifact(name)
-        draw(*args, path)
+        if self.ctx.main:
+            draw(*args, path)
         self.artifacts.append(rel)
         self.captions[rel] = caption
         return rel

@@ -159,7 +159,8 @@ class FiltersProbe(Probe):
         checks = FilterChecks.of(w)
         shown = w[: self.params.max_filters]
         path, rel = ctx.artifact("filters.png")
-        draw_filters(shown, checks, path)
+        if ctx.main:  # a sharded run's other ranks compute the same and write nothing
+            draw_filters(shown, checks, path)
         bar.update(1)
         bar.close()
 

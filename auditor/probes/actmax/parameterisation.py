@@ -37,7 +37,16 @@ class FourierImage:
     matrix (decorrelated -> RGB), other channel counts straight to the sigmoid.
     """
 
-    def __init__(self, n: int, channels: int, size: tuple[int, int], generator: torch.Generator, device: torch.device):
+    def __init__(
+        self,
+        n: int,
+        channels: int,
+        size: tuple[int, int],
+        generator: torch.Generator,
+        device: torch.device,
+        rows: slice | None = None,
+    ):
+        """n images drawn from the generator; `rows`: the ones kept (a rank's share of a sharded batch)."""
         h, w = size
         fy = torch.fft.fftfreq(h, device=device)[:, None]
         fx = torch.fft.rfftfreq(w, device=device)[None, :]
@@ -46,7 +55,8 @@ class FourierImage:
         self.size = size
         self.colour = COLOUR.to(device) if channels == 3 else None
         self.spectrum = (
-            INIT_SD * torch.randn(n, channels, h, w // 2 + 1, 2, generator=generator, device=device)
+            INIT_SD
+            * torch.randn(n, channels, h, w // 2 + 1, 2, generator=generator, device=device)[rows or slice(None)]
         ).requires_grad_(True)
 
     def linear(self) -> torch.Tensor:
@@ -62,10 +72,13 @@ class FourierImage:
         return torch.sigmoid(self.linear())
 
 
-def transform(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Each image translated, scaled and rotated at random (one draw per image), grey where it leaves the frame."""
-    n = len(images)
-    u = torch.rand(n, 4, generator=generator, device=images.device)
+def transform(images: torch.Tensor, generator: torch.Generator, n: int | None = None, rows: slice | None = None):
+    """Each image translated, scaled and rotated at random (one draw per image), grey where it leaves the frame.
+
+    `images` may be the rows `rows` of a batch of n: the draws are the whole batch's, each image takes its own."""
+    n = len(images) if n is None else n
+    u = torch.rand(n, 4, generator=generator, device=images.device)[rows or slice(None)]
+    n = len(u)
     angle = torch.deg2rad((2 * u[:, 0] - 1) * DEGREES)
     zoom = SCALES[0] + (SCALES[1] - SCALES[0]) * u[:, 1]
     shift = (2 * u[:, 2:] - 1) * 2 * SHIFT  # affine_grid's coordinates span 2 per side

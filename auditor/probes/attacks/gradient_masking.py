@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from auditor import distributed
 from auditor.data import seeded_subset
 from auditor.probes.attacks.ensemble import MEMBERS, NONE, Budget, Ensemble
 from auditor.probes.attacks.sweep import Sweep
@@ -178,10 +179,10 @@ def attack_again(ctx: Context, ens: Ensemble, s: Sweep, check_images: int) -> li
     strong = Ensemble(adapter, task, ens.members, strong_budget, ens.norm, ens.generator)
     gradient_members = tuple(m for m in ens.members if m != "square")
     big = 1.0 if ens.norm == "linf" else float(torch.tensor(ctx.data.images_at([0]).shape[1:]).prod().sqrt())
-    strong_pred, _ = _attack(ctx, strong, members, ref, s.values[gi], gradient_members)
+    strong_pred, _ = _attack(ctx, strong, members, ref, s.values[gi], gradient_members, "stronger")
     # at least 20 steps: a budget cut short for speed (attacks.steps=3) must not read as an attack leading nowhere
     far = Ensemble(adapter, task, ens.members, Budget(max(b.steps, 20), b.targets, b.queries), ens.norm, ens.generator)
-    unbounded_pred, _ = _attack(ctx, far, members, ref, big, ("apgd",))
+    unbounded_pred, _ = _attack(ctx, far, members, ref, big, ("apgd",), "unbounded")
     noise = task.score(_noise_predictions(ctx, len(members)), ref, adapter)
     checks = [
         stronger(s.grid[gi], base, task.score(strong_pred, ref, adapter), strong_budget, len(members)),
@@ -189,7 +190,8 @@ def attack_again(ctx: Context, ens: Ensemble, s: Sweep, check_images: int) -> li
     ]
     if "square" not in ens.members:
         held = [i for i, m in enumerate(members) if int(s.broken_by[gi][m]) == NONE]
-        _, broken = _attack(ctx, ens, [members[i] for i in held], task.take(ref, held), s.values[gi], ("square",))
+        held_members, held_ref = [members[i] for i in held], task.take(ref, held)
+        _, broken = _attack(ctx, ens, held_members, held_ref, s.values[gi], ("square",), "gradient-free")
         checks.append(gradient_free(f"at ε={s.grid[gi]} on {len(members)} images", len(held), broken, b.queries))
     return checks
 
@@ -204,16 +206,22 @@ def _noise_predictions(ctx: Context, n: int):
     )
 
 
-def _attack(ctx: Context, ens: Ensemble, members: list[int], ref, eps: float, which: tuple[str, ...]):
-    """Predictions on `members` attacked at ε by the members `which`, and how many of them broke."""
-    task, preds, broken = ctx.task, [], 0
-    for start in range(0, len(members), ctx.batch_size):
+def _attack(ctx: Context, ens: Ensemble, members: list[int], ref, eps: float, which: tuple[str, ...], check: str):
+    """Predictions on `members` attacked at ε by the members `which`, and how many of them broke; each batch's
+    draws seeded from the run seed, the check's name and the batch alone."""
+    task = ctx.task
+
+    def chunk_of(c: int):
+        ens.generator.manual_seed(ctx.seed_for("attacks", check, c))
+        start = c * ctx.batch_size
         chunk = members[start : start + ctx.batch_size]
         x = ctx.data.images_at(chunk, ctx.device)
         o = ens.run(x, task.take(ref, slice(start, start + len(chunk))), eps, which)
-        broken += int(o.broken.sum())
         with torch.no_grad():
-            preds.append(task.predict(ctx.adapter, o.adv))
+            return task.predict(ctx.adapter, o.adv), int(o.broken.sum())
+
+    parts = distributed.chunked(chunk_of, -(-len(members) // ctx.batch_size))
+    preds, broken = [p for p, _ in parts], sum(b for _, b in parts)
     return (task.concat(preds) if preds else None), broken
 
 

@@ -406,7 +406,7 @@ class AttacksProbe(Probe):
 
     def _gallery(self, ctx: Context, figures: Figures, ens: Ensemble, s: Sweep) -> None:
         """A few images at the budget that breaks them, attacked again (the same way) to show them."""
-        if self.params.gallery <= 0:
+        if self.params.gallery <= 0 or not ctx.main:  # a figure: rank 0 draws it
             return
         task, order = ctx.task, np.argsort(s.values)
         if task.attack_gallery_at_flip:
@@ -436,6 +436,7 @@ class AttacksProbe(Probe):
         task = ctx.task
         x = ctx.data.images_at(slice(i, i + 1), ctx.device)
         ref = task.take(s.reference, slice(i, i + 1))
+        ens.generator.manual_seed(ctx.seed_for("attacks", "gallery", i))
         adv = ens.run(x, ref, s.values[gi]).adv
         with torch.no_grad():
             outs = ctx.adapter.predict(torch.cat([x, adv]))

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from auditor import distributed
 from auditor.probes.attacks.engine import LinfAttack, bisect_min_eps
 from auditor.probes.attacks.ensemble import BROKEN_SHARE, CLEAN, MEMBERS, NONE, Ensemble
 from auditor.probes.base import Context
@@ -68,25 +69,37 @@ def sweep(
     """Every batch attacked at every ε by the ensemble (or by `members`, on the images `prior` left unbroken)."""
     task, data = ctx.task, ctx.data
     order = sorted(range(len(grid)), key=lambda i: values[i])
-    parts = {name: [[] for _ in grid] for name in ("fgsm", "robust", "first", "by", "query")}
-    zero_grad, bad_grad = [], []
-    for b in range(-(-len(data) // ctx.batch_size)):
+    stream = "sweep" if prior is None else "again"
+
+    def one_batch(b: int) -> dict:
+        """Batch b at every ε (its draws seeded from the run seed and b alone: any rank may compute it)."""
+        ens.generator.manual_seed(ctx.seed_for("attacks", stream, b))
         sl = slice(b * ctx.batch_size, (b + 1) * ctx.batch_size)
         x = data.images_at(sl, ctx.device)
         ref = task.take(reference, sl)
         grad, _, _ = engine.gradient(x, task.to(ref, ctx.device))  # one clean gradient serves FGSM at every ε
         finite = torch.isfinite(grad).flatten(1).all(1)
-        bad_grad.append(~finite.cpu())
-        zero_grad.append((finite & (grad.flatten(1).abs().amax(1) == 0)).cpu())
+        out = {name: [None] * len(grid) for name in ("fgsm", "robust", "first", "by", "query")}
+        out["bad"], out["zero"] = ~finite.cpu(), (finite & (grad.flatten(1).abs().amax(1) == 0)).cpu()
         clean = task.take(clean_pred, sl)
         before = None if prior is None else _batch_of(task, prior, sl)
         batch = (_classes if task.attack_stops_when_wrong else _task_score)(ens, x, ref, clean, values, order, before)
         for gi in order:
             with torch.no_grad():
-                parts["fgsm"][gi].append(task.predict(ctx.adapter, engine.fgsm_from_gradient(x, grad, values[gi])))
+                out["fgsm"][gi] = task.predict(ctx.adapter, engine.fgsm_from_gradient(x, grad, values[gi]))
             for name, value in zip(("robust", "first", "by", "query"), batch(gi, members, queries)):
-                parts[name][gi].append(value)
+                out[name][gi] = value
             bar.update(1)
+        out["probabilities"] = ens.saw_probabilities
+        return out
+
+    batches = distributed.chunked(one_batch, -(-len(data) // ctx.batch_size), bar, len(grid))
+    ens.saw_probabilities = any(b["probabilities"] for b in batches)  # on any rank's batches
+    parts = {
+        name: [[b[name][gi] for b in batches] for gi in range(len(grid))]
+        for name in ("fgsm", "robust", "first", "by", "query")
+    }
+    zero_grad, bad_grad = [b["zero"] for b in batches], [b["bad"] for b in batches]
     joined = {
         name: [task.concat(p) if name in ("fgsm", "robust", "first") else torch.cat(p) for p in per]
         for name, per in parts.items()
@@ -231,16 +244,20 @@ def min_eps(ctx: Context, ens: Ensemble, s: Sweep, subset: list[int], rounds: in
     wrong_clean = a_clean <= 0
     rows = torch.nonzero(ever & ~wrong_clean).flatten()
     if len(rows) and rounds:
+        rounds_done = [0]
 
         def broken_at(eps: torch.Tensor) -> torch.Tensor:
-            out = []
-            for start in range(0, len(rows), ctx.batch_size):
-                chunk = rows[start : start + ctx.batch_size]
-                members = [subset[int(i)] for i in chunk]
+            def chunk_of(c: int) -> torch.Tensor:
+                ens.generator.manual_seed(ctx.seed_for("attacks", "bisect", rounds_done[0], c))
+                start = c * ctx.batch_size
+                members = [subset[int(i)] for i in rows[start : start + ctx.batch_size]]
                 x = ctx.data.images_at(members, ctx.device)
                 budgets = eps[start : start + ctx.batch_size].to(ctx.device, x.dtype)
-                out.append(ens.run(x, task.take(s.reference, members), budgets, ("apgd",)).broken.cpu())
                 bar.update(1)
+                return ens.run(x, task.take(s.reference, members), budgets, ("apgd",)).broken.cpu()
+
+            out = distributed.chunked(chunk_of, -(-len(rows) // ctx.batch_size), bar, 1)
+            rounds_done[0] += 1
             return torch.cat(out)
 
         hi[rows] = bisect_min_eps(broken_at, lo[rows], hi[rows], rounds)

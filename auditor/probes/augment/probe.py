@@ -18,13 +18,13 @@ AlexNet errors for 1000-class classifiers) the corruption error relative to it: 
 from __future__ import annotations
 
 import math
-import zlib
 from dataclasses import dataclass
 from difflib import get_close_matches
 
 import numpy as np
 import torch
 
+from auditor import distributed
 from auditor.models.base import TASKS
 from auditor.probes.augment.corruption_error import NOT_COMPUTED, CorruptionErrors, check_reference, corruption_errors
 from auditor.probes.augment.corruptions import REFERENCE_SIZE
@@ -248,10 +248,13 @@ def _measure(ctx: Context, shift: Shift, level: int, scale: float, reference, cl
     flip rate, and (level label, shifted image, output) of the example image)."""
     task, adapter, data = ctx.task, ctx.adapter, ctx.data
     h, w = adapter.input_size
-    g = torch.Generator(device=ctx.device).manual_seed(_seed(ctx.seed, shift.name, level))
-    preds, refs, cleans, shown = [], [], [], None
-    for start in range(0, len(data), ctx.batch_size):
-        sl = slice(start, start + ctx.batch_size)
+    g = torch.Generator(device=ctx.device)
+
+    def one_batch(b: int):
+        """Batch b shifted, its predictions and references; its draws seeded from (run seed, shift, severity, b)
+        alone, so any rank of a sharded run may compute it."""
+        g.manual_seed(ctx.seed_for(shift.name, level, b))
+        sl = slice(b * ctx.batch_size, (b + 1) * ctx.batch_size)
         x, _ = data.batch(sl, ctx.device)
         with torch.no_grad():
             shifted, affine = shift.apply(x, level, g, scale)
@@ -260,9 +263,7 @@ def _measure(ctx: Context, shift: Shift, level: int, scale: float, reference, cl
         if affine is not None:  # the references follow the image (they live on the CPU)
             affine = affine.cpu()
             ref_b, clean_b = task.warp(ref_b, affine, (h, w)), task.warp(clean_b, affine, (h, w))
-        preds.append(pred)
-        refs.append(ref_b)
-        cleans.append(clean_b)
+        shown = None
         if sl.start <= example < sl.start + len(x):
             j = example - sl.start
             # copies: a view would keep the whole batch alive for every variant
@@ -270,7 +271,12 @@ def _measure(ctx: Context, shift: Shift, level: int, scale: float, reference, cl
             out_j = {k: v.clone() for k, v in out_j.items()} if isinstance(out_j, dict) else out_j.clone()
             shown = (shift.levels[level - 1], shifted[j].detach().cpu().clone(), out_j)
         bar.update(1)
-    pred_all, ref_all, clean_all = task.concat(preds), task.concat(refs), task.concat(cleans)
+        return pred, ref_b, clean_b, shown
+
+    batches = distributed.chunked(one_batch, -(-len(data) // ctx.batch_size), bar, 1)
+    preds, refs, cleans, shown_at = zip(*batches)
+    shown = next((s for s in shown_at if s is not None), None)
+    pred_all, ref_all, clean_all = task.concat(list(preds)), task.concat(list(refs)), task.concat(list(cleans))
     flips = 1.0 - task.agreement(pred_all, clean_all)
     estimates = {**task.estimates(pred_all, ref_all, adapter), "flip_rate": Ratio.of_values(flips)}
     return task.scores(pred_all, ref_all, adapter), flips.mean().item(), shown, estimates
@@ -352,8 +358,3 @@ def _relative(values: list[float], clean: float) -> float | None:
     if clean <= 0 or not values:
         return None
     return float(np.mean([v / clean for v in values]))
-
-
-def _seed(seed: int, name: str, level: int) -> int:
-    """A stable seed per (run seed, shift, severity): the same draws whatever else runs or in which order."""
-    return (seed * 1_000_003 + zlib.crc32(f"{name}:{level}".encode())) % 2**63

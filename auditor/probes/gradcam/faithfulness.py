@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2.functional import gaussian_blur
 
+from auditor import distributed
 from auditor.cam import ScoreFn, normalise, upsample
 from auditor.probes.gradcam.details import Auc, RoadAuc
 from auditor.probes.gradcam.figures import LABELS
@@ -109,18 +110,31 @@ def deletion_insertion(
 
     rows_per_job = max(1, batch_size // max(1, n))
     all_rows = torch.arange(n, device=x.device)
+    # The batches are the work a sharded run's ranks share (auditor.distributed); nothing in them draws.
     if rows_per_job > 1:  # several whole jobs in one batch
-        for start in range(0, len(jobs), rows_per_job):
-            group = jobs[start : start + rows_per_job]
+
+        def group_of(g: int) -> torch.Tensor:
+            group = jobs[g * rows_per_job : (g + 1) * rows_per_job]
             batch = torch.cat([image(j, all_rows) for j in group])
-            scores[start : start + len(group)] = prob_fn_rows(prob_fn, batch, n).view(len(group), n)
             progress(len(group))
+            return prob_fn_rows(prob_fn, batch, n).view(len(group), n)
+
+        per_group = lambda g: len(jobs[g * rows_per_job : (g + 1) * rows_per_job])  # noqa: E731
+        done = distributed.chunked(group_of, -(-len(jobs) // rows_per_job), progress, per_group)
+        for g, part in enumerate(done):
+            scores[g * rows_per_job : g * rows_per_job + len(part)] = part
     else:  # one job in several batches
-        for j, job in enumerate(jobs):
+
+        def job_of(j: int) -> torch.Tensor:
+            row = torch.empty(n, device=x.device)
             for start in range(0, n, batch_size):
                 rows = all_rows[start : start + batch_size]
-                scores[j, rows] = prob_fn_rows(prob_fn, image(job, rows), len(rows), rows)
+                row[rows] = prob_fn_rows(prob_fn, image(jobs[j], rows), len(rows), rows)
             progress(1)
+            return row
+
+        for j, row in enumerate(distributed.chunked(job_of, len(jobs), progress, 1)):
+            scores[j] = row
     out: dict[str, dict[str, torch.Tensor]] = {name: {} for name in maps}
     for (name, mode, k), row in zip(jobs, scores):
         out[name].setdefault(mode, torch.empty(n, steps + 1, device=x.device))[:, k] = row

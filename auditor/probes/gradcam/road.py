@@ -31,6 +31,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from auditor import distributed
 from auditor.probes.gradcam.details import RoadAuc
 from auditor.probes.gradcam.figures import LABELS
 from auditor.results import Finding
@@ -150,17 +151,25 @@ def road_curves(
     ends = [(0, False, 0), (0, False, steps)]
     jobs = ends + [(m, least, k) for m in range(len(names)) for least in (False, True) for k in range(1, steps)]
     job_map, job_least, job_k = (torch.tensor(column, device=x.device) for column in zip(*jobs))
-    scores = torch.empty(len(jobs) * n, device=x.device)
-    reported = 0
-    for start in range(0, len(scores), batch_size):
-        items = torch.arange(start, min(start + batch_size, len(scores)), device=x.device)
+    total = len(jobs) * n
+    # Each batch's noise is seeded from one draw of the generator and the batch's index: the batches are the work
+    # a sharded run's ranks share (auditor.distributed), and a batch draws the same noise whichever rank runs it.
+    base = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
+    noise = torch.Generator(device=generator.device)
+
+    def batch_of(b: int) -> torch.Tensor:
+        start = b * batch_size
+        items = torch.arange(start, min(start + batch_size, total), device=x.device)
         j, r = items // n, items % n
         rank, count = order[job_map[j], r][:, None], counts[job_k[j]].view(-1, 1, 1, 1)
         removed = torch.where(job_least[j].view(-1, 1, 1, 1), rank >= h * w - count, rank < count)
-        scores[items] = prob_fn(noisy_linear_imputation(x[r], removed, generator), r).float()
-        finished = (int(items[-1]) + 1) // n  # jobs whose every row is scored
-        progress(finished - reported)
-        reported = finished
+        noise.manual_seed(base + b)
+        scored = prob_fn(noisy_linear_imputation(x[r], removed, noise), r).float()
+        progress(finishes(b))  # the jobs whose last row this batch scores
+        return scored
+
+    finishes = lambda b: min((b + 1) * batch_size, total) // n - (b * batch_size) // n  # noqa: E731
+    scores = torch.cat(distributed.chunked(batch_of, -(-total // batch_size), progress, finishes))
     curves = scores.view(len(jobs), n)
     out = {m: {o: torch.empty(n, steps + 1, device=x.device) for o in ORDERS} for m in names}
     for m, o in ((m, o) for m in names for o in ORDERS):

@@ -309,7 +309,7 @@ class PatchProbe(Probe):
             intervals,
         )
         ask = Examples(scored.scales.index(p.score_scale), p.gallery, ctx.seed, "gradcam" in ctx.probes)
-        gallery = None if p.gallery == 0 else test.gallery(run.patches, scored, ask)
+        gallery = None if p.gallery == 0 or not ctx.main else test.gallery(run.patches, scored, ask)  # rank 0 draws
         if gallery is not None:
             cam = gallery.cams is not None
             caption = (
@@ -319,8 +319,9 @@ class PatchProbe(Probe):
             )
             figures.save("examples.png", caption, patch_figures.draw_examples, ctx.adapter, gallery)
         path, rel = ctx.artifact("patches.pt")  # the patches themselves, to print or to test a defence with
-        torch.save(
-            {mode: {f"{s:g}": t.cpu() for s, t in zip(scored.scales, ts)} for mode, ts in run.patches.items()}, path
-        )
+        if ctx.main:
+            torch.save(
+                {mode: {f"{s:g}": t.cpu() for s, t in zip(scored.scales, ts)} for mode, ts in run.patches.items()}, path
+            )
         figures.artifacts.append(rel)
         return figures, cam

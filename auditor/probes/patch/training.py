@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from auditor import distributed
 from auditor.data import seeded_subset
 from auditor.probes.patch.geometry import patched
 
@@ -114,8 +115,8 @@ def train_patches(adapter, goal: Goal, scales: list[float], mode: str, training:
                 images.append(x)
                 covers.append(cover)
                 picked.append(idx)
-            loss = goal.loss(adapter(torch.cat(images)), torch.cat(picked), torch.cat(covers), mode).mean()
-            grads = torch.autograd.grad(loss, patches)  # the patches' alone: the model's weights get no .grad
+            x, idx, cover = torch.cat(images), torch.cat(picked), torch.cat(covers)
+            grads = distributed.summed(lambda: _gradients(adapter, goal, patches, x, idx, cover, mode), patches)
             for patch, grad in zip(patches, grads):
                 patch.grad = grad
             optimiser.step()
@@ -126,6 +127,20 @@ def train_patches(adapter, goal: Goal, scales: list[float], mode: str, training:
                     patch.clamp_(0, 1)
             training.bar.update(1)
     return [patch.detach() for patch in patches]
+
+
+def _gradients(adapter, goal: Goal, patches: list[torch.Tensor], x, idx, cover, mode: str) -> list[torch.Tensor]:
+    """The gradient of the step's mean loss for the patches alone (the model's weights get no .grad). Sharded
+    (auditor.distributed), every rank drew the same images and placements and runs its share of the rows;
+    the shares' gradients, each of its rows' summed loss over all the step's rows, add up to the mean's."""
+    if not distributed.active():
+        return list(torch.autograd.grad(goal.loss(adapter(x), idx, cover, mode).mean(), patches))
+    mine = distributed.share(len(x))
+    if mine.start == mine.stop:  # fewer rows than ranks: nothing on this one
+        return [torch.zeros_like(p) for p in patches]
+    loss = goal.loss(adapter(x[mine]), idx[mine], cover[mine], mode).sum() / len(x)
+    grads = torch.autograd.grad(loss, patches, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(patches, grads)]
 
 
 def strongest(adapter, goal: Goal, scales: list[float], mode: str, training: Training) -> Restarts:

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from auditor import distributed
 from auditor.cam import cam_maps, upsample
 from auditor.data import as_unit_float
 from auditor.probes.base import Context
@@ -183,11 +184,15 @@ class Goal:
         """Each patch's success on images `rows`, all at the same places (JUDGE_SEED): the restarts' judge."""
         where = self.place(rows, scale, torch.Generator().manual_seed(JUDGE_SEED), train=False)
         out = []
+        slices = chunks(len(rows), training.batch_size)
         for patch in patches:
-            parts = []
-            for s in chunks(len(rows), training.batch_size):
-                parts.append(self.outcome(*patched(self.pixels(rows[s]), patch, [w.take(s) for w in where])))
+
+            def outcome(k: int, patch=patch):
+                s = slices[k]
                 training.bar.update(1)
+                return self.outcome(*patched(self.pixels(rows[s]), patch, [w.take(s) for w in where]))
+
+            parts = distributed.chunked(outcome, len(slices), training.bar, 1)
             out.append(self.success(mode, _join(parts), rows).value if parts else None)
         return out
 
@@ -203,14 +208,16 @@ class Goal:
         for k, scale in enumerate(scales):
             where = self.place(every, scale, generator, train=False)
             self.placements.append(where)
+            slices = chunks(len(self), scoring.batch_size)
             for mode in runs:
                 patch = baseline[k] if mode == "random" else patches[mode][k]
-                parts = []
-                for s in chunks(len(self), scoring.batch_size):
-                    x, cover = patched(self.pixels(s), patch, [w.take(s) for w in where])
-                    parts.append(self.outcome(x, cover))
+
+                def outcome(c: int, patch=patch, where=where):
+                    x, cover = patched(self.pixels(slices[c]), patch, [w.take(slices[c]) for w in where])
                     scoring.bar.update(1)
-                runs[mode].append(_join(parts))
+                    return self.outcome(x, cover)
+
+                runs[mode].append(_join(distributed.chunked(outcome, len(slices), scoring.bar, 1)))
         return self.score(runs, scales)
 
     def replay(self, patch: torch.Tensor, k: int, pick: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
