@@ -30,7 +30,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision import tv_tensors
 
 from auditor.errors import AuditError
-from auditor.loading import StreamedImages, decode_files, default_workers
+from auditor.loading import StreamedImages, decode_files, default_workers, release_freed_memory
 from auditor.models.base import ModelAdapter
 from auditor.tasks.instances import Instances
 from auditor.yolo_labels import read_yolo_labels
@@ -71,6 +71,7 @@ class EvalData:
         if self.streamed:  # decoded ahead in DataLoader workers while the model runs
             on_cuda = torch.device(device).type == "cuda"
             for b, stored in enumerate(self.images.batches(batch_size, pin_memory=on_cuda)):
+                release_freed_memory()
                 rows = slice(b * batch_size, b * batch_size + len(stored))
                 yield as_unit_float(stored.to(device, non_blocking=on_cuda)), self.labels_at(rows, device)
             return
@@ -90,6 +91,7 @@ class EvalData:
 
     def stored_images_at(self, index, device: torch.device | str = "cpu") -> torch.Tensor:
         """Images as the data holds them (uint8 for files: a quarter of float32's memory), on the device."""
+        release_freed_memory()  # what the last batch's work freed (see there)
         return self.images[_rows(index, self.images.device)].to(device)
 
     def labels_at(self, index, device: torch.device | str = "cpu") -> Any:
