@@ -41,12 +41,13 @@ _last_trim = 0.0
 
 
 def release_freed_memory() -> None:
-    """Give the pages of freed heap memory back to the system (glibc), at most every TRIM_EVERY seconds, as probes take batches.
+    """Give the pages of freed heap memory back to the system (glibc), at most every TRIM_EVERY seconds, as
+    probes take batches.
 
     glibc keeps freed blocks in its heap, and raises its mmap threshold after each large free, so batch-sized
     tensors of ever-changing sizes (APGD drops the images it broke) end up in a heap that only grows: a
-    label-free audit of 20,000 images at 128 px (bench/streaming.py) peaked at 3.39 GiB streamed, 1.81 with this. A lower mmap
-    threshold (MALLOC_MMAP_THRESHOLD_) kept it flat but made the attacks 3x slower (a page fault for every
+    label-free audit of 20,000 images at 128 px (bench/streaming.py) peaked at 3.39 GiB streamed, 1.81 with
+    this. A lower mmap threshold (MALLOC_MMAP_THRESHOLD_) kept it flat but made the attacks 3x slower (a page fault for every
     page of every tensor). A trim gives pages back that the next batch faults in again, so it runs at most once
     every TRIM_EVERY seconds: the heap cannot grow far in that time."""
     global _last_trim
@@ -99,14 +100,14 @@ def _as_list(items: list[Decoded]) -> list[Decoded]:
     return items  # the default collate would try to stack images of files that failed
 
 
-def _loader(dataset: Dataset, workers: int, batch_size: int = DECODE_BATCH, indices=None) -> DataLoader:
-    sampler = None if indices is None else list(indices)
+def _loader(dataset: Dataset, workers: int, batch_size: int, collate_fn=None, pin_memory: bool = False) -> DataLoader:
+    """The items in order, batch_size at a time, decoded ahead by `workers` processes (0: in this one)."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=sampler,
         num_workers=workers,
-        collate_fn=_as_list,
+        collate_fn=collate_fn,
+        pin_memory=pin_memory,
         prefetch_factor=2 if workers else None,
     )
 
@@ -138,7 +139,7 @@ def decode_files(
     kept, targets, skipped = [], [], []
     images, shape, keep = None, None, keep_images
     h = hashlib.sha256()  # hashed as the images arrive, assuming none is skipped; redone lazily if one is
-    for batch in _loader(_Files(count, decode, unreadable), workers):
+    for batch in _loader(_Files(count, decode, unreadable), workers, DECODE_BATCH, _as_list):
         for item in batch:
             if item.fatal is not None:
                 raise item.fatal
@@ -203,18 +204,7 @@ class StreamedImages:
 
     def batches(self, batch_size: int, pin_memory: bool = False) -> Iterator[torch.Tensor]:
         """The images in order, batch_size at a time, decoded ahead in worker processes."""
-        dataset = _Streamed(self.decode, self.count)
-        loader = DataLoader(
-            dataset,
-            batch_size=batch_size,
-            num_workers=self.workers,
-            pin_memory=pin_memory,
-            prefetch_factor=2 if self.workers else None,
-        )
-        yield from loader
-
-    def __getstate__(self):  # DataLoader workers get a copy without the thread pool
-        return {**self.__dict__, "_threads": None}
+        yield from _loader(_Streamed(self.decode, self.count), self.workers, batch_size, pin_memory=pin_memory)
 
 
 class _Streamed(Dataset):
