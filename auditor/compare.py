@@ -14,11 +14,11 @@ from pathlib import Path
 
 from auditor.errors import AuditError, did_you_mean
 from auditor.files import write_text_atomic
-from auditor.gates import md_text
+from auditor.gates import md_text, verdict
 from auditor.headlines import section_order
 from auditor.noise import metric_change, same_images
 from auditor.probes.base import metric_direction
-from auditor.report import environment, fact, fmt, interval_text
+from auditor.report import environment, fact, fmt, interval_text, verdict_css
 from auditor.results import Results
 from auditor.stats import Change
 
@@ -398,6 +398,8 @@ class CompareView:
     scores: CompareTable
     tables: list[CompareTable]
     notes: list[str]
+    verdicts: list[tuple[str, str]]  # per run: (verdict, its css class as the report's)
+    cautions: list[tuple[str, str]]  # (run label, finding): what each run's own audit says its figures are worth
 
 
 def run_labels(paths: list[str], runs: list[Results]) -> list[str]:
@@ -495,6 +497,10 @@ def build_compare(paths: list[str], runs: list[Results]) -> CompareView:
     ]
     listed = ", ".join(differ[:-1]) + " and " + differ[-1] if len(differ) > 1 else "".join(differ)
     notes = [f"The runs differ in {listed}: the values below are not measured like for like."] if differ else []
+    verdicts = [(verdict(r), verdict_css(r)) for r in runs]
+    # a model at chance level or with constant predictions scores "better" on every relative figure; its own key
+    # findings say so in its report, and must say so here too, before the stars
+    cautions = [(label, f.text) for label, r in zip(labels, runs) for f in r.findings if f.key]
     return CompareView(
         title="Audit comparison: " + " vs ".join(labels),
         labels=labels,
@@ -502,6 +508,8 @@ def build_compare(paths: list[str], runs: list[Results]) -> CompareView:
         scores=CompareTable(name="", rows=score_rows),
         tables=tables,
         notes=notes,
+        verdicts=verdicts,
+        cautions=cautions,
     )
 
 

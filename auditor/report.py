@@ -130,6 +130,11 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+def verdict_css(results: Results) -> str:
+    """The verdict's colour: green passed, red a failed gate or figures not measured, amber incomplete."""
+    return "warn" if results.run.get("partial") else {0: "good", 1: "bad", 3: "warn"}[exit_code(results)]
+
+
 def fact(value: Any) -> str:
     """Facts keep their precision (a mean of 0.1307 stays 0.1307)."""
     if isinstance(value, float):
@@ -272,12 +277,11 @@ def build_view(results: Results, out: Path, templates: dict[str, str] | None = N
         )
         for g in results.gates
     ]
-    code = exit_code(results)
     model = dict(results.model)
     return ReportView(
         title=f"Audit of {results.model['name']}",
         verdict=verdict(results),
-        verdict_css="warn" if results.run.get("partial") else {0: "good", 1: "bad", 3: "warn"}[code],
+        verdict_css=verdict_css(results),
         score=fmt(results.score),
         score_css=score_css(results.score),
         tiles=tiles,

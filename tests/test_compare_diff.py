@@ -6,6 +6,7 @@ Synthetic results.json files only (no audit runs), so these are fast.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from auditor.errors import AuditError
 from auditor.gates import evaluate, exit_code, load_gates_file, parse_rule
 from auditor.probes.base import metric_direction
-from auditor.results import ProbeResult, Results, load, save
+from auditor.results import Finding, ProbeResult, Results, load, save
 
 HOSTILE = "<script>alert(1)</script>|x"
 
@@ -200,6 +201,29 @@ def test_compare_html(audit, tmp_path):
     assert _marked(_row(html, "filters")) == [False, False, False]  # no direction
     assert html.count('<table class="sortable">') == 4 and "<thead>" in html and "<tbody>" in html
     assert "http://" not in html and "https://" not in html and "src=" not in html  # self-contained
+
+
+def test_compare_shows_each_runs_verdict_and_its_own_key_findings_before_the_stars(audit, tmp_path):
+    """A model at chance level "wins" every relative figure: the page must say what its own audit said of it."""
+    good = write(tmp_path / "tuned", attacks=0.1, augment=0.9)
+    lucky = write(tmp_path / "scratch", attacks=0.0, augment=1.0)
+    chance = "accuracy at chance level: clean accuracy 37.5% is not above chance <b>"
+    results = load(lucky)
+    attacks = replace(results.probes["attacks"], suspect="its gradients vanish")
+    findings = (Finding("high", chance, key=True), Finding("info", "a minor remark"))
+    save(replace(results, findings=findings, probes={**results.probes, "attacks": attacks}), lucky)
+    out = tmp_path / "compare.html"
+    r = audit("compare", good, lucky, "--out", out)
+    assert r.code == 0, r
+    html = out.read_text(encoding="utf-8")
+    cautions = html[html.index('id="cautions"') : html.index('id="scores"')]
+    assert "scratch</b>: accuracy at chance level" in cautions and "&lt;b&gt;" in cautions  # escaped
+    assert "a minor remark" not in html  # key findings only
+    verdicts = re.findall(r'<span class="verdict (\w+)">([^<]*)</span>', html)
+    assert verdicts == [("good", "PASSED"), ("bad", "SUSPECT: attacks: its gradients vanish")]
+    assert html.index('id="cautions"') < html.index("overall score")
+    assert audit("compare", good, write(tmp_path / "other", attacks=0.2), "--out", out).code == 0
+    assert 'id="cautions"' not in out.read_text(encoding="utf-8")
 
 
 def test_compare_needs_two(audit, tmp_path):
