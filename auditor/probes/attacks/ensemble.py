@@ -179,8 +179,8 @@ class Ensemble:
             # APGD's adversarial stands wherever it is no better than the clean image: a per-image score is coarse
             # (an image's AP50 stays 1.0 while every confidence drops, which is what moves the data set's mAP), and
             # a tie given back to the clean image left the ensemble's mAP above APGD's own (0.770 vs 0.706 at
-            # 1/255 on shapes-yolov8n). A later member replaces it only where it does strictly worse. (Segmenters'
-            # pooled mIoU can still end a little above APGD's: shapes-unet 0.680 vs 0.675 at 2/255.)
+            # 1/255 on shapes-yolov8n). A later member replaces it only where it does strictly worse. (The data
+            # set's pooled mAP or mIoU can still end above APGD's own set: the sweep then reports the lower, pooled.py.)
             worse = s <= score[rows] if member == "apgd" else s < score[rows]
             adv[rows[worse]], score[rows[worse]] = adv_r[worse], s[worse]
             newly = (score[rows] < BROKEN_SHARE * a_clean[rows]) & ~broken[rows]

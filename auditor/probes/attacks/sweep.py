@@ -19,6 +19,7 @@ import torch
 from auditor import distributed
 from auditor.probes.attacks.engine import LinfAttack, bisect_min_eps
 from auditor.probes.attacks.ensemble import BROKEN_SHARE, CLEAN, MEMBERS, NONE, Ensemble
+from auditor.probes.attacks.pooled import lowest_per_eps
 from auditor.probes.base import Context
 
 
@@ -104,6 +105,10 @@ def sweep(
         name: [task.concat(p) if name in ("fgsm", "robust", "first") else torch.cat(p) for p in per]
         for name, per in parts.items()
     }
+    if not task.attack_stops_when_wrong:  # mAP and mIoU pool over images: the set's worst case (pooled.py)
+        joined["robust"], joined["by"], joined["query"] = lowest_per_eps(
+            task, ctx.adapter, reference, clean_pred, order, *(joined[k] for k in ("robust", "first", "by", "query"))
+        )
     score = lambda preds: [task.score(pred, reference, ctx.adapter) for pred in preds]  # noqa: E731
     return Sweep(
         grid=grid,
