@@ -5,6 +5,7 @@ The ensemble against AutoAttack and the masked models: tests/test_attack_strengt
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -311,8 +312,8 @@ def test_worst_case_is_not_above_its_own_apgd_member_nor_above_a_smaller_eps(aud
     """The ensemble's figure is the worst case over its members, so it must never be above APGD's alone. On the
     detector it was (0.770 against 0.706 at 1/255 on shapes-yolov8n): an image whose own AP50 APGD left at 1.0,
     while lowering every confidence, went back to its clean version. On the segmenter it was too (0.2485 against
-    0.2482 at 8/255 here): mIoU pools pixels over the images, and the per-image choice by the image's own mIoU is not
-    the set's worst case (auditor/probes/attacks/pooled.py)."""
+    0.2482 at 8/255 here, with Square): mIoU pools pixels over the images, and the per-image choice by the image's
+    own mIoU is not the set's worst case (auditor/probes/attacks/pooled.py)."""
     out = tmp_path / "out"
     r = audit(
         "run", "--model", name, "--probes", "attacks", "--limit", "16", "--out", out,
@@ -366,3 +367,37 @@ def test_a_segmenters_reported_set_is_the_lowest_pooled_miou_of_its_candidates()
                 swapped[i] = c[0][i]
                 assert miou(swapped) >= miou(out[gi]) - 1e-9, (gi, i)
         below = (out[gi], out_by[gi], out_query[gi])
+
+
+def test_a_segmenters_attack_loss_is_the_pixels_js_divergence_from_the_reference():
+    """Segment.attack_loss: per image, the mean over labelled pixels of JS(softmax, one-hot of the reference), as
+    the two KL divergences to the midpoint give it; in [0, log 2]; ignored pixels (255) left out."""
+    from auditor.tasks.segment import pixel_js_divergence
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 4, 5, 6, generator=g) * 4
+    reference = torch.randint(0, 4, (3, 5, 6), generator=g)
+    reference[0, :2] = 255
+    p = logits.softmax(1)
+    onehot = torch.nn.functional.one_hot(reference.clamp(max=3), 4).permute(0, 3, 1, 2).double()
+    mid = (p.double() + onehot) / 2
+
+    def kl(a, b):
+        return (a * (a.clamp_min(1e-300) / b.clamp_min(1e-300)).log()).sum(1)
+
+    js = (kl(p.double(), mid) + kl(onehot, mid)) / 2
+    valid = reference != 255
+    expected = (js * valid).flatten(1).sum(1) / valid.flatten(1).sum(1)
+    assert torch.allclose(pixel_js_divergence(logits, reference).double(), expected, atol=1e-6)
+    right = torch.nn.functional.one_hot(reference.clamp(max=3), 4).permute(0, 3, 1, 2).float() * 50
+    assert pixel_js_divergence(right, reference).abs().max() < 1e-6  # confident and right: 0
+    assert pixel_js_divergence(-right, reference).sub(math.log(2)).abs().max() < 1e-6  # confident and wrong: log 2
+
+    class Segmenter:
+        ignore_index = 255
+
+        def __call__(self, x):
+            return logits
+
+    loss = task_of("segment").attack_loss(Segmenter(), torch.zeros(3, 3, 5, 6), reference)
+    assert torch.equal(loss, pixel_js_divergence(logits, reference))

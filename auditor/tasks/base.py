@@ -127,6 +127,13 @@ class Task(abc.ABC):
     attack_check_images: ClassVar[int] = 8
     attack_per_class: ClassVar[bool] = False  # accuracy per true class and the confusion under attack
     attack_disappearance: ClassVar[bool] = False  # the share of objects found clean that the attacks make disappear
+    attack_loss_name: ClassVar[str] = "task loss"  # what APGD maximises, as the report names its member
+
+    def attack_loss(self, adapter, x: torch.Tensor, reference) -> torch.Tensor:
+        """Per image, the loss APGD maximises on pixel-space x against the reference (on x's device): the
+        model's own training loss unless the task knows a stronger one."""
+        return adapter.objective(x, reference)
+
     # The gallery: True shows each image at the smallest budget that flips it; False the images that lose
     # most at the budget that halves the metric.
     attack_gallery_at_flip: ClassVar[bool] = False

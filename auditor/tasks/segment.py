@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from auditor.metrics import IGNORE_INDEX, mean_iou_score
@@ -69,6 +71,16 @@ class Segment(Task):
     # A mask is not right or wrong as a whole, and an attack step costs as much as a detector's: the
     # sizes and checks are Task's defaults.
     attack_gallery = "masks"
+    # APGD maximises the pixels' Jensen-Shannon divergence from the reference, not the cross-entropy the model was
+    # trained on: the cross-entropy keeps rewarding pixels already flipped. On shapes-unet (16 held-out scenes, 20
+    # steps) APGD left mIoU 0.806 / 0.619 / 0.323 / 0.227 at 1 / 2 / 4 / 8 /255 on the divergence against 0.819 /
+    # 0.648 / 0.375 / 0.239 on the cross-entropy (the per-image lower of the two: 0.806 / 0.619 / 0.319 / 0.227,
+    # so a second member on the cross-entropy was not worth its cost).
+    attack_loss_name = "pixel JS divergence"
+
+    def attack_loss(self, adapter, x, reference):
+        return pixel_js_divergence(adapter(x), reference, getattr(adapter, "ignore_index", IGNORE_INDEX))
+
     # ---- gradcam ----------------------------------------------------------------------------------------
     label_kind = "mask"
     explain_images = 8
@@ -112,3 +124,20 @@ def class_pixel_counts(pred: torch.Tensor, reference: torch.Tensor, num_classes:
     confusion = confusion.view(n, c, c)
     inter = confusion.diagonal(dim1=1, dim2=2)
     return inter, confusion.sum(2) + confusion.sum(1) - inter
+
+
+def pixel_js_divergence(
+    logits: torch.Tensor, reference: torch.Tensor, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
+    """Per image, the mean over its labelled pixels of the Jensen-Shannon divergence between the pixel's softmax p
+    and its reference class y (one-hot), in nats, in [0, log 2]. Bounded, unlike the cross-entropy, so a step gains
+    little from driving pixels already flipped further and goes to the ones still right (one of the losses of SEA,
+    the segmentation attack ensemble of Croce, Singh & Hein, ECCV 2024). Against a one-hot it depends on q = p_y:
+    JS = ((1 - q) log 2 + q log(2q / (1 + q)) - log((1 + q) / 2)) / 2."""
+    valid = reference != ignore_index
+    log_q = logits.float().log_softmax(1).gather(1, torch.where(valid, reference, 0)[:, None])[:, 0]
+    q = log_q.exp()
+    half_mean = torch.log1p(q) - math.log(2)  # log((1 + q) / 2)
+    js = 0.5 * ((1 - q) * math.log(2) + q * (math.log(2) + log_q - torch.log1p(q)) - half_mean)
+    per_pixel = torch.where(valid, js, torch.zeros_like(js))
+    return per_pixel.flatten(1).sum(1) / valid.flatten(1).sum(1).clamp_min(1)

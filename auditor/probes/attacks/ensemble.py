@@ -5,8 +5,9 @@ so the later (dearer) members only see the images the earlier ones could not bre
 
 - classifiers: APGD-CE (cross-entropy), APGD-T (targeted DLR towards each of the top runner-up classes
   in turn), Square (gradient-free, on the logit margin);
-- detectors and segmenters: APGD on the task's own per-image loss, then Square on the task's per-image
-  score (the share of the reference still found; ties broken by the loss).
+- detectors and segmenters: APGD on the task's per-image attack loss (`Task.attack_loss`: a detector's own
+  training loss; a segmenter's pixels' Jensen-Shannon divergence from the reference), then Square on the task's
+  per-image score (the share of the reference still found; ties broken by the loss).
 
 `fast` runs the gradient members only; `standard` adds Square. Broken means misclassified (classifiers)
 or, elsewhere, keeping less than half of the clean per-image score (BROKEN_SHARE).
@@ -32,7 +33,7 @@ NONE = -1  # broken_by: withstood every member
 
 # member -> what the report calls it, per kind of task
 LABELS = {"apgd": "APGD-CE", "apgd-t": "APGD-T", "square": "Square"}
-TASK_LOSS_LABELS = {"apgd": "APGD (task loss)", "square": "Square (task score)"}
+TASK_LOSS_LABELS = {"apgd": "APGD ({loss})", "square": "Square (task score)"}
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,9 @@ class Ensemble:
         self.saw_probabilities = False  # a classifier batch came out as probabilities (its log was attacked)
 
     def label(self, member: str) -> str:
-        return (LABELS if self.task.attack_stops_when_wrong else TASK_LOSS_LABELS)[member]
+        if self.task.attack_stops_when_wrong:
+            return LABELS[member]
+        return TASK_LOSS_LABELS[member].format(loss=self.task.attack_loss_name)
 
     def run(self, x: torch.Tensor, ref, eps, members: tuple[str, ...] | None = None, queries: int | None = None):
         """The batch x (pixel space, on the device) attacked at ε (one value, or one per image); ref on the CPU."""
@@ -155,7 +158,7 @@ class Ensemble:
             if member == "apgd":
 
                 def loss(xr, r):
-                    return adapter.objective(xr, task.take(ref_dev, r.cpu())), None
+                    return task.attack_loss(adapter, xr, task.take(ref_dev, r.cpu())), None
 
                 rows = torch.arange(len(x), device=x.device)
                 adv_r, _ = apgd(loss, x, eps, self.budget.steps, self.norm, self.generator, leave=False)
@@ -168,7 +171,8 @@ class Ensemble:
                 def task_score(xr, r, rows=rows):
                     s = image_score(xr, rows[r])
                     with torch.no_grad():  # ties (a coarse score) go to the higher loss, squashed below 1e-4
-                        tie = torch.atan(adapter.objective(xr, task.take(ref_dev, rows[r].cpu()))) / math.pi + 0.5
+                        loss = task.attack_loss(adapter, xr, task.take(ref_dev, rows[r].cpu()))
+                        tie = torch.atan(loss) / math.pi + 0.5
                     return s - 1e-4 * tie, s < BROKEN_SHARE * a_clean[rows[r]]
 
                 adv_r, _, at = square_linf(task_score, x[rows], eps[rows], queries, self.generator)
