@@ -149,7 +149,7 @@ def test_detector_worst_case_is_no_weaker_than_art_pgd(tmp_path):
     from auditor.tasks import task_of
 
     grid = "1/255,2/255"  # 4/255 leaves mAP50 near 0.01 for both
-    model, x, y, ours = _default_audit_of("shapes-yolov8n", 16, grid, tmp_path)
+    model, x, y, ours = _default_audit_of("shapes-yolov8n", 8, grid, tmp_path)
     task = task_of(model)
 
     class TrainingLoss(torch.nn.Module):
