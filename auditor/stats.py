@@ -149,16 +149,17 @@ class MeanIoU(Estimate):
     def __post_init__(self):
         self.inter = torch.as_tensor(self.inter).to("cpu", torch.float64)
         self.union = torch.as_tensor(self.union).to("cpu", torch.float64)
-        self.value = self._miou(self.inter.sum(0, keepdim=True), self.union.sum(0, keepdim=True))[0]
+        self.value = self.of_sums(self.inter.sum(0, keepdim=True), self.union.sum(0, keepdim=True))[0]
         self.value = None if math.isnan(self.value) else float(self.value)
 
     @staticmethod
-    def _miou(inter: torch.Tensor, union: torch.Tensor) -> torch.Tensor:
+    def of_sums(inter: torch.Tensor, union: torch.Tensor) -> torch.Tensor:
+        """Per row of class sums (rows x C intersections and unions), the mean IoU over classes with a union."""
         iou = torch.where(union > 0, inter / union.clamp_min(1e-12), float("nan"))
         return iou.nanmean(1)
 
     def replicates(self, weights: torch.Tensor) -> torch.Tensor:
-        return self._miou(weights @ self.inter, weights @ self.union)
+        return self.of_sums(weights @ self.inter, weights @ self.union)
 
 
 @dataclass
