@@ -98,7 +98,7 @@ def test_report_of_a_probe_with_huge_figures_stays_under_15_mb(tmp_path):
     folder.mkdir()
     rels = []
     for i in range(6):
-        _noise_png(folder / f"gallery{i}.png", 3000, 3000, seed=i)  # 27 MB of pixels each
+        _noise_png(folder / f"gallery{i}.png", 2000, 2000, seed=i)  # 12 MB of noise pixels each: 72 MB in all
         rels.append(f"big/gallery{i}.png")
     results = _results(
         {
