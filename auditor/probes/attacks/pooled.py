@@ -41,12 +41,17 @@ def lowest_per_eps(task, adapter, reference, clean_pred, order, robust, first, b
         ]
         if below is not None:
             candidates.append(below)
-        figures = [task.score(c[0], reference, adapter) for c in candidates]
+        estimates = [task.estimates(c[0], reference, adapter).get(task.metric) for c in candidates]
+        # an estimate's value is the task's metric (tests/test_stats_tasks.py holds it to torchmetrics') at a
+        # fraction of task.score's cost: a detector's mAP50 on 64 scenes takes 9 ms, torchmetrics' 0.46 s
+        figures = [
+            e.value if e is not None and e.value is not None else task.score(c[0], reference, adapter)
+            for e, c in zip(estimates, candidates)
+        ]
         best = min(range(len(candidates)), key=lambda i: (figures[i], i))  # ties keep the ensemble's own set
         pick = torch.full((len(a_clean),), best, dtype=torch.long)
-        counts = [task.estimates(c[0], reference, adapter).get(task.metric) for c in candidates]
-        if all(isinstance(c, MeanIoU) for c in counts):
-            pick = _lowest_pooled_iou(counts, pick)
+        if all(isinstance(e, MeanIoU) for e in estimates):
+            pick = _lowest_pooled_iou(estimates, pick)
         robust[gi], by[gi], query[gi] = _mixed(task, candidates, pick)
         below = (robust[gi], by[gi], query[gi])
     return robust, by, query
