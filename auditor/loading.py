@@ -47,9 +47,9 @@ def release_freed_memory() -> None:
     glibc keeps freed blocks in its heap, and raises its mmap threshold after each large free, so batch-sized
     tensors of ever-changing sizes (APGD drops the images it broke) end up in a heap that only grows: a
     label-free audit of 20,000 images at 128 px (bench/streaming.py) peaked at 3.39 GiB streamed, 1.81 with
-    this. A lower mmap threshold (MALLOC_MMAP_THRESHOLD_) kept it flat but made the attacks 3x slower (a page fault for every
-    page of every tensor). A trim gives pages back that the next batch faults in again, so it runs at most once
-    every TRIM_EVERY seconds: the heap cannot grow far in that time."""
+    this. A lower mmap threshold (MALLOC_MMAP_THRESHOLD_) kept it flat but made the attacks 3x slower (a page
+    fault for every page of every tensor). A trim gives pages back that the next batch faults in again, so it
+    runs at most once every TRIM_EVERY seconds: the heap cannot grow far in that time."""
     global _last_trim
     now = time.monotonic()
     if _MALLOC_TRIM is not None and now - _last_trim >= TRIM_EVERY:

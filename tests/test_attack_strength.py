@@ -26,6 +26,7 @@ import torch
 from auditor.data import load_data, seeded_subset
 from auditor.models import ModelSpec, load_model
 from auditor.probes.attacks import AttacksProbe, parse_eps
+from auditor.tasks import task_of
 from tests.conftest import make_probe, probe_context
 from tests.masked_models import masked
 from zoo.registry import get_entry
@@ -127,8 +128,6 @@ def _compared(grid: str, metric, ours, attacked) -> list[tuple[str, float, float
 def test_segmenter_worst_case_is_no_weaker_than_torchattacks_pgd(tmp_path):
     import torchattacks
 
-    from auditor.tasks import task_of
-
     grid = "2/255,4/255"  # where APGD on the cross-entropy left most standing (pixel JS divergence: segment.py)
     model, x, y, ours = _default_audit_of("shapes-unet", 8, grid, tmp_path)
     task = task_of(model)
@@ -145,8 +144,6 @@ def test_detector_worst_case_is_no_weaker_than_art_pgd(tmp_path):
     from art.attacks.evasion import ProjectedGradientDescent
     from art.estimators.object_detection import PyTorchYolo
     from ultralytics.utils.loss import v8DetectionLoss
-
-    from auditor.tasks import task_of
 
     grid = "1/255,2/255"  # 4/255 leaves mAP50 near 0.01 for both
     model, x, y, ours = _default_audit_of("shapes-yolov8n", 8, grid, tmp_path)
